@@ -1,0 +1,3 @@
+from edgecli.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The command line: a thin root app and one module per verb."""

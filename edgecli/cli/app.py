@@ -1,0 +1,51 @@
+"""The root app: registers one command per verb; heavy frameworks load only inside commands."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Optional
+
+import typer
+
+import edgecli
+from edgecli.cli.bench import bench
+from edgecli.cli.convert import convert
+from edgecli.cli.distill import distill
+from edgecli.cli.inspect_cmd import inspect
+from edgecli.cli.prune import prune
+from edgecli.cli.quantize import quantize
+
+app = typer.Typer(
+    name="edgecli",
+    help="Make trained models fit edge devices: prune, distill, quantize, convert, bench. "
+    "Exit codes: 0 ok, 1 gate not met, 2 bad usage/recipe, 3 unreadable model/data, 4 transformation failed, "
+    "5 missing backend.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+    rich_markup_mode=None,
+)
+for command in (prune, distill, quantize, convert, bench):
+    app.command()(command)
+app.command("inspect")(inspect)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgecli {edgecli.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
+) -> None:
+    """edgecli: model compression for edge AI."""
+
+
+def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    app()

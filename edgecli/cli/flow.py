@@ -1,0 +1,100 @@
+"""The flow every model-writing verb shares: recipe, input, data, stage, lineage, atomic output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from edgecli import console
+from edgecli.data import Dataset, load_dataset
+from edgecli.errors import GateFailed, UsageError
+from edgecli.formats import lineage as lin
+from edgecli.formats.detect import Format
+from edgecli.formats.files import STDIO, check_output_differs, materialize, write_output
+from edgecli.formats.model_file import ModelFile
+from edgecli.recipes import DataSpec, Strict, load_recipe
+from edgecli.stages.artifact import Artifact
+
+Stage = Callable[[ModelFile, Any, Dataset | None, Dataset | None], Artifact]
+KNOWN_SUFFIXES = {".onnx", ".pt2", ".tflite", ".keras"}
+
+
+def check_output_suffix(output: str, target: Format) -> None:
+    """Refuse `-o model.onnx` for a TFLite result (and the like) before any work is done."""
+    suffix = Path(output).suffix.lower()
+    if output != STDIO and suffix in KNOWN_SUFFIXES and suffix != target.suffix:
+        raise UsageError(f"-o {output} ends in {suffix} but this step writes {target.value}", hint=f"use a {target.suffix} path")
+
+
+def optional_dataset(spec: DataSpec | None, override: Path | None, recipe_file: Path | None, what: str) -> Dataset | None:
+    """The dataset if the command line or the recipe names one, else None."""
+    if override is None and (spec is None or spec.path is None):
+        return None
+    return load_dataset(spec or DataSpec(), override, recipe_file, what)
+
+
+def summary_table(verb: str, output: str, metrics: dict[str, Any]) -> Table:
+    table = Table(title=f"edgecli {verb} -> {output}", title_justify="left", show_header=False, box=None)
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            continue
+        if isinstance(value, float):
+            text = f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+        elif isinstance(value, list):
+            text = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)
+        elif isinstance(value, int):
+            text = f"{value:,}"
+        else:
+            text = str(value)
+        table.add_row(f"[dim]{key}[/dim]", text)
+    return table
+
+
+def run_model_verb(
+    verb: str,
+    model_arg: str,
+    recipe_arg: str | None,
+    output: str,
+    sets: list[str] | None,
+    quiet: bool,
+    stage: Stage,
+    target: Callable[[Any], Format],
+    data: Path | None = None,
+    eval_data: Path | None = None,
+) -> None:
+    console.set_quiet(quiet)
+    recipe, recipe_file = load_recipe(verb, recipe_arg, sets)
+    check_output_suffix(output, target(recipe))
+    check_output_differs(model_arg, output)
+    with materialize(model_arg) as path:
+        model = ModelFile.open(path)
+        train = optional_dataset(getattr(recipe, "data", None), data, recipe_file, "data")
+        held_out = optional_dataset(getattr(recipe, "eval_data", None), eval_data, recipe_file, "eval data")
+        _record_overrides(recipe, data, eval_data)
+        artifact = stage(model, recipe, train, held_out)
+        lineage = lin.extend(
+            model.lineage,
+            verb=verb,
+            recipe=recipe.model_dump(mode="json"),
+            parent_sha256=model.sha256,
+            parent_format=model.format.value,
+            metrics=artifact.metrics,
+            io=artifact.io,
+        )
+        payload = artifact.to_bytes(lineage)
+    write_output(output, payload)
+    console.show(summary_table(verb, output, artifact.metrics))
+    console.info(f"wrote {output if output != STDIO else 'stdout'}: {artifact.format.value}, {len(payload):,} bytes")
+    if artifact.gate_failures:
+        raise GateFailed("; ".join(artifact.gate_failures), hint="the artifact was written anyway")
+
+
+def _record_overrides(recipe: Strict, data: Path | None, eval_data: Path | None) -> None:
+    """Make the recipe stored in the lineage say which data was really used."""
+    if data is not None and hasattr(recipe, "data"):
+        recipe.data.path = data
+    if eval_data is not None and hasattr(recipe, "eval_data"):
+        recipe.eval_data = (recipe.eval_data or DataSpec()).model_copy(update={"path": eval_data})

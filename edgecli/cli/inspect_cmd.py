@@ -1,0 +1,73 @@
+"""edgecli inspect"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.table import Table
+
+from edgecli import console
+from edgecli.cli.errors import handle_errors
+from edgecli.cli.options import JsonOpt, ModelArg
+from edgecli.formats.files import materialize, write_output
+from edgecli.formats.model_file import ModelFile
+
+
+def describe_model(model: ModelFile) -> dict[str, Any]:
+    from edgecli.model_stats import op_histogram, param_count
+    from edgecli.runtimes import open_runner
+
+    runner = open_runner(model)
+    return {
+        "path": str(model.path),
+        "format": model.format.value,
+        "size_bytes": model.size_bytes,
+        "sha256": model.sha256,
+        "params": param_count(model),
+        "inputs": [spec.describe() for spec in runner.inputs],
+        "outputs": [spec.describe() for spec in runner.outputs],
+        "ops": op_histogram(model),
+        "lineage": model.lineage,
+    }
+
+
+def _lineage_table(lineage: dict[str, Any]) -> Table:
+    table = Table(title="lineage (oldest first)", title_justify="left")
+    for name in ("#", "verb", "parent", "key metrics", "io"):
+        table.add_column(name)
+    for index, step in enumerate(lineage.get("steps", []), 1):
+        metrics = step.get("metrics", {})
+        shown = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in metrics.items()
+            if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+        )
+        parent = step.get("parent", {})
+        table.add_row(str(index), step.get("verb", "?"), f"{parent.get('format', '?')} {parent.get('sha256', '')[:12]}", shown, json.dumps(step.get("io", {})))
+    return table
+
+
+@handle_errors
+def inspect(model: ModelArg, json_out: JsonOpt = None) -> None:
+    """Format, inputs/outputs, parameters, operators, size and lineage of MODEL."""
+    with materialize(model) as path:
+        info = describe_model(ModelFile.open(path))
+    if model == "-":
+        info["path"] = "-"
+    if json_out:
+        write_output(json_out, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+        return
+    table = Table(title=f"edgecli inspect {model}", title_justify="left", show_header=False, box=None)
+    table.add_row("format", info["format"])
+    table.add_row("size", f"{info['size_bytes']:,} bytes")
+    table.add_row("sha256", info["sha256"])
+    table.add_row("params", "-" if info["params"] is None else f"{info['params']:,}")
+    table.add_row("inputs", "; ".join(info["inputs"]))
+    table.add_row("outputs", "; ".join(info["outputs"]))
+    table.add_row("ops", ", ".join(f"{k}×{v}" for k, v in info["ops"].items()))
+    console.get_console().print(table)
+    if info["lineage"]:
+        console.get_console().print(_lineage_table(info["lineage"]))
+    else:
+        console.get_console().print("lineage: none (this model was not written by edgecli)")

@@ -1,0 +1,23 @@
+"""Options shared by the verbs (one definition, one help text)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+ModelArg = Annotated[str, typer.Argument(help="Model file (.pt2, .onnx, .tflite, .keras, SavedModel folder); - reads stdin.")]
+RecipeOpt = Annotated[
+    Optional[str], typer.Option("-r", "--recipe", help="Recipe YAML path, or the name of a recipe in configs/<verb>/.")
+]
+OutputOpt = Annotated[str, typer.Option("-o", "--output", help="Output model path; - writes the bytes to stdout.")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Dataset .npz (inputs 'x', labels 'y'); overrides the recipe's.")]
+EvalDataOpt = Annotated[
+    Optional[Path], typer.Option("--eval-data", help="Labelled .npz for the accuracy report; overrides eval_data.path.")
+]
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override a recipe value: key.sub=value (repeatable).")
+]
+QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bars, tables or info lines.")]
+JsonOpt = Annotated[Optional[str], typer.Option("--json", help="Write a JSON report to this path; - for stdout.")]

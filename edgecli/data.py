@@ -1,0 +1,108 @@
+"""Datasets in .npz files: inputs under `x` (or the model's input names), labels under `y`."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecli.errors import DataError, UsageError
+from edgecli.recipes import DataSpec, resolve_data_path
+
+LABEL_KEY = "y"
+SINGLE_INPUT_KEY = "x"
+
+
+@dataclass
+class Dataset:
+    """Named input arrays of equal length, and optional integer labels."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    source: str
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def take(self, count: int) -> Dataset:
+        """The first `count` samples."""
+        labels = None if self.labels is None else self.labels[:count]
+        return Dataset({k: v[:count] for k, v in self.inputs.items()}, labels, self.source)
+
+    def batch(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        return {k: v[start:stop] for k, v in self.inputs.items()}
+
+
+def _normalise(x: np.ndarray, spec: DataSpec, name: str, source: str) -> np.ndarray:
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise DataError(f"{source}: '{name}' has dtype {x.dtype}; numeric arrays expected")
+    scaled = spec.scale != 1.0 or spec.mean is not None or spec.std is not None
+    if np.issubdtype(x.dtype, np.integer) and not scaled:
+        return x  # token ids and other integer inputs stay integers
+    x = x.astype(np.float32) * np.float32(spec.scale)
+    for stat, op in ((spec.mean, np.subtract), (spec.std, np.divide)):
+        if stat is None:
+            continue
+        if x.ndim < 2 or len(stat) not in (1, x.shape[1]):
+            raise DataError(f"{source}: {len(stat)} mean/std values for '{name}' of shape {list(x.shape)} (axis 1)")
+        values = np.asarray(stat, dtype=np.float32).reshape((1, -1) + (1,) * (x.ndim - 2))
+        x = op(x, values)
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{source}: '{name}' contains NaN or Inf values")
+    return x
+
+
+def load_dataset(spec: DataSpec, override: Path | None = None, recipe_file: Path | None = None, what: str = "data") -> Dataset:
+    """Load the dataset named by `--data` (override) or by the recipe. Raises DataError/UsageError."""
+    path = override if override is not None else spec.path
+    if path is None:
+        raise UsageError(f"no {what} given", hint="pass --data PATH.npz or set data.path in the recipe")
+    if override is None:
+        path = resolve_data_path(Path(path), recipe_file)
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise DataError(f"{source} does not exist" if not path.exists() else f"{source} is not a file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise DataError(f"{source} is not a readable .npz file ({str(exc)[:160]})") from None
+    if not isinstance(arrays, dict) or not arrays:
+        raise DataError(f"{source} holds no arrays")
+    labels = arrays.pop(LABEL_KEY, None)
+    if not arrays:
+        raise DataError(f"{source} has labels '{LABEL_KEY}' but no inputs", hint="put inputs under 'x'")
+    lengths = {k: (v.shape[0] if v.ndim else None) for k, v in arrays.items()}
+    if None in lengths.values() or len(set(lengths.values())) != 1:
+        raise DataError(f"{source}: inputs have different lengths {lengths}")
+    count = next(iter(lengths.values()))
+    if count == 0:
+        raise DataError(f"{source} holds zero samples")
+    if labels is not None:
+        if labels.ndim != 1 or labels.shape[0] != count or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"{source}: labels '{LABEL_KEY}' must be {count} integers, got {labels.dtype}{list(labels.shape)}")
+        labels = labels.astype(np.int64)
+    inputs = {k: _normalise(v, spec, k, source) for k, v in arrays.items()}
+    dataset = Dataset(inputs, labels, source)
+    return dataset.take(spec.limit) if spec.limit else dataset
+
+
+def split_batches(total: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) pairs covering `total` samples."""
+    return [(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
+
+
+def synthetic_dataset(specs: list, count: int, seed: int = 0) -> Dataset:
+    """Random inputs shaped by the model's signature (dynamic dimensions = 1), for models without data."""
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for spec in specs:
+        shape = (count, *[1 if d is None else d for d in spec.shape[1:]])
+        if np.issubdtype(spec.dtype, np.floating):
+            inputs[spec.name] = rng.random(shape, dtype=np.float32).astype(spec.dtype)
+        else:
+            inputs[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
+    return Dataset(inputs, None, "random inputs")

@@ -1,0 +1,90 @@
+"""The one exception tree of edgecli; each class carries the exit code the CLI returns.
+
+Exit codes (the command-line contract, see README):
+    0 success
+    1 a gate or budget in the recipe was not met (artifact and report still written)
+    2 bad usage or a bad recipe
+    3 a model or data file that cannot be read
+    4 the transformation failed (unsupported op, parity check failed)
+    5 a missing optional backend
+"""
+
+from __future__ import annotations
+
+
+class EdgecliError(Exception):
+    """Base of every error edgecli reports as one line on stderr."""
+
+    exit_code: int = 4
+    label: str = "error"
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def line(self) -> str:
+        """The single line shown to the user."""
+        text = f"{self.label}: {self.message}"
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+
+class GateFailed(EdgecliError):
+    """A gate, budget or target in the recipe was not met; outputs were still written."""
+
+    exit_code = 1
+    label = "gate failed"
+
+
+class UsageError(EdgecliError):
+    """Bad command-line usage."""
+
+    exit_code = 2
+    label = "usage error"
+
+
+class RecipeError(UsageError):
+    """A recipe that cannot be parsed or does not validate."""
+
+    label = "recipe error"
+
+
+class InputError(EdgecliError):
+    """A model or data file that cannot be read."""
+
+    exit_code = 3
+    label = "cannot read input"
+
+
+class ModelReadError(InputError):
+    """A model file that is missing, corrupt, truncated or of an unsupported format."""
+
+    label = "cannot read model"
+
+
+class DataError(InputError):
+    """A dataset that is missing, unreadable or does not fit the model."""
+
+    label = "cannot read data"
+
+
+class TransformError(EdgecliError):
+    """The transformation itself failed."""
+
+    exit_code = 4
+    label = "transformation failed"
+
+
+class ParityError(TransformError):
+    """The transformed model does not compute the same function as its parent."""
+
+    label = "parity check failed"
+
+
+class BackendMissing(EdgecliError):
+    """An optional backend (TensorFlow, LiteRT, onnx2tf) is not installed."""
+
+    exit_code = 5
+    label = "missing backend"

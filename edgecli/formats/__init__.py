@@ -1,0 +1,1 @@
+"""Model formats: detection from bytes, loading, saving (atomic, self-contained) and lineage."""

@@ -1,0 +1,71 @@
+"""Tell a model's format from its bytes, never from its file name."""
+
+from __future__ import annotations
+
+import zipfile
+from enum import Enum
+from pathlib import Path
+
+from edgecli.errors import ModelReadError
+
+
+class Format(str, Enum):
+    ONNX = "onnx"
+    PT2 = "pt2"
+    TFLITE = "tflite"
+    KERAS = "keras"
+    SAVED_MODEL = "saved_model"
+
+    @property
+    def suffix(self) -> str:
+        return {"onnx": ".onnx", "pt2": ".pt2", "tflite": ".tflite", "keras": ".keras", "saved_model": ""}[self.value]
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ModelReadError(f"{path} looks like a zip archive but cannot be opened ({exc}); truncated?") from None
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    # ModelProto starts with field 1 (ir_version, varint: tag 0x08) in every exporter we know;
+    # some writers put producer_name (field 2, tag 0x12) or opset_import (field 8, tag 0x42) first.
+    return len(head) >= 2 and head[0] in (0x08, 0x12, 0x3A, 0x42)
+
+
+def detect_format(path: Path) -> Format:
+    """The format of the model at `path`, from its content. Raises ModelReadError."""
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return Format.SAVED_MODEL
+        raise ModelReadError(f"{path} is a folder without saved_model.pb: not a SavedModel")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(64)
+    except FileNotFoundError:
+        raise ModelReadError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise ModelReadError(f"{path}: {exc.strerror}") from None
+    if not head:
+        raise ModelReadError(f"{path} is empty")
+    if head[4:8] == b"TFL3":
+        return Format.TFLITE
+    if head[:4] == b"PK\x03\x04":
+        names = _zip_names(path)
+        if any(n.endswith("/archive_format") for n in names) and any(n.endswith("models/model.json") for n in names):
+            return Format.PT2
+        if "config.json" in names and "metadata.json" in names:
+            return Format.KERAS
+        if any(n.endswith("data.pkl") for n in names):
+            raise ModelReadError(
+                f"{path} is a pickled PyTorch file (torch.save), not an ExportedProgram",
+                hint="export it with torch.export.save, or give a state_dict with model.factory",
+            )
+        raise ModelReadError(f"{path} is a zip archive of no known model format")
+    if head[:8] == b"\x89HDF\r\n\x1a\n":
+        raise ModelReadError(f"{path} is a legacy Keras HDF5 file", hint="re-save it as .keras with Keras 3")
+    if _looks_like_onnx(head):
+        return Format.ONNX
+    raise ModelReadError(f"{path} is not a model edgecli knows (ONNX, .pt2, TFLite, .keras, SavedModel)")

@@ -1,0 +1,65 @@
+"""TFLite / LiteRT flatbuffers: lineage in the model's metadata table (no TensorFlow needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgecli.errors import BackendMissing, ModelReadError
+from edgecli.formats import lineage as lin
+
+
+def _schema() -> Any:
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        raise BackendMissing(
+            "TFLite support needs ai-edge-litert", hint="pip install 'edgecli[tflite]' or run make install"
+        ) from None
+    return schema
+
+
+def _model(data: bytes) -> Any:
+    schema = _schema()
+    if data[4:8] != b"TFL3":
+        raise ModelReadError("not a TFLite flatbuffer (no TFL3 identifier)")
+    try:
+        return schema.Model.GetRootAsModel(data, 0)
+    except Exception as exc:
+        raise ModelReadError(f"corrupt TFLite flatbuffer ({exc})") from None
+
+
+def read_lineage(path: Path) -> dict[str, Any] | None:
+    data = path.read_bytes()
+    try:
+        model = _model(data)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry.Name() and entry.Name().decode() == lin.LINEAGE_KEY:
+                buffer = model.Buffers(entry.Buffer())
+                return lin.loads(buffer.DataAsNumpy().tobytes())
+    except (ModelReadError, IndexError, AttributeError, ValueError):
+        return None
+    return None
+
+
+def to_bytes(data: bytes, lineage: dict[str, Any] | None) -> bytes:
+    """The flatbuffer with the lineage stored as metadata entry 'edgecli.lineage'."""
+    import flatbuffers
+    import numpy as np
+
+    schema = _schema()
+    if lineage is None:
+        return data
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    model.metadata = [m for m in (model.metadata or []) if m.name not in (lin.LINEAGE_KEY, lin.LINEAGE_KEY.encode())]
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(lin.dumps(lineage).encode(), dtype=np.uint8)
+    model.buffers = list(model.buffers or []) + [buffer]
+    entry = schema.MetadataT()
+    entry.name = lin.LINEAGE_KEY
+    entry.buffer = len(model.buffers) - 1
+    model.metadata.append(entry)
+    builder = flatbuffers.Builder(len(data) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())

@@ -1,0 +1,303 @@
+"""Recipes: one strict pydantic model per verb, YAML loading (safe only) and `--set` overrides.
+
+An unknown key, a wrong type or an out-of-range value is a RecipeError that names the key and,
+for unknown keys, suggests the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgecli.errors import RecipeError, UsageError
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+PROJECT_ROOT = CONFIGS_DIR.parent
+
+
+class Strict(BaseModel):
+    """Base of every recipe section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class DataSpec(Strict):
+    """A dataset in an .npz file: inputs under `x` (or under the model's input names), labels under `y`."""
+
+    path: Path | None = Field(None, description="Path of the .npz file; `--data` on the command line overrides it.")
+    scale: float = Field(1.0, gt=0, description="Inputs are multiplied by this after conversion to float (e.g. 1/255).")
+    mean: list[float] | None = Field(None, description="Per-channel mean subtracted after scaling (channel axis 1).")
+    std: list[float] | None = Field(None, description="Per-channel std the inputs are divided by after the mean.")
+    limit: int | None = Field(None, ge=1, description="Use at most this many samples (the first ones).")
+
+
+class FinetuneSpec(Strict):
+    """Fine-tuning on labelled data after a transformation."""
+
+    epochs: int = Field(0, ge=0, le=1000, description="Epochs of fine-tuning; 0 disables it.")
+    lr: float = Field(1e-3, gt=0, le=10, description="Learning rate.")
+    batch_size: int = Field(64, ge=1, le=65536, description="Mini-batch size.")
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="Optimiser: adam, or sgd with momentum 0.9.")
+
+
+class PruneRecipe(Strict):
+    """`edgecli prune`: zero the smallest-magnitude weights of a .pt2 model, then optionally fine-tune."""
+
+    method: Literal["magnitude"] = Field("magnitude", description="Pruning method: unstructured magnitude pruning.")
+    sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="Fraction of prunable weights set to zero.")
+    scope: Literal["global", "layer"] = Field(
+        "global", description="global: one threshold over all layers; layer: the same sparsity in every layer."
+    )
+    min_params: int = Field(
+        64, ge=1, description="Weight tensors with fewer elements than this are left dense (tiny first layers)."
+    )
+    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec, description="Fine-tuning after pruning (masks kept).")
+    data: DataSpec = Field(default_factory=DataSpec, description="Labelled training data for fine-tuning.")
+    eval_data: DataSpec | None = Field(None, description="Labelled data on which accuracy before/after is reported.")
+    seed: int = Field(0, description="Random seed; the same seed gives the same output bytes.")
+
+
+class StudentSpec(Strict):
+    """The student architecture, built in."""
+
+    family: Literal["cnn", "mlp"] = Field("cnn", description="cnn: conv blocks + global pooling; mlp: dense layers.")
+    channels: list[int] = Field(
+        default_factory=lambda: [16, 32, 64], min_length=1, description="cnn: output channels of each conv block."
+    )
+    hidden: list[int] = Field(default_factory=lambda: [128], description="mlp: width of each hidden layer.")
+
+
+class DistillRecipe(Strict):
+    """`edgecli distill`: train a student .pt2 from a teacher of any supported format."""
+
+    student: StudentSpec = Field(default_factory=StudentSpec, description="Student architecture.")
+    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature T of the soft targets.")
+    soft_weight: float = Field(
+        0.9, ge=0.0, le=1.0, description="Weight of the T²-scaled KL loss; 1 - soft_weight goes to the label loss."
+    )
+    epochs: int = Field(5, ge=1, le=1000, description="Training epochs.")
+    batch_size: int = Field(64, ge=1, le=65536, description="Mini-batch size.")
+    lr: float = Field(2e-3, gt=0, le=10, description="Learning rate.")
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="Optimiser: adam, or sgd with momentum 0.9.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Training data; labels under `y` are optional.")
+    eval_data: DataSpec | None = Field(None, description="Labelled data for the accuracy report.")
+    seed: int = Field(0, description="Random seed; the same seed gives the same student bytes.")
+
+
+class CalibrationSpec(Strict):
+    """Static-quantization calibration."""
+
+    method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="Range estimation method.")
+    samples: int = Field(256, ge=1, description="Number of calibration samples taken from the data.")
+    batch_size: int = Field(32, ge=1, description="Calibration batch size (models without a dynamic batch use 1).")
+
+
+class QuantizeRecipe(Strict):
+    """`edgecli quantize`: INT8 quantization of an ONNX model with onnxruntime."""
+
+    mode: Literal["static", "dynamic"] = Field(
+        "static", description="static: QDQ with calibrated activations (fast for conv nets); dynamic: weights only."
+    )
+    activation_type: Literal["int8", "uint8"] = Field("int8", description="Activation integer type (static mode).")
+    weight_type: Literal["int8", "uint8"] = Field("int8", description="Weight integer type.")
+    per_channel: bool = Field(True, description="Per-output-channel weight scales.")
+    reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI.")
+    preprocess: bool = Field(True, description="Run onnxruntime's quant_pre_process (shape inference, fusion) first.")
+    exclude_nodes: list[str] = Field(default_factory=list, description="Node names kept in float.")
+    exclude_op_types: list[str] = Field(default_factory=list, description="Op types kept in float (e.g. Softmax).")
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec, description="Calibration settings.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Calibration data (static mode).")
+    eval_data: DataSpec | None = Field(None, description="Labelled data: accuracy of float and INT8 models reported.")
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=1, description="Gate: exit 1 when accuracy on eval_data drops by more than this (fraction)."
+    )
+
+
+class ParitySpec(Strict):
+    """How a converted model is compared with its parent."""
+
+    atol: float = Field(1e-4, ge=0, description="Largest allowed max abs difference of outputs.")
+    min_agreement: float = Field(0.99, ge=0, le=1, description="Smallest allowed top-1 agreement for classifiers.")
+    samples: int = Field(256, ge=1, description="Samples of the data used for the check.")
+
+
+class ConvertRecipe(Strict):
+    """`edgecli convert`: change the model's format, checked for parity on real inputs."""
+
+    target: Literal["onnx", "tflite"] = Field(..., description="Output format.")
+    opset: int = Field(18, ge=13, le=23, description="ONNX opset (target onnx).")
+    dynamic_batch: bool = Field(True, description="Keep the batch dimension dynamic.")
+    precision: Literal["float32", "float16"] = Field("float32", description="TFLite weight precision (target tflite).")
+    parity: ParitySpec = Field(default_factory=ParitySpec, description="Parity check against the parent model.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Real inputs for the parity check.")
+
+
+GATE_METRICS = (
+    "p50_ms", "p90_ms", "p99_ms", "mean_ms", "size_bytes", "gzip_bytes", "accuracy", "agreement",
+    "accuracy_drop", "speedup", "size_ratio", "max_abs_diff",
+)
+GATE_PATTERN = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>|==)\s*([-+]?[0-9][0-9_]*\.?[0-9_]*(?:[eE][-+]?[0-9]+)?)\s*$")
+
+
+def parse_gate(text: str) -> tuple[str, str, float]:
+    """'p90_ms <= 5' -> ('p90_ms', '<=', 5.0). Raises ValueError naming the problem."""
+    match = GATE_PATTERN.match(text)
+    if not match:
+        raise ValueError(f"gate '{text}' is not of the form 'metric <= number'")
+    metric, op, number = match.groups()
+    if metric not in GATE_METRICS:
+        close = difflib.get_close_matches(metric, GATE_METRICS, n=1)
+        raise ValueError(f"unknown gate metric '{metric}'" + (f", did you mean '{close[0]}'?" if close else ""))
+    return metric, op, float(number.replace("_", ""))
+
+
+class BenchRecipe(Strict):
+    """`edgecli bench`: size, latency, accuracy and agreement of several models side by side."""
+
+    warmup: int = Field(10, ge=0, description="Untimed runs before timing.")
+    runs: int = Field(100, ge=1, description="Minimum number of timed runs per model.")
+    min_time_s: float = Field(0.5, ge=0, description="Minimum total timed seconds per model.")
+    threads: int = Field(1, ge=1, le=256, description="Intra-op threads of each runtime.")
+    batch_size: int = Field(1, ge=1, description="Batch size of the timed runs.")
+    eval_batch_size: int = Field(64, ge=1, description="Batch size of the accuracy pass.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Evaluation data; labels under `y` give accuracy.")
+    gates: list[str] = Field(
+        default_factory=list,
+        description="Checks on every model but the reference, e.g. 'accuracy_drop <= 0.01', 'p90_ms <= 5'.",
+    )
+
+    @field_validator("gates")
+    @classmethod
+    def _gates_parse(cls, gates: list[str]) -> list[str]:
+        for gate in gates:
+            parse_gate(gate)
+        return gates
+
+
+RECIPES: dict[str, type[Strict]] = {
+    "prune": PruneRecipe,
+    "distill": DistillRecipe,
+    "quantize": QuantizeRecipe,
+    "convert": ConvertRecipe,
+    "bench": BenchRecipe,
+}
+
+
+def resolve_recipe_path(verb: str, name_or_path: str) -> Path:
+    """A recipe path as given, or the name of a recipe shipped in configs/<verb>/."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIGS_DIR / verb / (name_or_path if name_or_path.endswith((".yaml", ".yml")) else f"{name_or_path}.yaml")
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in (CONFIGS_DIR / verb).glob("*.yaml"))
+    raise RecipeError(
+        f"no recipe file '{name_or_path}' and no shipped {verb} recipe of that name",
+        hint=f"shipped: {', '.join(names)}" if names else None,
+    )
+
+
+def parse_set(assignments: list[str]) -> list[tuple[list[str], Any]]:
+    """Parse `--set key.sub=value` items; values are read as YAML scalars/lists (safe)."""
+    parsed = []
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set expects key.sub=value, got '{item}'")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--set {key}: value '{raw}' is not valid YAML: {exc.problem}") from None
+        parsed.append((key.strip().split("."), value))
+    return parsed
+
+
+def _apply_set(raw: dict[str, Any], path: list[str], value: Any) -> None:
+    node = raw
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise UsageError(f"--set {'.'.join(path)}: '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The valid keys of the recipe section at `loc` (for suggestions)."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            break
+        annotation = current.model_fields[part].annotation
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        nested = [a for a in candidates if issubclass(a, BaseModel)]
+        if not nested:
+            break
+        current = nested[0]
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _explain(exc: ValidationError, model: type[BaseModel], source: str) -> RecipeError:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    if err["type"] == "extra_forbidden":
+        valid = _fields_at(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else f"valid keys: {', '.join(valid)}"
+        return RecipeError(f"unknown key '{key}' in {source}{more}", hint=hint)
+    if err["type"] == "missing":
+        return RecipeError(f"'{key}' is required in {source}{more}")
+    given = err.get("input")
+    return RecipeError(f"'{key}' in {source}: {err['msg']} (got {given!r}){more}")
+
+
+def validate_recipe(verb: str, raw: dict[str, Any], source: str) -> Strict:
+    """Validate a raw recipe dict for `verb`."""
+    model = RECIPES[verb]
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise _explain(exc, model, source) from None
+
+
+def load_recipe(verb: str, name_or_path: str | None, overrides: list[str] | None = None) -> tuple[Strict, Path | None]:
+    """Load, override and validate the recipe for `verb`. Returns the recipe and its file (None if defaults)."""
+    raw: Any = {}
+    path: Path | None = None
+    if name_or_path is not None:
+        path = resolve_recipe_path(verb, name_or_path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise RecipeError(f"{path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"cannot read recipe {path}: {exc}") from None
+        if raw is None:
+            raise RecipeError(f"recipe {path} is empty", hint=f"see configs/{verb}/ for examples")
+        if not isinstance(raw, dict):
+            raise RecipeError(f"recipe {path} must be a mapping of keys to values, not {type(raw).__name__}")
+    for key_path, value in parse_set(overrides or []):
+        _apply_set(raw, key_path, value)
+    source = str(path) if path is not None else f"the {verb} recipe"
+    return validate_recipe(verb, raw, source), path
+
+
+def resolve_data_path(path: Path, recipe_file: Path | None) -> Path:
+    """A data path from a recipe: relative to the current folder, or (shipped recipes) to the project root."""
+    if path.is_absolute() or path.exists():
+        return path
+    if recipe_file is not None and CONFIGS_DIR in recipe_file.resolve().parents and (PROJECT_ROOT / path).exists():
+        return PROJECT_ROOT / path
+    return path

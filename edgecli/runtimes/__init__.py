@@ -1,0 +1,31 @@
+"""Runtimes: `open_runner(model)` gives a Runner for any supported format."""
+
+from __future__ import annotations
+
+from edgecli.errors import ModelReadError
+from edgecli.formats.detect import Format
+from edgecli.formats.model_file import ModelFile
+from edgecli.runtimes.base import Runner, TensorSpec
+
+__all__ = ["Runner", "TensorSpec", "open_runner"]
+
+
+def open_runner(model: ModelFile, threads: int = 1) -> Runner:
+    """The runner for the model's format (frameworks are imported only here)."""
+    if model.format is Format.ONNX:
+        from edgecli.runtimes.onnx_runner import OnnxRunner
+
+        return OnnxRunner(model, threads)
+    if model.format is Format.PT2:
+        from edgecli.runtimes.torch_runner import TorchRunner
+
+        return TorchRunner(model, threads)
+    if model.format is Format.TFLITE:
+        from edgecli.runtimes.tflite_runner import TfliteRunner
+
+        return TfliteRunner(model, threads)
+    if model.format is Format.KERAS:
+        from edgecli.runtimes.keras_runner import KerasRunner
+
+        return KerasRunner(model, threads)
+    raise ModelReadError(f"{model.path}: running {model.format.value} models is not supported yet")

@@ -1,0 +1,59 @@
+"""Run an ONNX model with onnxruntime on the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgecli.errors import ModelReadError
+from edgecli.formats.model_file import ModelFile
+from edgecli.runtimes.base import Runner, TensorSpec
+
+ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def session_options(threads: int):  # -> onnxruntime.SessionOptions
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+def _spec(arg) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
+    if arg.type not in ORT_TYPES:
+        raise ModelReadError(f"ONNX input/output {arg.name} has unsupported type {arg.type}")
+    return TensorSpec(arg.name, shape, np.dtype(ORT_TYPES[arg.type]))
+
+
+class OnnxRunner(Runner):
+    def __init__(self, model: ModelFile, threads: int = 1) -> None:
+        super().__init__(model, threads)
+        import onnxruntime as ort
+
+        try:
+            self.session = ort.InferenceSession(
+                str(model.path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
+            first = str(exc).strip().splitlines()[0][:240]
+            raise ModelReadError(f"onnxruntime cannot load {model.path}: {first}") from None
+        self.inputs = [_spec(a) for a in self.session.get_inputs()]
+        self.outputs = [_spec(a) for a in self.session.get_outputs()]
+
+    def run_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, feeds)

@@ -1,0 +1,75 @@
+"""Run a TFLite / LiteRT flatbuffer with the ai-edge-litert interpreter."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgecli import console
+from edgecli.errors import BackendMissing, ModelReadError
+from edgecli.formats.model_file import ModelFile
+from edgecli.runtimes.base import Runner, TensorSpec
+
+
+def _clean_name(name: str) -> str:
+    """'serving_default_input:0' -> 'input' (the ONNX name onnx2tf copies in)."""
+    name = name.split(":")[0]
+    return name.removeprefix("serving_default_")
+
+
+def _spec(detail: dict) -> TensorSpec:
+    signature = detail.get("shape_signature", detail["shape"])
+    shape = tuple(None if d < 0 else int(d) for d in signature)
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return TensorSpec(_clean_name(detail["name"]), shape, np.dtype(detail["dtype"]), float(scale), int(zero_point))
+
+
+class TfliteRunner(Runner):
+    def __init__(self, model: ModelFile, threads: int = 1) -> None:
+        super().__init__(model, threads)
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise BackendMissing("running TFLite needs ai-edge-litert", hint="pip install 'edgecli[tflite]'") from None
+        try:
+            with console.muted():  # LiteRT prints an INFO line about its XNNPACK delegate
+                self.interpreter = Interpreter(model_path=str(model.path), num_threads=threads)
+                self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelReadError(f"LiteRT cannot load {model.path}: {str(exc).splitlines()[0][:240]}") from None
+        self._input_details = self.interpreter.get_input_details()
+        self._output_details = self.interpreter.get_output_details()
+        self.inputs = [_spec(d) for d in self._input_details]
+        self.outputs = [_spec(d) for d in self._output_details]
+
+    def _resize(self, feeds: dict[str, np.ndarray]) -> None:
+        """Resize the inputs to the feeds' shapes (batch size) when they differ."""
+        changed = False
+        for detail, spec in zip(self._input_details, self.inputs):
+            shape = feeds[spec.name].shape
+            if tuple(detail["shape"]) != shape:
+                self.interpreter.resize_tensor_input(detail["index"], list(shape), strict=True)
+                changed = True
+        if changed:
+            self.interpreter.allocate_tensors()
+            self._input_details = self.interpreter.get_input_details()
+            self._output_details = self.interpreter.get_output_details()
+
+    def _invoke(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self._resize(feeds)
+        for detail, spec in zip(self._input_details, self.inputs):
+            self.interpreter.set_tensor(detail["index"], feeds[spec.name])
+        self.interpreter.invoke()
+        results = []
+        for detail, spec in zip(self._output_details, self.outputs):
+            value = self.interpreter.get_tensor(detail["index"]).copy()
+            if spec.scale and np.issubdtype(value.dtype, np.integer):
+                value = ((value.astype(np.float32) - spec.zero_point) * spec.scale).astype(np.float32)
+            results.append(value)
+        return results
+
+    def run_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        batch = next(iter(feeds.values())).shape[0]
+        if batch == 1 or self.dynamic_batch:
+            return self._invoke(feeds)
+        parts = [self._invoke({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(batch)]
+        return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]

@@ -1,0 +1,1 @@
+"""The work of each verb: each stage reads a ModelFile and a recipe and returns an Artifact."""

@@ -1,0 +1,55 @@
+"""What a stage produces: a model object in memory, its metrics, and how to serialize it."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgecli.formats.detect import Format
+from edgecli.formats.model_file import ModelFile
+
+
+@dataclass
+class Artifact:
+    """A transformed model before it is written.
+
+    payload: onnx.ModelProto (ONNX), torch.export.ExportedProgram (.pt2) or bytes (TFLite).
+    metrics: key figures stored in the lineage and printed in the summary (no timings).
+    io: hints for later steps, e.g. {"input_layout": "NHWC"}.
+    gate_failures: recipe targets that were missed; the artifact is still written, then exit 1.
+    """
+
+    format: Format
+    payload: Any
+    metrics: dict[str, Any] = field(default_factory=dict)
+    io: dict[str, Any] = field(default_factory=dict)
+    gate_failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_bytes(self, lineage: dict[str, Any] | None) -> bytes:
+        if self.format is Format.ONNX:
+            from edgecli.formats import onnx_file
+
+            return onnx_file.to_bytes(self.payload, lineage)
+        if self.format is Format.PT2:
+            from edgecli.formats import pt2_file
+
+            return pt2_file.to_bytes(self.payload, lineage)
+        if self.format is Format.TFLITE:
+            from edgecli.formats import tflite_file
+
+            return tflite_file.to_bytes(self.payload, lineage)
+        raise ValueError(f"cannot serialize {self.format}")
+
+
+@contextlib.contextmanager
+def staged(artifact: Artifact) -> Iterator[ModelFile]:
+    """The artifact written to a private temporary file, for checks that run it."""
+    with tempfile.TemporaryDirectory(prefix="edgecli-check-") as folder:
+        path = Path(folder) / f"candidate{artifact.format.suffix}"
+        path.write_bytes(artifact.to_bytes({"edgecli": 1, "steps": [{"io": artifact.io}]} if artifact.io else None))
+        yield ModelFile.open(path)

@@ -1,0 +1,48 @@
+"""Parity: does a transformed model compute the same function as its parent, on real inputs?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgecli import console
+from edgecli.data import Dataset
+from edgecli.errors import ParityError
+from edgecli.metrics import compare
+from edgecli.recipes import ParitySpec
+from edgecli.runtimes.base import Runner
+
+
+def check_parity(parent: Runner, child: Runner, data: Dataset, spec: ParitySpec, what: str) -> dict[str, Any]:
+    """Compare every output of parent and child on `data`; raise ParityError above tolerance."""
+    sample = data.take(spec.samples)
+    expected = parent.predict(sample, description=f"parity: {what} (parent)" if len(sample) > 512 else None)
+    actual = child.predict(sample, description=f"parity: {what} (converted)" if len(sample) > 512 else None)
+    if len(expected) != len(actual):
+        raise ParityError(f"{what}: parent has {len(expected)} outputs, converted model has {len(actual)}")
+    worst: dict[str, Any] = {}
+    for index, (ref, out) in enumerate(zip(expected, actual)):
+        name = parent.outputs[index].name if index < len(parent.outputs) else str(index)
+        try:
+            result = compare(ref, out)
+        except ValueError as exc:
+            raise ParityError(f"{what}: output '{name}': {exc}") from None
+        problems = []
+        if result["max_abs_diff"] > spec.atol:
+            problems.append(f"max abs diff {result['max_abs_diff']:.3g} > atol {spec.atol:g}")
+        if "agreement" in result and result["agreement"] < spec.min_agreement:
+            problems.append(f"top-1 agreement {result['agreement']:.4f} < {spec.min_agreement:g}")
+        if problems:
+            raise ParityError(
+                f"{what}: output '{name}' diverges on {len(sample)} samples of {data.source}: {'; '.join(problems)}",
+                hint="raise parity.atol in the recipe only if this difference is acceptable",
+            )
+        if not worst or result["max_abs_diff"] > worst["max_abs_diff"]:
+            worst = result
+    worst = {f"parity_{k}": v for k, v in worst.items()}
+    worst["parity_samples"] = len(sample)
+    console.info(
+        f"parity {what}: max abs diff {worst['parity_max_abs_diff']:.3g}, mean {worst['parity_mean_abs_diff']:.3g}"
+        + (f", top-1 agreement {worst['parity_agreement']:.4f}" if "parity_agreement" in worst else "")
+        + f" on {len(sample)} samples of {data.source}"
+    )
+    return worst
