@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,9 +67,12 @@ def load_dataset(spec: DataSpec, override: Path | None = None, recipe_file: Path
     if not path.is_file():
         raise DataError(f"{source} does not exist" if not path.exists() else f"{source} is not a file")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array: np.load returns an ndarray
+            raise DataError(f"{source} is a single .npy array, not an .npz archive", hint="np.savez(path, x=inputs, y=labels)")
+        with loaded as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as exc:
         raise DataError(f"{source} is not a readable .npz file ({str(exc)[:160]})") from None
     if not isinstance(arrays, dict) or not arrays:
         raise DataError(f"{source} holds no arrays")

@@ -43,6 +43,9 @@ class FinetuneSpec(Strict):
     lr: float = Field(1e-3, gt=0, le=10, description="Learning rate.")
     batch_size: int = Field(64, ge=1, le=65536, description="Mini-batch size.")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="Optimiser: adam, or sgd with momentum 0.9.")
+    schedule: Literal["constant", "onecycle"] = Field(
+        "constant", description="Learning-rate schedule: constant, or one-cycle (warm-up then anneal) peaking at lr."
+    )
 
 
 class PruneRecipe(Strict):
@@ -69,6 +72,9 @@ class StudentSpec(Strict):
     channels: list[int] = Field(
         default_factory=lambda: [16, 32, 64], min_length=1, description="cnn: output channels of each conv block."
     )
+    head: Literal["flatten", "avgpool"] = Field(
+        "flatten", description="cnn: flatten the last feature map into the classifier, or global-average-pool it."
+    )
     hidden: list[int] = Field(default_factory=lambda: [128], description="mlp: width of each hidden layer.")
 
 
@@ -84,6 +90,9 @@ class DistillRecipe(Strict):
     batch_size: int = Field(64, ge=1, le=65536, description="Mini-batch size.")
     lr: float = Field(2e-3, gt=0, le=10, description="Learning rate.")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="Optimiser: adam, or sgd with momentum 0.9.")
+    schedule: Literal["constant", "onecycle"] = Field(
+        "onecycle", description="Learning-rate schedule: constant, or one-cycle (warm-up then anneal) peaking at lr."
+    )
     data: DataSpec = Field(default_factory=DataSpec, description="Training data; labels under `y` are optional.")
     eval_data: DataSpec | None = Field(None, description="Labelled data for the accuracy report.")
     seed: int = Field(0, description="Random seed; the same seed gives the same student bytes.")
@@ -188,6 +197,25 @@ RECIPES: dict[str, type[Strict]] = {
 }
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML loading that refuses a key given twice (YAML would silently keep the last one)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{key}' appears twice", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
 def resolve_recipe_path(verb: str, name_or_path: str) -> Path:
     """A recipe path as given, or the name of a recipe shipped in configs/<verb>/."""
     path = Path(name_or_path)
@@ -277,7 +305,7 @@ def load_recipe(verb: str, name_or_path: str | None, overrides: list[str] | None
     if name_or_path is not None:
         path = resolve_recipe_path(verb, name_or_path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else ""

@@ -39,6 +39,7 @@ def fit(
     lr: float,
     optimizer: str,
     seed: int,
+    schedule: str = "constant",
     description: str,
     after_step: Callable[[], None] | None = None,
     after_epoch: Callable[[int], dict[str, float]] | None = None,
@@ -55,6 +56,9 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     opt = make_optimizer(optimizer, params, lr)
     steps_per_epoch = (count + batch_size - 1) // batch_size
+    scheduler = None
+    if schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     history: list[float] = []
     with console.progress(description, total=epochs * steps_per_epoch) as bar:
         for epoch in range(epochs):
@@ -66,6 +70,8 @@ def fit(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if scheduler is not None:
+                    scheduler.step()
                 if after_step is not None:
                     after_step()
                 total += float(loss.detach()) * len(indices)

@@ -24,9 +24,14 @@ class Format(str, Enum):
 def _zip_names(path: Path) -> list[str]:
     try:
         with zipfile.ZipFile(path) as archive:
-            return archive.namelist()
+            infos = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ModelReadError(f"{path} looks like a zip archive but cannot be opened ({exc}); truncated?") from None
+    # zipfile finds the last end-of-directory record it can: in a truncated .pt2 that is the one of the
+    # zip stored inside it (sample_inputs/model.pt). The real directory lists an entry at byte 0.
+    if not infos or min(info.header_offset for info in infos) != 0:
+        raise ModelReadError(f"{path} looks like a zip archive but its directory is missing; truncated?")
+    return [info.filename for info in infos]
 
 
 def _looks_like_onnx(head: bytes) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def read_lineage(path: Path) -> dict[str, Any] | None:
             if entry.Name() and entry.Name().decode() == lin.LINEAGE_KEY:
                 buffer = model.Buffers(entry.Buffer())
                 return lin.loads(buffer.DataAsNumpy().tobytes())
-    except (ModelReadError, IndexError, AttributeError, ValueError):
+    except (ModelReadError, IndexError, AttributeError, ValueError, struct.error):  # struct.error: truncated
         return None
     return None
 

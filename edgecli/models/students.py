@@ -34,7 +34,10 @@ def build_student(spec: StudentSpec, input_shape: tuple[int, ...], num_classes: 
             blocks.append(nn.MaxPool2d(2))
             height, width = height // 2, width // 2
         channels = out_channels
-    blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
+    if spec.head == "avgpool":
+        blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
+    else:
+        blocks += [nn.Flatten(), nn.Linear(channels * height * width, num_classes)]
     return nn.Sequential(*blocks)
 
 

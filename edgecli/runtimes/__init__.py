@@ -10,8 +10,11 @@ from edgecli.runtimes.base import Runner, TensorSpec
 __all__ = ["Runner", "TensorSpec", "open_runner"]
 
 
-def open_runner(model: ModelFile, threads: int = 1) -> Runner:
-    """The runner for the model's format (frameworks are imported only here)."""
+def open_runner(model: ModelFile, threads: int | None = None) -> Runner:
+    """The runner for the model's format (frameworks are imported only here).
+
+    threads: intra-op threads; None lets the runtime use every core (evaluation), bench pins it.
+    """
     if model.format is Format.ONNX:
         from edgecli.runtimes.onnx_runner import OnnxRunner
 

@@ -41,7 +41,7 @@ class Runner(ABC):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 
-    def __init__(self, model: ModelFile, threads: int = 1) -> None:
+    def __init__(self, model: ModelFile, threads: int | None = None) -> None:
         self.model = model
         self.threads = threads
         self.input_layout = lin.io_hints(model.lineage).get("input_layout")  # e.g. "NHWC" after onnx2tf

@@ -10,7 +10,7 @@ from edgecli.runtimes.base import Runner, TensorSpec
 
 
 class KerasRunner(Runner):
-    def __init__(self, model: ModelFile, threads: int = 1) -> None:
+    def __init__(self, model: ModelFile, threads: int | None = None) -> None:
         super().__init__(model, threads)
         self.keras_model = load_keras(model.path)
         self.inputs = [_spec(t) for t in self.keras_model.inputs]

@@ -21,11 +21,11 @@ ORT_TYPES = {
 }
 
 
-def session_options(threads: int):  # -> onnxruntime.SessionOptions
+def session_options(threads: int | None):  # -> onnxruntime.SessionOptions
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or 0  # 0: onnxruntime picks one per core
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -41,7 +41,7 @@ def _spec(arg) -> TensorSpec:
 
 
 class OnnxRunner(Runner):
-    def __init__(self, model: ModelFile, threads: int = 1) -> None:
+    def __init__(self, model: ModelFile, threads: int | None = None) -> None:
         super().__init__(model, threads)
         import onnxruntime as ort
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from edgecli import console
@@ -24,7 +26,7 @@ def _spec(detail: dict) -> TensorSpec:
 
 
 class TfliteRunner(Runner):
-    def __init__(self, model: ModelFile, threads: int = 1) -> None:
+    def __init__(self, model: ModelFile, threads: int | None = None) -> None:
         super().__init__(model, threads)
         try:
             from ai_edge_litert.interpreter import Interpreter
@@ -32,7 +34,7 @@ class TfliteRunner(Runner):
             raise BackendMissing("running TFLite needs ai-edge-litert", hint="pip install 'edgecli[tflite]'") from None
         try:
             with console.muted():  # LiteRT prints an INFO line about its XNNPACK delegate
-                self.interpreter = Interpreter(model_path=str(model.path), num_threads=threads)
+                self.interpreter = Interpreter(model_path=str(model.path), num_threads=threads or os.cpu_count() or 1)
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelReadError(f"LiteRT cannot load {model.path}: {str(exc).splitlines()[0][:240]}") from None

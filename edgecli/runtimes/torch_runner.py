@@ -39,11 +39,12 @@ def program_specs(program: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 
 class TorchRunner(Runner):
-    def __init__(self, model: ModelFile, threads: int = 1) -> None:
+    def __init__(self, model: ModelFile, threads: int | None = None) -> None:
         super().__init__(model, threads)
         import torch
 
-        torch.set_num_threads(threads)
+        if threads:
+            torch.set_num_threads(threads)
         self.program = pt2_file.load(model.path)
         self.module = self.program.module()
         self.inputs, self.outputs = program_specs(self.program)

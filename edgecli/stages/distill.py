@@ -76,7 +76,7 @@ def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset, eval_data
         student, list(student.parameters()), len(train), lambda idx: [x_all[idx]],
         lambda out, idx: kd_loss(out, t_all[idx], None if y_all is None else y_all[idx], recipe.temperature, recipe.soft_weight),
         epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,
-        seed=recipe.seed, description="distilling", after_epoch=validate,
+        seed=recipe.seed, schedule=recipe.schedule, description="distilling", after_epoch=validate,
     )
     student.eval()
     # A batch of 2 (Dim("batch") fails on 1), copied: the program stores its example inputs.

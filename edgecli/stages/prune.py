@@ -91,7 +91,7 @@ def prune(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval_dat
             len(train), lambda idx: [x_all[idx]],
             lambda out, idx: torch.nn.functional.cross_entropy(out, y_all[idx]),
             epochs=recipe.finetune.epochs, batch_size=recipe.finetune.batch_size, lr=recipe.finetune.lr,
-            optimizer=recipe.finetune.optimizer, seed=recipe.seed, description="fine-tuning",
+            optimizer=recipe.finetune.optimizer, schedule=recipe.finetune.schedule, seed=recipe.seed, description="fine-tuning",
             after_step=lambda: apply_masks(weights, masks),
         )
     total = sum(w.numel() for w in weights.values())

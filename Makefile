@@ -1,0 +1,56 @@
+# edgecli: `make demo` runs the whole chain on the sample model; `make test` runs the test suite.
+# Both install everything first (into .venv) if needed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EDGECLI := $(BIN)/edgecli
+STAMP := $(VENV)/.installed
+SAMPLE := sample_models/fashion
+OUT := demo-out
+
+.PHONY: install demo test clean-demo
+
+install: $(STAMP)
+
+# onnx2tf and tf-keras go in with --no-deps: their own pins would replace half of the working set.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[tflite,test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps onnx2tf==1.29.24 tf-keras==2.21.0
+	@touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# ---- the demo chain: each artifact is a make target, rebuilt only when its inputs change ----
+
+$(OUT):
+	@mkdir -p $@
+
+$(OUT)/pruned.pt2: $(SAMPLE)/fashion_cnn.pt2 configs/prune/magnitude-50.yaml | $(STAMP) $(OUT)
+	$(EDGECLI) prune $< -r magnitude-50 -o $@
+
+$(OUT)/student.pt2: $(SAMPLE)/fashion_cnn.onnx configs/distill/kd.yaml | $(STAMP) $(OUT)
+	$(EDGECLI) distill $< -r kd -o $@
+
+$(OUT)/%.onnx: $(OUT)/%.pt2 configs/convert/onnx.yaml | $(STAMP)
+	$(EDGECLI) convert $< -r onnx -o $@
+
+$(OUT)/float.int8.onnx: $(SAMPLE)/fashion_cnn.onnx configs/quantize/int8-static.yaml | $(STAMP) $(OUT)
+	$(EDGECLI) quantize $< -r int8-static -o $@
+
+$(OUT)/student.int8.onnx: $(OUT)/student.onnx configs/quantize/int8-static.yaml | $(STAMP)
+	$(EDGECLI) quantize $< -r int8-static -o $@
+
+$(OUT)/float.tflite: $(SAMPLE)/fashion_cnn.onnx configs/convert/tflite.yaml | $(STAMP) $(OUT)
+	$(EDGECLI) convert $< -r tflite -o $@
+
+DEMO_MODELS := $(SAMPLE)/fashion_cnn.onnx $(OUT)/pruned.onnx $(OUT)/student.onnx \
+	$(OUT)/float.int8.onnx $(OUT)/student.int8.onnx $(OUT)/float.tflite
+
+demo: $(DEMO_MODELS) | $(STAMP)
+	$(EDGECLI) bench $(DEMO_MODELS) -r default --json $(OUT)/bench.json
+
+clean-demo:
+	rm -rf $(OUT)

@@ -1,0 +1,77 @@
+"""Shared fixtures: the committed sample model and a helper that runs the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_models" / "fashion"
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+
+def run_cli(*args: object, stdin: bytes | None = None, env: dict[str, str] | None = None, cwd: Path = ROOT) -> CliResult:
+    """Run `python -m edgecli ARGS` as a user would; stdout is kept as bytes (it may carry a model)."""
+    full_env = {k: v for k, v in os.environ.items() if k != "EDGECLI_DEBUG"}
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgecli", *map(str, args)],
+        input=stdin if stdin is not None else b"",
+        capture_output=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=600,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace"))
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Files in `folder` (temporary files of an atomic write included)."""
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.fixture(scope="session")
+def sample() -> dict[str, Path]:
+    paths = {
+        "pt2": SAMPLE / "fashion_cnn.pt2",
+        "onnx": SAMPLE / "fashion_cnn.onnx",
+        "train": SAMPLE / "train.npz",
+        "calib": SAMPLE / "calib.npz",
+        "eval": SAMPLE / "eval.npz",
+    }
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    assert not missing, f"sample model files missing: {missing} (run sample_models/train.py)"
+    return paths
+
+
+@pytest.fixture(scope="session")
+def sample_tflite(sample: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample ONNX model converted to TFLite once for the whole session."""
+    out = tmp_path_factory.mktemp("tflite") / "fashion.tflite"
+    result = run_cli("convert", sample["onnx"], "-r", "tflite", "--data", sample["eval"], "-o", out, "-q")
+    assert result.code == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_int8(sample: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample ONNX model quantized (static INT8) once for the whole session."""
+    out = tmp_path_factory.mktemp("int8") / "fashion.int8.onnx"
+    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", "-o", out, "-q")
+    assert result.code == 0, result.stderr
+    return out

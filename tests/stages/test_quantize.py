@@ -1,0 +1,101 @@
+"""quantize: static QDQ and dynamic INT8 on the sample model; size, accuracy and op checks."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+
+from edgecli.data import load_dataset
+from edgecli.formats.model_file import ModelFile
+from edgecli.metrics import accuracy
+from edgecli.recipes import DataSpec
+from edgecli.runtimes import open_runner
+from tests.conftest import leftovers, run_cli
+
+
+def _ops(path) -> Counter:
+    return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def _accuracy(path, data_path) -> float:
+    data = load_dataset(DataSpec(path=data_path))
+    return accuracy(open_runner(ModelFile.open(path)).predict(data)[0], data.labels)
+
+
+def test_static_int8_is_qdq_4x_smaller_and_accurate(sample, sample_int8):
+    ops = _ops(sample_int8)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+    assert not {"ConvInteger", "MatMulInteger", "QLinearConv"} & set(ops)  # QDQ, never ConvInteger
+    ratio = sample_int8.stat().st_size / sample["onnx"].stat().st_size
+    assert ratio < 0.35, ratio
+    float_acc, int8_acc = _accuracy(sample["onnx"], sample["eval"]), _accuracy(sample_int8, sample["eval"])
+    assert float_acc - int8_acc <= 0.01, (float_acc, int8_acc)
+    metrics = ModelFile.open(sample_int8).lineage["steps"][-1]["metrics"]
+    assert abs(metrics["accuracy"] - int8_acc) < 1e-9  # the lineage tells the truth
+    assert metrics["agreement"] >= 0.97
+
+
+def test_dynamic_int8_quantizes_only_gemm(sample, tmp_path):
+    out = tmp_path / "dyn.onnx"
+    result = run_cli("quantize", sample["onnx"], "-r", "int8-dynamic", "-o", out, "-q")
+    assert result.code == 0, result.stderr
+    ops = _ops(out)
+    assert "ConvInteger" not in ops
+    assert ops["MatMulInteger"] + ops["DynamicQuantizeLinear"] > 0
+    assert abs(_accuracy(sample["onnx"], sample["eval"]) - _accuracy(out, sample["eval"])) <= 0.01
+
+
+def test_entropy_calibration_per_tensor(sample, tmp_path):
+    out = tmp_path / "ent.onnx"
+    result = run_cli(
+        "quantize", sample["onnx"], "-r", "int8-static", "--set", "calibration.method=entropy",
+        "--set", "per_channel=false", "--set", "calibration.samples=128", "-o", out, "-q",
+    )
+    assert result.code == 0, result.stderr
+    assert _accuracy(sample["onnx"], sample["eval"]) - _accuracy(out, sample["eval"]) <= 0.03
+
+
+def test_excluded_op_type_stays_float(sample, tmp_path):
+    out = tmp_path / "nogemm.onnx"
+    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", "--set", "exclude_op_types=[Gemm]",
+                     "--set", "calibration.samples=64", "-o", out, "-q")
+    assert result.code == 0, result.stderr
+    proto = onnx.load(str(out))
+    gemm = next(n for n in proto.graph.node if n.op_type == "Gemm")
+    producers = {o: n.op_type for n in proto.graph.node for o in n.output}
+    assert producers.get(gemm.input[1]) != "DequantizeLinear"  # its weight is not quantized
+
+
+def test_missed_accuracy_gate_writes_model_and_exits_1(sample, tmp_path):
+    out = tmp_path / "gated.onnx"
+    # An impossible budget: a negative drop is not allowed by the schema, so ask for a zero drop
+    # with a deliberately coarse quantization (per-tensor, uint8 weights with reduced range).
+    result = run_cli(
+        "quantize", sample["onnx"], "-r", "int8-static", "--set", "max_accuracy_drop=0",
+        "--set", "per_channel=false", "--set", "reduce_range=true", "--set", "calibration.samples=32",
+        "-o", out,
+    )
+    drop = ModelFile.open(out).lineage["steps"][-1]["metrics"]["accuracy_drop"]
+    if drop > 0:
+        assert result.code == 1
+        assert result.lines[-1].startswith("gate failed: accuracy drop")
+    else:
+        assert result.code == 0
+    assert out.exists()
+
+
+def test_quantize_refuses_non_onnx_with_exit_2(sample, tmp_path):
+    result = run_cli("quantize", sample["pt2"], "-r", "int8-static", "-o", tmp_path / "x.onnx")
+    assert result.code == 2
+    assert "quantize reads ONNX models" in result.lines[-1]
+    assert leftovers(tmp_path) == []
+
+
+def test_int8_outputs_close_to_float(sample, sample_int8):
+    data = load_dataset(DataSpec(path=sample["eval"], limit=256))
+    ref = open_runner(ModelFile.open(sample["onnx"])).predict(data)[0]
+    q = open_runner(ModelFile.open(sample_int8)).predict(data)[0]
+    rel = np.abs(ref - q).mean() / np.abs(ref).mean()
+    assert rel < 0.1, rel
