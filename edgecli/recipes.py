@@ -40,7 +40,7 @@ class FinetuneSpec(Strict):
     """Fine-tuning on labelled data after a transformation."""
 
     epochs: int = Field(0, ge=0, le=1000, description="Epochs of fine-tuning; 0 disables it.")
-    lr: float = Field(1e-3, gt=0, le=10, description="Learning rate.")
+    lr: float = Field(1e-4, gt=0, le=10, description="Learning rate (small: the model is already trained).")
     batch_size: int = Field(64, ge=1, le=65536, description="Mini-batch size.")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="Optimiser: adam, or sgd with momentum 0.9.")
     schedule: Literal["constant", "onecycle"] = Field(

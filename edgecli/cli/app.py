@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from typing import Annotated, Optional
 
 import typer
@@ -45,7 +46,12 @@ def root(
     """edgecli: model compression for edge AI."""
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds like Ctrl-C: temporary files are removed
+
+
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    signal.signal(signal.SIGTERM, _terminate)
     app()

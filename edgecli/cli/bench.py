@@ -46,7 +46,7 @@ def report_table(report: dict[str, Any]) -> Table:
 
 @handle_errors
 def bench(
-    models: Annotated[list[str], typer.Argument(help="Models to compare; the first is the reference.")],
+    models: Annotated[list[str], typer.Argument(metavar="MODEL...", help="Models to compare; the first is the reference.")],
     recipe: RecipeOpt = None,
     data: DataOpt = None,
     sets: SetOpt = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 from rich.table import Table
 
 from edgecli import console
+from edgecli.cli.errors import handle_errors
+from edgecli.cli.options import DataOpt, EvalDataOpt, ModelArg, OutputOpt, QuietOpt, RecipeOpt, SetOpt
 from edgecli.data import Dataset, load_dataset
 from edgecli.errors import GateFailed, UsageError
 from edgecli.formats import lineage as lin
@@ -98,3 +101,25 @@ def _record_overrides(recipe: Strict, data: Path | None, eval_data: Path | None)
         recipe.data.path = data
     if eval_data is not None and hasattr(recipe, "eval_data"):
         recipe.eval_data = (recipe.eval_data or DataSpec()).model_copy(update={"path": eval_data})
+
+
+def model_command(verb: str, stage: str, target: Callable[[Any], Format], doc: str) -> Callable[..., None]:
+    """A Typer command for a verb that reads MODEL and writes one artifact with `stage`
+    ("module:function", imported only when the command runs, so --help stays fast)."""
+
+    def command(
+        model: ModelArg,
+        output: OutputOpt,
+        recipe: RecipeOpt = None,
+        data: DataOpt = None,
+        eval_data: EvalDataOpt = None,
+        sets: SetOpt = None,
+        quiet: QuietOpt = False,
+    ) -> None:
+        module, _, name = stage.partition(":")
+        work = getattr(importlib.import_module(module), name)
+        run_model_verb(verb, model, recipe, output, sets, quiet, work, target, data, eval_data)
+
+    command.__name__ = verb
+    command.__doc__ = doc
+    return handle_errors(command)

@@ -7,17 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-ModelArg = Annotated[str, typer.Argument(help="Model file (.pt2, .onnx, .tflite, .keras, SavedModel folder); - reads stdin.")]
+ModelArg = Annotated[str, typer.Argument(metavar="MODEL", help="Model file (.pt2, .onnx, .tflite, .keras, SavedModel folder); - reads stdin.")]
 RecipeOpt = Annotated[
-    Optional[str], typer.Option("-r", "--recipe", help="Recipe YAML path, or the name of a recipe in configs/<verb>/.")
+    Optional[str], typer.Option("-r", "--recipe", metavar="RECIPE", help="Recipe YAML path, or the name of a recipe in configs/<verb>/.")
 ]
-OutputOpt = Annotated[str, typer.Option("-o", "--output", help="Output model path; - writes the bytes to stdout.")]
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Dataset .npz (inputs 'x', labels 'y'); overrides the recipe's.")]
+OutputOpt = Annotated[str, typer.Option("-o", "--output", metavar="PATH", help="Output model path; - writes the bytes to stdout.")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", metavar="NPZ", help="Dataset .npz (inputs 'x', labels 'y'); overrides the recipe's.")]
 EvalDataOpt = Annotated[
-    Optional[Path], typer.Option("--eval-data", help="Labelled .npz for the accuracy report; overrides eval_data.path.")
+    Optional[Path], typer.Option("--eval-data", metavar="NPZ", help="Labelled .npz for the accuracy report; overrides eval_data.path.")
 ]
 SetOpt = Annotated[
-    Optional[list[str]], typer.Option("--set", help="Override a recipe value: key.sub=value (repeatable).")
+    Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe value: key.sub=value (repeatable).")
 ]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bars, tables or info lines.")]
-JsonOpt = Annotated[Optional[str], typer.Option("--json", help="Write a JSON report to this path; - for stdout.")]
+JsonOpt = Annotated[Optional[str], typer.Option("--json", metavar="PATH", help="Write a JSON report to this path; - for stdout.")]

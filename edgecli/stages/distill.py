@@ -44,10 +44,12 @@ def _student_accuracy(student: Any, x: np.ndarray, labels: np.ndarray, batch_siz
     return accuracy(logits.numpy(), labels)
 
 
-def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset, eval_data: Dataset | None) -> Artifact:
+def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, eval_data: Dataset | None) -> Artifact:
     """Train the recipe's student on the teacher's soft targets (and labels when present)."""
     import torch
 
+    if train is None:
+        raise UsageError("distill needs training data", hint="pass --data train.npz or set data.path")
     seed_everything(recipe.seed)
     teacher_runner = open_runner(teacher)
     if len(teacher_runner.inputs) != 1 or len(train.inputs) != 1:

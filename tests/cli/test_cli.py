@@ -96,3 +96,20 @@ def test_data_shape_mismatch_is_exit_3(sample, tmp_path):
     assert result.code == 3
     assert "shape [4, 3, 32, 32]" in result.lines[-1]
     assert leftovers(tmp_path) == ["wrong.npz"]
+
+
+def test_sigterm_during_work_leaves_nothing(sample, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "student.pt2"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgecli", "distill", str(sample["onnx"]), "-r", "kd", "-o", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    time.sleep(6)  # inside teacher inference or training by now
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert "interrupted: no output was written" in err.decode()
+    assert leftovers(tmp_path) == []

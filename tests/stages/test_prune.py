@@ -63,17 +63,16 @@ def test_prune_without_finetune_zeroes_exactly_half(sample, tmp_path):
 
 def test_finetune_keeps_zeros_and_recovers_accuracy(sample, tmp_path):
     out = tmp_path / "ft.pt2"
-    result = run_cli("prune", sample["pt2"], "-r", "magnitude-50", "--set", "sparsity=0.8",
-                     "--set", "finetune.epochs=1", "-o", out, "-q")
+    result = run_cli("prune", sample["pt2"], "-r", "magnitude-50", "-o", out, "-q")  # 50%, 1 epoch
     assert result.code == 0, result.stderr
     pruned = _weights(out)
     zeros = sum(int((w == 0).sum()) for w in pruned.values()) / sum(w.numel() for w in pruned.values())
-    assert abs(zeros - 0.8) < 1e-3  # fine-tuning did not regrow pruned weights
+    assert abs(zeros - 0.5) < 1e-3  # fine-tuning did not regrow pruned weights
     metrics = ModelFile.open(out).lineage["steps"][-1]["metrics"]
     measured = _accuracy(out, sample["eval"])
     assert abs(metrics["accuracy"] - measured) < 1e-9
-    assert metrics["accuracy_before"] - measured <= 0.02, (metrics, measured)
-    assert measured >= metrics["accuracy_pruned"] - 1e-9  # fine-tuning did not make it worse
+    assert metrics["accuracy_before"] - measured <= 0.01, (metrics, measured)  # measured 0.002
+    assert measured > metrics["accuracy_pruned"]  # fine-tuning recovered what pruning lost
 
 
 def test_pruned_model_compresses_better(sample, tmp_path):
