@@ -57,22 +57,30 @@ def _timing_feeds(runner: Runner, data: Dataset | None, batch_size: int) -> dict
 
 
 def measure_latency(runners: list[Runner], feeds: list[dict[str, np.ndarray]], recipe: BenchRecipe) -> list[list[float]]:
-    """Warm up each model, then time them interleaved (round-robin) so drift hits all alike."""
+    """Warm up each model, then time them interleaved (round-robin) so that machine drift hits all
+    alike. Each model runs until it has both `runs` timings and `min_time_s` of timed work; a model
+    that is done drops out of the rotation."""
+    estimates = []
     for runner, feed in zip(runners, feeds):
         for _ in range(recipe.warmup):
             runner.run_feeds(feed)
-    start = time.perf_counter()
-    for runner, feed in zip(runners, feeds):
+        start = time.perf_counter()
         runner.run_feeds(feed)
-    round_s = max(time.perf_counter() - start, 1e-6)
-    rounds = max(recipe.runs, math.ceil(recipe.min_time_s / round_s))
+        estimates.append(max(time.perf_counter() - start, 1e-6))
+    planned = max(max(recipe.runs, math.ceil(recipe.min_time_s / t)) for t in estimates)
     samples: list[list[float]] = [[] for _ in runners]
-    with console.progress("timing", total=rounds) as bar:
-        for _ in range(rounds):
-            for index, (runner, feed) in enumerate(zip(runners, feeds)):
+    spent = [0.0 for _ in runners]
+    with console.progress("timing", total=planned) as bar:
+        while True:
+            pending = [i for i in range(len(runners)) if len(samples[i]) < recipe.runs or spent[i] < recipe.min_time_s]
+            if not pending:
+                break
+            for index in pending:
                 t0 = time.perf_counter_ns()
-                runner.run_feeds(feed)
-                samples[index].append((time.perf_counter_ns() - t0) / 1e6)
+                runners[index].run_feeds(feeds[index])
+                elapsed = (time.perf_counter_ns() - t0) / 1e6
+                samples[index].append(elapsed)
+                spent[index] += elapsed / 1000.0
             bar.advance()
     return samples
 
