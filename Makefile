@@ -8,6 +8,9 @@ EDGECLI := $(BIN)/edgecli
 STAMP := $(VENV)/.installed
 SAMPLE := sample_models/fashion
 OUT := demo-out
+TRAIN := --data $(SAMPLE)/train.npz --eval-data $(SAMPLE)/eval.npz
+CALIB := --data $(SAMPLE)/calib.npz --eval-data $(SAMPLE)/eval.npz
+EVAL := --data $(SAMPLE)/eval.npz
 
 .PHONY: install demo test clean-demo
 
@@ -29,28 +32,28 @@ $(OUT):
 	@mkdir -p $@
 
 $(OUT)/pruned.pt2: $(SAMPLE)/fashion_cnn.pt2 configs/prune/magnitude-50.yaml | $(STAMP) $(OUT)
-	$(EDGECLI) prune $< -r magnitude-50 -o $@
+	$(EDGECLI) prune $< -r magnitude-50 $(TRAIN) -o $@
 
 $(OUT)/student.pt2: $(SAMPLE)/fashion_cnn.onnx configs/distill/kd.yaml | $(STAMP) $(OUT)
-	$(EDGECLI) distill $< -r kd -o $@
+	$(EDGECLI) distill $< -r kd $(TRAIN) -o $@
 
 $(OUT)/%.onnx: $(OUT)/%.pt2 configs/convert/onnx.yaml | $(STAMP)
-	$(EDGECLI) convert $< -r onnx -o $@
+	$(EDGECLI) convert $< -r onnx $(EVAL) -o $@
 
 $(OUT)/float.int8.onnx: $(SAMPLE)/fashion_cnn.onnx configs/quantize/int8-static.yaml | $(STAMP) $(OUT)
-	$(EDGECLI) quantize $< -r int8-static -o $@
+	$(EDGECLI) quantize $< -r int8-static $(CALIB) -o $@
 
 $(OUT)/student.int8.onnx: $(OUT)/student.onnx configs/quantize/int8-static.yaml | $(STAMP)
-	$(EDGECLI) quantize $< -r int8-static -o $@
+	$(EDGECLI) quantize $< -r int8-static $(CALIB) -o $@
 
 $(OUT)/float.tflite: $(SAMPLE)/fashion_cnn.onnx configs/convert/tflite.yaml | $(STAMP) $(OUT)
-	$(EDGECLI) convert $< -r tflite -o $@
+	$(EDGECLI) convert $< -r tflite $(EVAL) -o $@
 
 DEMO_MODELS := $(SAMPLE)/fashion_cnn.onnx $(OUT)/pruned.onnx $(OUT)/student.onnx \
 	$(OUT)/float.int8.onnx $(OUT)/student.int8.onnx $(OUT)/float.tflite
 
 demo: $(DEMO_MODELS) | $(STAMP)
-	$(EDGECLI) bench $(DEMO_MODELS) -r default --json $(OUT)/bench.json
+	$(EDGECLI) bench $(DEMO_MODELS) -r default $(EVAL) --json $(OUT)/bench.json
 
 clean-demo:
 	rm -rf $(OUT)

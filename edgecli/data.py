@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecli.errors import DataError, UsageError
-from edgecli.recipes import DataSpec, resolve_data_path
+from edgecli.recipes import DataSpec
 
 LABEL_KEY = "y"
 SINGLE_INPUT_KEY = "x"
@@ -55,13 +55,12 @@ def _normalise(x: np.ndarray, spec: DataSpec, name: str, source: str) -> np.ndar
     return x
 
 
-def load_dataset(spec: DataSpec, override: Path | None = None, recipe_file: Path | None = None, what: str = "data") -> Dataset:
-    """Load the dataset named by `--data` (override) or by the recipe. Raises DataError/UsageError."""
+def load_dataset(spec: DataSpec, override: Path | None = None, what: str = "data") -> Dataset:
+    """Load the dataset named on the command line (override) or by the recipe (relative to the
+    current folder). Raises DataError/UsageError."""
     path = override if override is not None else spec.path
     if path is None:
         raise UsageError(f"no {what} given", hint="pass --data PATH.npz or set data.path in the recipe")
-    if override is None:
-        path = resolve_data_path(Path(path), recipe_file)
     path = Path(path)
     source = str(path)
     if not path.is_file():

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgecli.errors import RecipeError, UsageError
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
-PROJECT_ROOT = CONFIGS_DIR.parent
 
 
 class Strict(BaseModel):
@@ -320,12 +319,3 @@ def load_recipe(verb: str, name_or_path: str | None, overrides: list[str] | None
         _apply_set(raw, key_path, value)
     source = str(path) if path is not None else f"the {verb} recipe"
     return validate_recipe(verb, raw, source), path
-
-
-def resolve_data_path(path: Path, recipe_file: Path | None) -> Path:
-    """A data path from a recipe: relative to the current folder, or (shipped recipes) to the project root."""
-    if path.is_absolute() or path.exists():
-        return path
-    if recipe_file is not None and CONFIGS_DIR in recipe_file.resolve().parents and (PROJECT_ROOT / path).exists():
-        return PROJECT_ROOT / path
-    return path

@@ -14,6 +14,22 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_models" / "fashion"
 
 
+_DATA_FILES = {
+    "prune": ("train.npz", "eval.npz"),
+    "distill": ("train.npz", "eval.npz"),
+    "quantize": ("calib.npz", "eval.npz"),
+    "convert": ("eval.npz", None),
+    "bench": ("eval.npz", None),
+}
+
+
+def data_args(verb: str) -> list[str]:
+    """The sample datasets for a verb, as a user passes them: --data (and --eval-data)."""
+    data, evaluation = _DATA_FILES[verb]
+    args = ["--data", str(SAMPLE / data)]
+    return args + ["--eval-data", str(SAMPLE / evaluation)] if evaluation else args
+
+
 @dataclass
 class CliResult:
     code: int
@@ -63,7 +79,7 @@ def sample() -> dict[str, Path]:
 def sample_tflite(sample: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample ONNX model converted to TFLite once for the whole session."""
     out = tmp_path_factory.mktemp("tflite") / "fashion.tflite"
-    result = run_cli("convert", sample["onnx"], "-r", "tflite", "--data", sample["eval"], "-o", out, "-q")
+    result = run_cli("convert", sample["onnx"], "-r", "tflite", *data_args("convert"), "-o", out, "-q")
     assert result.code == 0, result.stderr
     return out
 
@@ -72,6 +88,6 @@ def sample_tflite(sample: dict[str, Path], tmp_path_factory: pytest.TempPathFact
 def sample_int8(sample: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample ONNX model quantized (static INT8) once for the whole session."""
     out = tmp_path_factory.mktemp("int8") / "fashion.int8.onnx"
-    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", "-o", out, "-q")
+    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", *data_args("quantize"), "-o", out, "-q")
     assert result.code == 0, result.stderr
     return out

@@ -12,18 +12,23 @@ from tests.conftest import ROOT
 
 
 def readme_commands() -> list[str]:
-    """Shell commands of the ```sh blocks in the README's 'The verbs' section, continuations joined."""
+    """Shell commands of the ```sh blocks in the README's 'The verbs' section, continuations joined,
+    each prefixed with the variable assignments (S=...) the README makes before them."""
     text = (ROOT / "README.md").read_text()
     section = text.split("## The verbs", 1)[1].split("\n## ", 1)[0]
-    commands = []
+    commands, setup = [], []
     for block in re.findall(r"```sh\n(.*?)```", section, flags=re.S):
-        joined = block.replace("\\\n", " ")
-        commands += [line.split("  # ")[0].strip() for line in joined.splitlines() if line.startswith("edgecli")]
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  # ")[0].strip()
+            if re.match(r"^[A-Z_]+=", line):
+                setup.append(line)
+            elif line.startswith("edgecli"):
+                commands.append("; ".join([*setup, line]))
     return commands
 
 
 def test_readme_has_an_example_for_every_verb():
-    verbs = {command.split()[1] for command in readme_commands()}
+    verbs = {command.split("; ")[-1].split()[1] for command in readme_commands()}
     assert {"prune", "distill", "quantize", "convert", "bench", "inspect"} <= verbs
 
 

@@ -10,7 +10,6 @@ from edgecli.errors import RecipeError, UsageError
 from edgecli.recipes import (
     CONFIGS_DIR,
     GATE_METRICS,
-    PROJECT_ROOT,
     RECIPES,
     BenchRecipe,
     ConvertRecipe,
@@ -19,7 +18,6 @@ from edgecli.recipes import (
     load_recipe,
     parse_gate,
     parse_set,
-    resolve_data_path,
     resolve_recipe_path,
 )
 
@@ -66,7 +64,8 @@ def test_shipped_recipe_values_are_read() -> None:
     assert recipe.mode == "static"
     assert recipe.calibration.samples == 512
     assert recipe.max_accuracy_drop == pytest.approx(0.01)
-    assert recipe.data.path == Path("sample_models/fashion/calib.npz")
+    assert recipe.data.path is None  # shipped recipes leave the data to --data / --eval-data
+    assert recipe.eval_data is None
 
 
 def test_recipe_by_name_with_extension_and_by_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -335,17 +334,3 @@ def test_bad_gate_in_recipe_names_gates_key(tmp_path: Path) -> None:
     assert "did you mean 'p99_ms'" in exc.message
 
 
-# --- data paths ------------------------------------------------------------------------------
-
-
-def test_data_paths_of_shipped_recipes_resolve_from_project_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # somewhere else: the relative path does not exist here
-    shipped = CONFIGS_DIR / "bench" / "default.yaml"
-    assert resolve_data_path(Path("pyproject.toml"), shipped) == PROJECT_ROOT / "pyproject.toml"
-    # A user's own recipe keeps paths relative to the current folder.
-    assert resolve_data_path(Path("pyproject.toml"), tmp_path / "mine.yaml") == Path("pyproject.toml")
-    assert resolve_data_path(Path("pyproject.toml"), None) == Path("pyproject.toml")
-    # Absolute and existing paths are returned as given.
-    (tmp_path / "here.npz").write_bytes(b"")
-    assert resolve_data_path(Path("here.npz"), shipped) == Path("here.npz")
-    assert resolve_data_path(tmp_path / "x.npz", shipped) == tmp_path / "x.npz"

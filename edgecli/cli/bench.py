@@ -57,11 +57,11 @@ def bench(
     from edgecli.stages.bench import bench as run_bench
 
     console.set_quiet(quiet)
-    spec, recipe_file = load_recipe("bench", recipe, sets)
+    spec, _ = load_recipe("bench", recipe, sets)
     if any(m == STDIO for m in models):
         raise ModelReadError("bench reads model files, not stdin")
     files = [ModelFile.open(Path(m)) for m in models]
-    dataset = optional_dataset(spec.data, data, recipe_file, "data")
+    dataset = optional_dataset(spec.data, data, "data")
     if dataset is None:
         console.warn("no --data given: latency only, on random inputs; no accuracy or agreement")
     report = run_bench(files, spec, dataset)

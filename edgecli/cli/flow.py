@@ -32,11 +32,11 @@ def check_output_suffix(output: str, target: Format) -> None:
         raise UsageError(f"-o {output} ends in {suffix} but this step writes {target.value}", hint=f"use a {target.suffix} path")
 
 
-def optional_dataset(spec: DataSpec | None, override: Path | None, recipe_file: Path | None, what: str) -> Dataset | None:
+def optional_dataset(spec: DataSpec | None, override: Path | None, what: str) -> Dataset | None:
     """The dataset if the command line or the recipe names one, else None."""
     if override is None and (spec is None or spec.path is None):
         return None
-    return load_dataset(spec or DataSpec(), override, recipe_file, what)
+    return load_dataset(spec or DataSpec(), override, what)
 
 
 def summary_table(verb: str, output: str, metrics: dict[str, Any]) -> Table:
@@ -69,13 +69,13 @@ def run_model_verb(
     eval_data: Path | None = None,
 ) -> None:
     console.set_quiet(quiet)
-    recipe, recipe_file = load_recipe(verb, recipe_arg, sets)
+    recipe, _ = load_recipe(verb, recipe_arg, sets)
     check_output_suffix(output, target(recipe))
     check_output_differs(model_arg, output)
     with materialize(model_arg) as path:
         model = ModelFile.open(path)
-        train = optional_dataset(getattr(recipe, "data", None), data, recipe_file, "data")
-        held_out = optional_dataset(getattr(recipe, "eval_data", None), eval_data, recipe_file, "eval data")
+        train = optional_dataset(getattr(recipe, "data", None), data, "data")
+        held_out = optional_dataset(getattr(recipe, "eval_data", None), eval_data, "eval data")
         _record_overrides(recipe, data, eval_data)
         artifact = stage(model, recipe, train, held_out)
         lineage = lin.extend(

@@ -175,7 +175,10 @@ def quantize(model: ModelFile, recipe: QuantizeRecipe, calib: Dataset | None, ev
     drop = artifact.metrics.get("accuracy_drop")
     if recipe.max_accuracy_drop is not None:
         if drop is None:
-            raise UsageError("max_accuracy_drop needs labelled eval_data (labels under 'y')")
+            raise UsageError(
+                "max_accuracy_drop needs labelled data to measure the drop",
+                hint="pass --eval-data eval.npz with labels under 'y', or --set max_accuracy_drop=null",
+            )
         if drop > recipe.max_accuracy_drop:
             artifact.gate_failures.append(f"accuracy drop {drop:.4f} > max_accuracy_drop {recipe.max_accuracy_drop:g}")
     return artifact

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from edgecli.formats.model_file import ModelFile
-from tests.conftest import ROOT, leftovers, run_cli
+from tests.conftest import ROOT, data_args, leftovers, run_cli
 
 
 def test_help_imports_no_heavy_framework():
@@ -32,12 +32,12 @@ def test_version():
 
 
 def test_pipe_convert_into_quantize(sample, tmp_path):
-    first = run_cli("convert", sample["pt2"], "-r", "onnx", "-o", "-", "-q")
+    first = run_cli("convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "-o", "-", "-q")
     assert first.code == 0, first.stderr
     proto = onnx.load_from_string(first.stdout)  # stdout carries nothing but the model bytes
     assert proto.graph.node
     out = tmp_path / "int8.onnx"
-    second = run_cli("quantize", "-", "-r", "int8-static", "--set", "calibration.samples=64", "-o", out, "-q",
+    second = run_cli("quantize", "-", "-r", "int8-static", *data_args("quantize"), "--set", "calibration.samples=64", "-o", out, "-q",
                      stdin=first.stdout)
     assert second.code == 0, second.stderr
     steps = ModelFile.open(out).lineage["steps"]
@@ -73,19 +73,19 @@ def test_error_is_one_line_without_traceback(tmp_path):
 def test_output_equal_to_input_is_refused(sample, tmp_path):
     copy = tmp_path / "m.onnx"
     copy.write_bytes(sample["onnx"].read_bytes())
-    result = run_cli("convert", copy, "-r", "onnx", "-o", copy)
+    result = run_cli("convert", copy, "-r", "onnx", *data_args("convert"), "-o", copy)
     assert result.code == 2 and "is the input model" in result.lines[-1]
     assert copy.read_bytes() == sample["onnx"].read_bytes()
 
 
 def test_output_suffix_must_match_target(sample, tmp_path):
-    result = run_cli("convert", sample["onnx"], "-r", "tflite", "-o", tmp_path / "m.onnx")
+    result = run_cli("convert", sample["onnx"], "-r", "tflite", *data_args("convert"), "-o", tmp_path / "m.onnx")
     assert result.code == 2 and "writes tflite" in result.lines[-1]
     assert leftovers(tmp_path) == []
 
 
 def test_quiet_success_prints_nothing(sample, tmp_path):
-    result = run_cli("convert", sample["pt2"], "-r", "onnx", "--set", "parity.samples=16", "-o", tmp_path / "m.onnx", "-q")
+    result = run_cli("convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "--set", "parity.samples=16", "-o", tmp_path / "m.onnx", "-q")
     assert result.code == 0 and result.stderr == "" and result.stdout == b""
 
 
@@ -104,7 +104,7 @@ def test_sigterm_during_work_leaves_nothing(sample, tmp_path):
 
     out = tmp_path / "student.pt2"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgecli", "distill", str(sample["onnx"]), "-r", "kd", "-o", str(out)],
+        [sys.executable, "-m", "edgecli", "distill", str(sample["onnx"]), "-r", "kd", *data_args("distill"), "-o", str(out)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     time.sleep(6)  # inside teacher inference or training by now

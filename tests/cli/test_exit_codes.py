@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.conftest import leftovers, run_cli
+from tests.conftest import data_args, leftovers, run_cli
 
 
 def test_corrupt_model_is_3(sample, tmp_path):
     truncated = tmp_path / "cut.onnx"
     truncated.write_bytes(sample["onnx"].read_bytes()[: 5000])
     out = tmp_path / "out.onnx"
-    result = run_cli("quantize", truncated, "-r", "int8-static", "-o", out)
+    result = run_cli("quantize", truncated, "-r", "int8-static", *data_args("quantize"), "-o", out)
     assert result.code == 3 and result.lines[-1].startswith("cannot read model:")
     assert not out.exists()
 
@@ -19,12 +19,12 @@ def test_corrupt_model_is_3(sample, tmp_path):
 def test_random_bytes_are_3(tmp_path):
     junk = tmp_path / "junk.pt2"
     junk.write_bytes(np.random.default_rng(0).bytes(4096))
-    result = run_cli("prune", junk, "-r", "magnitude-50", "-o", tmp_path / "o.pt2")
+    result = run_cli("prune", junk, "-r", "magnitude-50", *data_args("prune"), "-o", tmp_path / "o.pt2")
     assert result.code == 3 and "not a model edgecli knows" in result.lines[-1]
 
 
 def test_wrong_format_for_the_verb_is_2(sample, tmp_path):
-    result = run_cli("prune", sample["onnx"], "-r", "magnitude-50", "-o", tmp_path / "o.pt2")
+    result = run_cli("prune", sample["onnx"], "-r", "magnitude-50", *data_args("prune"), "-o", tmp_path / "o.pt2")
     assert result.code == 2 and "prune reads .pt2" in result.lines[-1]
     assert leftovers(tmp_path) == []
 
@@ -39,7 +39,7 @@ def test_unknown_recipe_key_is_2_with_suggestion(sample, tmp_path):
 
 
 def test_unknown_shipped_recipe_name_is_2(sample, tmp_path):
-    result = run_cli("prune", sample["pt2"], "-r", "no-such-recipe", "-o", tmp_path / "o.pt2")
+    result = run_cli("prune", sample["pt2"], "-r", "no-such-recipe", *data_args("prune"), "-o", tmp_path / "o.pt2")
     assert result.code == 2 and "magnitude-50" in result.lines[-1]
 
 
@@ -56,13 +56,13 @@ def test_no_data_at_all_is_2(sample, tmp_path):
 
 
 def test_out_of_range_recipe_value_is_2(sample, tmp_path):
-    result = run_cli("convert", sample["pt2"], "-r", "onnx", "--set", "parity.min_agreement=1.01", "-o", tmp_path / "m.onnx")
+    result = run_cli("convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "--set", "parity.min_agreement=1.01", "-o", tmp_path / "m.onnx")
     assert result.code == 2  # refused before any work
     assert "parity.min_agreement" in result.lines[-1]
 
 
 def test_failed_parity_is_4(sample, tmp_path):
-    result = run_cli("convert", sample["onnx"], "-r", "tflite", "--set", "parity.atol=1e-12", "-o", tmp_path / "m.tflite")
+    result = run_cli("convert", sample["onnx"], "-r", "tflite", *data_args("convert"), "--set", "parity.atol=1e-12", "-o", tmp_path / "m.tflite")
     assert result.code == 4 and result.lines[-1].startswith("parity check failed:")
     assert leftovers(tmp_path) == []
 
@@ -71,6 +71,6 @@ def test_missing_backend_is_5(sample, tmp_path):
     shim = tmp_path / "shim"
     shim.mkdir()
     (shim / "onnx2tf.py").write_text("raise ImportError('onnx2tf is not installed')\n")
-    result = run_cli("convert", sample["onnx"], "-r", "tflite", "-o", tmp_path / "m.tflite", env={"PYTHONPATH": str(shim)})
+    result = run_cli("convert", sample["onnx"], "-r", "tflite", *data_args("convert"), "-o", tmp_path / "m.tflite", env={"PYTHONPATH": str(shim)})
     assert result.code == 5 and result.lines[-1].startswith("missing backend:") and "--no-deps onnx2tf" in result.lines[-1]
     assert leftovers(tmp_path) == ["shim"]

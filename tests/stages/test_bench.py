@@ -12,7 +12,7 @@ from edgecli.metrics import accuracy
 from edgecli.recipes import BenchRecipe, DataSpec
 from edgecli.stages.bench import latency_stats, measure_latency
 from edgecli.runtimes import open_runner
-from tests.conftest import run_cli
+from tests.conftest import data_args, run_cli
 
 FAST = ["--set", "runs=30", "--set", "min_time_s=0", "--set", "warmup=3"]
 
@@ -20,7 +20,7 @@ FAST = ["--set", "runs=30", "--set", "min_time_s=0", "--set", "warmup=3"]
 @pytest.fixture(scope="module")
 def report(sample, sample_int8, sample_tflite, tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "report.json"
-    result = run_cli("bench", sample["onnx"], sample_int8, sample_tflite, sample["pt2"], "-r", "default", *FAST, "--json", path)
+    result = run_cli("bench", sample["onnx"], sample_int8, sample_tflite, sample["pt2"], "-r", "default", *data_args("bench"), *FAST, "--json", path)
     assert result.code == 0, result.stderr
     return json.loads(path.read_text()), result
 
@@ -59,7 +59,7 @@ def test_table_on_stderr_lists_every_model(report):
 
 def test_broken_gate_exits_1_after_writing_the_report(sample, sample_int8, tmp_path):
     path = tmp_path / "r.json"
-    result = run_cli("bench", sample["onnx"], sample_int8, "-r", "default", *FAST, "--set", "data.limit=200",
+    result = run_cli("bench", sample["onnx"], sample_int8, "-r", "default", *data_args("bench"), *FAST, "--set", "data.limit=200",
                      "--set", "gates=['size_bytes <= 1000', 'accuracy_drop <= 0.05']", "--json", path)
     assert result.code == 1
     data = json.loads(path.read_text())
@@ -70,7 +70,7 @@ def test_broken_gate_exits_1_after_writing_the_report(sample, sample_int8, tmp_p
 
 
 def test_json_to_stdout_is_pure_json(sample, tmp_path):
-    result = run_cli("bench", sample["onnx"], "-r", "default", *FAST, "--set", "data.limit=100", "--json", "-")
+    result = run_cli("bench", sample["onnx"], "-r", "default", *data_args("bench"), *FAST, "--set", "data.limit=100", "--json", "-")
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["models"][0]["format"] == "onnx"
 

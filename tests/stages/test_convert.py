@@ -11,7 +11,7 @@ from edgecli.data import load_dataset
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import DataSpec
 from edgecli.runtimes import open_runner
-from tests.conftest import leftovers, run_cli
+from tests.conftest import data_args, leftovers, run_cli
 
 
 def _outputs(path: Path, data_path: Path, limit: int = 256) -> np.ndarray:
@@ -21,7 +21,7 @@ def _outputs(path: Path, data_path: Path, limit: int = 256) -> np.ndarray:
 
 def test_pt2_to_onnx_is_self_contained_and_matches(sample, tmp_path):
     out = tmp_path / "cnn.onnx"
-    result = run_cli("convert", sample["pt2"], "-r", "onnx", "-o", out)
+    result = run_cli("convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "-o", out)
     assert result.code == 0, result.stderr
     assert leftovers(tmp_path) == ["cnn.onnx"]  # no .onnx.data side file, no temp file
     proto = onnx.load(str(out))
@@ -50,7 +50,7 @@ def test_onnx_to_tflite_records_nhwc_and_matches(sample, sample_tflite):
 
 def test_pt2_to_tflite_in_one_step(sample, tmp_path):
     out = tmp_path / "cnn.tflite"
-    result = run_cli("convert", sample["pt2"], "-r", "tflite", "--set", "parity.samples=64", "-o", out, "-q")
+    result = run_cli("convert", sample["pt2"], "-r", "tflite", *data_args("convert"), "--set", "parity.samples=64", "-o", out, "-q")
     assert result.code == 0, result.stderr
     assert result.stderr == ""  # -q: nothing on stderr on success
     diff = np.abs(_outputs(sample["pt2"], sample["eval"], 64) - _outputs(out, sample["eval"], 64)).max()
@@ -67,7 +67,7 @@ def test_random_inputs_when_no_data_are_announced(sample, tmp_path):
 
 def test_opset_upgrade_onnx_to_onnx(sample, tmp_path):
     out = tmp_path / "op20.onnx"
-    result = run_cli("convert", sample["onnx"], "-r", "onnx", "--set", "opset=20", "-o", out, "-q")
+    result = run_cli("convert", sample["onnx"], "-r", "onnx", *data_args("convert"), "--set", "opset=20", "-o", out, "-q")
     assert result.code == 0, result.stderr
     proto = onnx.load(str(out))
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [20]
@@ -76,7 +76,7 @@ def test_opset_upgrade_onnx_to_onnx(sample, tmp_path):
 
 def test_opset_downgrade_onnx_cannot_express_names_the_node(sample, tmp_path):
     # onnx's version converter has no 18 -> 17 adapter for ReduceMean (axes moved from input to attribute)
-    result = run_cli("convert", sample["onnx"], "-r", "onnx", "--set", "opset=17", "-o", tmp_path / "op17.onnx")
+    result = run_cli("convert", sample["onnx"], "-r", "onnx", *data_args("convert"), "--set", "opset=17", "-o", tmp_path / "op17.onnx")
     assert result.code == 4
     assert "opset 18 -> 17" in result.lines[-1] and "ReduceMean" in result.lines[-1]
     assert leftovers(tmp_path) == []

@@ -9,7 +9,7 @@ from edgecli.formats.model_file import ModelFile
 from edgecli.metrics import accuracy
 from edgecli.recipes import DataSpec
 from edgecli.runtimes import open_runner
-from tests.conftest import run_cli
+from tests.conftest import data_args, run_cli
 
 
 def _params(path) -> int:
@@ -19,7 +19,7 @@ def _params(path) -> int:
 
 def test_student_from_onnx_teacher_learns(sample, tmp_path):
     out = tmp_path / "student.pt2"
-    result = run_cli("distill", sample["onnx"], "-r", "kd", "--set", "epochs=3", "-o", out, "-q")
+    result = run_cli("distill", sample["onnx"], "-r", "kd", *data_args("distill"), "--set", "epochs=3", "-o", out, "-q")
     assert result.code == 0, result.stderr
     teacher_params, student_params = _params(sample["pt2"]), _params(out)
     assert student_params <= 0.25 * teacher_params
@@ -38,7 +38,7 @@ def test_tflite_teacher_and_mlp_student_without_labels(sample, sample_tflite, tm
     unlabeled = tmp_path / "x.npz"
     np.savez(unlabeled, x=np.load(sample["train"])["x"][:1500])
     out = tmp_path / "mlp.pt2"
-    result = run_cli("distill", sample_tflite, "-r", "kd", "--data", unlabeled, "--set", "student.family=mlp",
+    result = run_cli("distill", sample_tflite, "-r", "kd", "--data", unlabeled, "--eval-data", sample["eval"], "--set", "student.family=mlp",
                      "--set", "student.hidden=[64]", "--set", "epochs=2", "-o", out, "-q")
     assert result.code == 0, result.stderr
     data = load_dataset(DataSpec(path=sample["eval"]))
@@ -47,7 +47,7 @@ def test_tflite_teacher_and_mlp_student_without_labels(sample, sample_tflite, tm
 
 
 def test_same_seed_gives_identical_students(sample, tmp_path):
-    args = ["-r", "kd", "--set", "epochs=1", "--set", "data.limit=800", "--set", "eval_data.limit=100", "-q"]
+    args = ["-r", "kd", *data_args("distill"), "--set", "epochs=1", "--set", "data.limit=800", "--set", "eval_data.limit=100", "-q"]
     a, b = tmp_path / "a.pt2", tmp_path / "b.pt2"
     assert run_cli("distill", sample["onnx"], *args, "-o", a).code == 0
     assert run_cli("distill", sample["onnx"], *args, "-o", b).code == 0

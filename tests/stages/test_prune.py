@@ -11,7 +11,7 @@ from edgecli.metrics import accuracy
 from edgecli.recipes import DataSpec
 from edgecli.runtimes import open_runner
 from edgecli.stages.prune import magnitude_masks
-from tests.conftest import run_cli
+from tests.conftest import data_args, run_cli
 
 
 def _weights(path):
@@ -49,7 +49,7 @@ def test_layer_masks_prune_every_layer_alike():
 
 def test_prune_without_finetune_zeroes_exactly_half(sample, tmp_path):
     out = tmp_path / "p.pt2"
-    result = run_cli("prune", sample["pt2"], "-r", "magnitude-50", "--set", "finetune.epochs=0",
+    result = run_cli("prune", sample["pt2"], "-r", "magnitude-50", *data_args("prune"), "--set", "finetune.epochs=0",
                      "--set", "eval_data.limit=200", "-o", out, "-q")
     assert result.code == 0, result.stderr
     dense, pruned = _weights(sample["pt2"]), _weights(out)
@@ -63,7 +63,7 @@ def test_prune_without_finetune_zeroes_exactly_half(sample, tmp_path):
 
 def test_finetune_keeps_zeros_and_recovers_accuracy(sample, tmp_path):
     out = tmp_path / "ft.pt2"
-    result = run_cli("prune", sample["pt2"], "-r", "magnitude-50", "-o", out, "-q")  # 50%, 1 epoch
+    result = run_cli("prune", sample["pt2"], "-r", "magnitude-50", *data_args("prune"), "-o", out, "-q")  # 50%, 1 epoch
     assert result.code == 0, result.stderr
     pruned = _weights(out)
     zeros = sum(int((w == 0).sum()) for w in pruned.values()) / sum(w.numel() for w in pruned.values())
@@ -79,7 +79,7 @@ def test_pruned_model_compresses_better(sample, tmp_path):
     import gzip
 
     out = tmp_path / "p80.pt2"
-    assert run_cli("prune", sample["pt2"], "-r", "magnitude-50", "--set", "sparsity=0.8",
+    assert run_cli("prune", sample["pt2"], "-r", "magnitude-50", *data_args("prune"), "--set", "sparsity=0.8",
                    "--set", "finetune.epochs=0", "-o", out, "-q").code == 0
     dense_gz = len(gzip.compress(sample["pt2"].read_bytes()))
     pruned_gz = len(gzip.compress(out.read_bytes()))
@@ -87,7 +87,7 @@ def test_pruned_model_compresses_better(sample, tmp_path):
 
 
 def test_same_seed_same_bytes(sample, tmp_path):
-    args = ["-r", "magnitude-50", "--set", "finetune.epochs=1", "--set", "data.limit=500", "--set", "eval_data.limit=100", "-q"]
+    args = ["-r", "magnitude-50", *data_args("prune"), "--set", "finetune.epochs=1", "--set", "data.limit=500", "--set", "eval_data.limit=100", "-q"]
     a, b = tmp_path / "a.pt2", tmp_path / "b.pt2"
     assert run_cli("prune", sample["pt2"], *args, "-o", a).code == 0
     assert run_cli("prune", sample["pt2"], *args, "-o", b).code == 0
@@ -97,8 +97,7 @@ def test_same_seed_same_bytes(sample, tmp_path):
 def test_finetune_without_labels_is_a_usage_error(sample, tmp_path):
     unlabeled = tmp_path / "x.npz"
     np.savez(unlabeled, x=np.load(sample["train"])["x"][:64])
-    result = run_cli("prune", sample["pt2"], "-r", "magnitude-50", "--data", unlabeled,
-                     "--set", "eval_data=null", "-o", tmp_path / "p.pt2")
+    result = run_cli("prune", sample["pt2"], "-r", "magnitude-50", "--data", unlabeled, "-o", tmp_path / "p.pt2")
     assert result.code == 2
     assert "labelled" in result.lines[-1]
     assert not (tmp_path / "p.pt2").exists()

@@ -12,7 +12,7 @@ from edgecli.formats.model_file import ModelFile
 from edgecli.metrics import accuracy
 from edgecli.recipes import DataSpec
 from edgecli.runtimes import open_runner
-from tests.conftest import leftovers, run_cli
+from tests.conftest import data_args, leftovers, run_cli
 
 
 def _ops(path) -> Counter:
@@ -39,7 +39,7 @@ def test_static_int8_is_qdq_4x_smaller_and_accurate(sample, sample_int8):
 
 def test_dynamic_int8_leaves_conv_float(sample, tmp_path):
     out = tmp_path / "dyn.onnx"
-    result = run_cli("quantize", sample["onnx"], "-r", "int8-dynamic", "-o", out, "-q")
+    result = run_cli("quantize", sample["onnx"], "-r", "int8-dynamic", *data_args("quantize"), "-o", out, "-q")
     assert result.code == 0, result.stderr
     ops = _ops(out)
     assert "ConvInteger" not in ops and ops["Conv"] == _ops(sample["onnx"])["Conv"]
@@ -86,7 +86,7 @@ def test_dynamic_int8_on_an_mlp_is_4x_smaller_and_accurate(sample, tmp_path):
 def test_entropy_calibration_per_tensor(sample, tmp_path):
     out = tmp_path / "ent.onnx"
     result = run_cli(
-        "quantize", sample["onnx"], "-r", "int8-static", "--set", "calibration.method=entropy",
+        "quantize", sample["onnx"], "-r", "int8-static", *data_args("quantize"), "--set", "calibration.method=entropy",
         "--set", "per_channel=false", "--set", "calibration.samples=128", "-o", out, "-q",
     )
     assert result.code == 0, result.stderr
@@ -95,7 +95,7 @@ def test_entropy_calibration_per_tensor(sample, tmp_path):
 
 def test_excluded_op_type_stays_float(sample, tmp_path):
     out = tmp_path / "nogemm.onnx"
-    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", "--set", "exclude_op_types=[Gemm]",
+    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", *data_args("quantize"), "--set", "exclude_op_types=[Gemm]",
                      "--set", "calibration.samples=64", "-o", out, "-q")
     assert result.code == 0, result.stderr
     proto = onnx.load(str(out))
@@ -108,7 +108,7 @@ def test_missed_accuracy_gate_writes_model_and_exits_1(sample, tmp_path):
     out = tmp_path / "gated.onnx"
     # Ranges calibrated on a single image clip the others' activations: accuracy drops (0.25 pt
     # measured), so a zero-drop budget is missed.
-    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", "--set", "max_accuracy_drop=0",
+    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", *data_args("quantize"), "--set", "max_accuracy_drop=0",
                      "--set", "calibration.samples=1", "-o", out)
     assert result.code == 1
     assert result.lines[-1].startswith("gate failed: accuracy drop") and "artifact was written" in result.lines[-1]
