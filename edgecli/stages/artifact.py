@@ -28,7 +28,6 @@ class Artifact:
     metrics: dict[str, Any] = field(default_factory=dict)
     io: dict[str, Any] = field(default_factory=dict)
     gate_failures: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     def to_bytes(self, lineage: dict[str, Any] | None) -> bytes:
         if self.format is Format.ONNX:

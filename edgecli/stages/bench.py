@@ -18,7 +18,7 @@ from edgecli.data import Dataset, synthetic_dataset
 from edgecli.errors import UsageError
 from edgecli.formats.lineage import tool_versions
 from edgecli.formats.model_file import ModelFile
-from edgecli.metrics import accuracy, agreement, align, is_classifier_output
+from edgecli.metrics import accuracy, align, compare, is_classifier_output
 from edgecli.recipes import BenchRecipe, parse_gate
 from edgecli.runtimes import open_runner
 from edgecli.runtimes.base import Runner
@@ -99,18 +99,19 @@ def latency_stats(times_ms: list[float], batch_size: int) -> dict[str, float]:
 
 
 def _quality(runners: list[Runner], models: list[ModelFile], data: Dataset, batch_size: int) -> list[dict[str, Any]]:
+    """Accuracy (labelled data) and agreement / max abs diff against the first model."""
     outputs = [r.predict(data, batch_size, description=f"evaluating {m.path.name}")[0] for r, m in zip(runners, models)]
-    reference = outputs[0].astype(np.float32)
     rows = []
     for output in outputs:
-        row: dict[str, Any] = {"accuracy": None, "agreement": None, "max_abs_diff": None}
-        aligned = align(reference, output).astype(np.float32)
-        row["max_abs_diff"] = float(np.abs(reference - aligned).max())
-        if is_classifier_output(reference):
-            row["agreement"] = agreement(reference, aligned)
-            if data.labels is not None:
-                row["accuracy"] = accuracy(aligned, data.labels)
-        rows.append(row)
+        diff = compare(outputs[0], output)
+        labelled = data.labels is not None and is_classifier_output(outputs[0])
+        rows.append(
+            {
+                "accuracy": accuracy(align(outputs[0], output), data.labels) if labelled else None,
+                "agreement": diff.get("agreement"),
+                "max_abs_diff": diff["max_abs_diff"],
+            }
+        )
     return rows
 
 

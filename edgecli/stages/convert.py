@@ -171,7 +171,6 @@ def convert(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None) -> Ar
         if data is None:
             data = synthetic_dataset(parent.inputs, count=min(recipe.parity.samples, 32))
             console.warn("no --data given: parity is checked on random inputs, not real ones")
-            artifact.notes.append("parity on random inputs")
         artifact.metrics.update(check_parity(parent, child, data, recipe.parity, f"{model.format.value} -> {recipe.target}"))
     artifact.metrics["size_bytes_parent"] = model.size_bytes
     artifact.metrics["parity_data"] = data.source

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from edgecli import console
 from edgecli.data import Dataset
 from edgecli.errors import TransformError, UsageError
