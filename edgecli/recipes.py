@@ -106,10 +106,19 @@ class CalibrationSpec(Strict):
 
 
 class QuantizeRecipe(Strict):
-    """`edgecli quantize`: INT8 quantization of an ONNX model with onnxruntime."""
+    """`edgecli quantize`: INT8 or FP16 quantization to ONNX (onnxruntime) or TFLite (TensorFlow Lite converter)."""
 
-    mode: Literal["static", "dynamic"] = Field(
-        "static", description="static: QDQ with calibrated activations (fast for conv nets); dynamic: weights only."
+    mode: Literal["static", "dynamic", "fp16"] = Field(
+        "static",
+        description="static: INT8 weights and calibrated activations (ONNX QDQ, or TFLite full-integer); "
+        "dynamic: INT8 weights only (TFLite: dynamic range); fp16: half-precision weights.",
+    )
+    format: Literal["onnx", "tflite"] = Field(
+        "onnx", description="Output format; TFLite is reached from ONNX (onnx2tf), .pt2 or Keras."
+    )
+    keep_io_types: bool = Field(True, description="fp16 (ONNX): keep float32 model inputs and outputs.")
+    io_type: Literal["float", "int8"] = Field(
+        "float", description="TFLite static: float32 inputs/outputs, or int8 ones (for integer-only devices)."
     )
     activation_type: Literal["int8", "uint8"] = Field("int8", description="Activation integer type (static mode).")
     weight_type: Literal["int8", "uint8"] = Field("int8", description="Weight integer type.")

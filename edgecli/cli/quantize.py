@@ -6,6 +6,6 @@ from edgecli.formats.detect import Format
 quantize = model_command(
     "quantize",
     "edgecli.stages.quantize:quantize",
-    lambda _: Format.ONNX,
-    "Quantize an ONNX model to INT8 (static QDQ calibrated on --data, or dynamic).",
+    lambda recipe: Format(recipe.format),
+    "Quantize a model to INT8 or FP16 as ONNX or TFLite (static calibration on --data, dynamic, fp16).",
 )

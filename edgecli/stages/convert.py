@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +75,10 @@ def onnx_to_onnx(model: ModelFile, opset: int, dynamic_batch: bool) -> Any:
     return proto
 
 
-def onnx_to_tflite(onnx_path: Path, precision: str) -> bytes:
-    """ONNX -> TFLite with onnx2tf, run on a private copy (it rewrites its input with onnxsim)."""
+@contextlib.contextmanager
+def onnx2tf_output(onnx_path: Path) -> Iterator[Path]:
+    """Run onnx2tf on a private copy of the model (it rewrites its input with onnxsim) and yield its
+    output folder: a SavedModel (NHWC inputs) plus float32 and float16 .tflite files."""
     try:
         with console.muted():
             import onnx2tf
@@ -100,7 +104,13 @@ def onnx_to_tflite(onnx_path: Path, precision: str) -> bytes:
             raise TransformError(f"onnx2tf could not convert {onnx_path}: {_first_line(exc)}") from None
         finally:
             os.chdir(cwd)
-        produced = work / "out" / f"model_{precision}.tflite"
+        yield work / "out"
+
+
+def onnx_to_tflite(onnx_path: Path, precision: str) -> bytes:
+    """ONNX -> TFLite float32 or float16 with onnx2tf."""
+    with onnx2tf_output(onnx_path) as out:
+        produced = out / f"model_{precision}.tflite"
         if not produced.is_file():
             raise TransformError(f"onnx2tf wrote no {precision} TFLite model for {onnx_path}")
         return produced.read_bytes()

@@ -119,9 +119,9 @@ def _quantize_file(source: Path, target: Path, recipe: QuantizeRecipe, runner: R
 
 def _compare(float_runner: Runner, artifact: Artifact, data: Dataset) -> dict[str, Any]:
     with staged(artifact) as candidate:
-        int8_runner = open_runner(candidate)
+        quantized_runner = open_runner(candidate)
         reference = float_runner.predict(data, description="evaluating float")[0]
-        quantized = int8_runner.predict(data, description="evaluating int8")[0]
+        quantized = quantized_runner.predict(data, description="evaluating quantized")[0]
     metrics: dict[str, Any] = {"eval_samples": len(data), "agreement": agreement(reference, quantized)}
     if data.labels is not None:
         metrics["accuracy_float"] = accuracy(reference, data.labels)
@@ -130,14 +130,15 @@ def _compare(float_runner: Runner, artifact: Artifact, data: Dataset) -> dict[st
     return metrics
 
 
-def quantize(model: ModelFile, recipe: QuantizeRecipe, calib: Dataset | None, eval_data: Dataset | None) -> Artifact:
-    """Quantize an ONNX model to INT8 and measure what it costs in agreement and accuracy."""
-    if model.format is not Format.ONNX:
-        raise UsageError(
-            f"quantize reads ONNX models; {model.path} is {model.format.value}",
-            hint="convert it first: edgecli convert MODEL -r onnx -o model.onnx",
-        )
-    float_runner = open_runner(model)
+def _fp16(source: Path, keep_io_types: bool) -> Any:
+    """Half-precision weights and activations with onnxruntime's float16 converter."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with console.muted():
+        return convert_float_to_float16(onnx_file.load(source, check=False), keep_io_types=keep_io_types)
+
+
+def _quantize_onnx(model: ModelFile, recipe: QuantizeRecipe, float_runner: Runner, calib: Dataset | None) -> Artifact:
     with tempfile.TemporaryDirectory(prefix="edgecli-quant-") as folder:
         source, target = model.path, Path(folder) / "quantized.onnx"
         if recipe.preprocess:
@@ -151,23 +152,39 @@ def quantize(model: ModelFile, recipe: QuantizeRecipe, calib: Dataset | None, ev
             except Exception as exc:  # pre-processing is an optimisation; quantization works without it
                 console.warn(f"quant_pre_process failed ({str(exc).splitlines()[0][:120]}); quantizing without it")
         try:
-            _quantize_file(source, target, recipe, float_runner, calib)
+            if recipe.mode == "fp16":
+                proto = _fp16(source, recipe.keep_io_types)
+            else:
+                _quantize_file(source, target, recipe, float_runner, calib)
+                proto = onnx_file.load(target)
         except (UsageError, TransformError):
             raise
         except Exception as exc:
             raise TransformError(f"onnxruntime quantization failed: {str(exc).strip().splitlines()[-1][:300]}") from None
-        proto = onnx_file.load(target)
     ops = _op_counts(proto)
     artifact = Artifact(Format.ONNX, proto)
-    artifact.metrics.update(
-        {
-            "mode": recipe.mode,
-            "size_bytes_float": model.size_bytes,
-            "quantized_nodes": ops.get("DequantizeLinear", 0) + ops.get("DynamicQuantizeLinear", 0) + ops.get("MatMulInteger", 0),
-        }
-    )
+    artifact.metrics["quantized_nodes"] = sum(ops.get(op, 0) for op in ("DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger"))
     if ops.get("ConvInteger"):
         console.warn("the model has ConvInteger nodes, which run slower than float Conv on CPU; prefer mode: static")
+    return artifact
+
+
+def quantize(model: ModelFile, recipe: QuantizeRecipe, calib: Dataset | None, eval_data: Dataset | None) -> Artifact:
+    """Quantize to ONNX or TFLite and measure what it costs in agreement and accuracy."""
+    if recipe.format == "tflite":
+        from edgecli.stages.quantize_tflite import quantize_tflite
+
+        float_runner = open_runner(model)
+        artifact = quantize_tflite(model, recipe, float_runner, calib)
+    elif model.format is not Format.ONNX:
+        raise UsageError(
+            f"quantize to ONNX reads ONNX models; {model.path} is {model.format.value}",
+            hint="convert it first (edgecli convert MODEL -r onnx), or quantize to TFLite with format: tflite",
+        )
+    else:
+        float_runner = open_runner(model)
+        artifact = _quantize_onnx(model, recipe, float_runner, calib)
+    artifact.metrics = {"mode": recipe.mode, "size_bytes_float": model.size_bytes, **artifact.metrics}
     check = eval_data if eval_data is not None else calib
     if check is not None:
         artifact.metrics.update(_compare(float_runner, artifact, check))

@@ -119,7 +119,7 @@ def test_missed_accuracy_gate_writes_model_and_exits_1(sample, tmp_path):
 def test_quantize_refuses_non_onnx_with_exit_2(sample, tmp_path):
     result = run_cli("quantize", sample["pt2"], "-r", "int8-static", "-o", tmp_path / "x.onnx")
     assert result.code == 2
-    assert "quantize reads ONNX models" in result.lines[-1]
+    assert "quantize to ONNX reads ONNX models" in result.lines[-1]
     assert leftovers(tmp_path) == []
 
 
