@@ -43,5 +43,5 @@ def test_readme_examples_run(tmp_path: Path):
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"{command}\n{proc.stderr}"
     for artifact in ("pruned.pt2", "student.pt2", "model.int8.onnx", "model.dyn.onnx", "pruned.onnx",
-                     "model.tflite", "report.json", "pruned.int8.onnx"):
+                     "model.tflite", "model.int8.tflite", "report.json", "pruned.int8.onnx"):
         assert (tmp_path / artifact).stat().st_size > 0, artifact
