@@ -49,6 +49,20 @@ def pt2_to_onnx(model: ModelFile, opset: int, dynamic_batch: bool) -> Any:
     return proto
 
 
+@contextlib.contextmanager
+def as_onnx_file(model: ModelFile, opset: int = 18) -> Iterator[Path]:
+    """The model as an ONNX file: its own path, or a temporary export of a .pt2 program."""
+    if model.format is Format.ONNX:
+        yield model.path
+        return
+    if model.format is not Format.PT2:
+        raise TransformError(f"no conversion from {model.format.value} through ONNX")
+    with tempfile.TemporaryDirectory(prefix="edgecli-pt2-onnx-") as folder:
+        onnx_path = Path(folder) / "model.onnx"
+        onnx_path.write_bytes(onnx_file.to_bytes(pt2_to_onnx(model, opset, True), None))
+        yield onnx_path
+
+
 def _fix_batch(proto: Any) -> None:
     """Pin the batch dimension of every graph input and output to 1."""
     for value in [*proto.graph.input, *proto.graph.output]:
@@ -138,14 +152,8 @@ def keras_to_tflite(model: ModelFile, precision: str) -> bytes:
 def _to_tflite(model: ModelFile, recipe: ConvertRecipe) -> bytes:
     if model.format in (Format.KERAS, Format.SAVED_MODEL):
         return keras_to_tflite(model, recipe.precision)
-    if model.format is Format.ONNX:
-        return onnx_to_tflite(model.path, recipe.precision)
-    if model.format is Format.PT2:
-        with tempfile.TemporaryDirectory(prefix="edgecli-pt2-onnx-") as folder:
-            onnx_path = Path(folder) / "model.onnx"
-            onnx_path.write_bytes(onnx_file.to_bytes(pt2_to_onnx(model, recipe.opset, True), None))
-            return onnx_to_tflite(onnx_path, recipe.precision)
-    raise TransformError(f"no conversion from {model.format.value} to TFLite")
+    with as_onnx_file(model, recipe.opset) as onnx_path:
+        return onnx_to_tflite(onnx_path, recipe.precision)
 
 
 def _input_layout(parent_specs: list, child_specs: list) -> str | None:

@@ -171,18 +171,17 @@ def _quantize_onnx(model: ModelFile, recipe: QuantizeRecipe, float_runner: Runne
 
 def quantize(model: ModelFile, recipe: QuantizeRecipe, calib: Dataset | None, eval_data: Dataset | None) -> Artifact:
     """Quantize to ONNX or TFLite and measure what it costs in agreement and accuracy."""
-    if recipe.format == "tflite":
-        from edgecli.stages.quantize_tflite import quantize_tflite
-
-        float_runner = open_runner(model)
-        artifact = quantize_tflite(model, recipe, float_runner, calib)
-    elif model.format is not Format.ONNX:
+    if recipe.format == "onnx" and model.format is not Format.ONNX:
         raise UsageError(
             f"quantize to ONNX reads ONNX models; {model.path} is {model.format.value}",
             hint="convert it first (edgecli convert MODEL -r onnx), or quantize to TFLite with format: tflite",
         )
+    float_runner = open_runner(model)
+    if recipe.format == "tflite":
+        from edgecli.stages.quantize_tflite import quantize_tflite
+
+        artifact = quantize_tflite(model, recipe, float_runner, calib)
     else:
-        float_runner = open_runner(model)
         artifact = _quantize_onnx(model, recipe, float_runner, calib)
     artifact.metrics = {"mode": recipe.mode, "size_bytes_float": model.size_bytes, **artifact.metrics}
     check = eval_data if eval_data is not None else calib

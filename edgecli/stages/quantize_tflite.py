@@ -4,9 +4,7 @@ converter. ONNX (and .pt2, through ONNX) reach it as the SavedModel onnx2tf writ
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,14 +12,13 @@ import numpy as np
 from edgecli import console
 from edgecli.data import Dataset
 from edgecli.errors import TransformError, UsageError
-from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
 from edgecli.formats.keras_file import import_tensorflow, load_keras
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import QuantizeRecipe
 from edgecli.runtimes.base import NCHW_TO_NHWC, Runner
 from edgecli.stages.artifact import Artifact
-from edgecli.stages.convert import onnx2tf_output, pt2_to_onnx
+from edgecli.stages.convert import as_onnx_file, onnx2tf_output
 
 
 @contextlib.contextmanager
@@ -33,15 +30,10 @@ def _converter(model: ModelFile, tf: Any) -> Iterator[tuple[Any, bool]]:
     if model.format is Format.SAVED_MODEL:
         yield tf.lite.TFLiteConverter.from_saved_model(str(model.path)), False
         return
-    with tempfile.TemporaryDirectory(prefix="edgecli-qtflite-") as folder:
-        onnx_path = model.path
-        if model.format is Format.PT2:
-            onnx_path = Path(folder) / "model.onnx"
-            onnx_path.write_bytes(onnx_file.to_bytes(pt2_to_onnx(model, 18, True), None))
-        elif model.format is not Format.ONNX:
-            raise UsageError(f"cannot quantize {model.format.value} to TFLite")
-        with onnx2tf_output(onnx_path) as saved_model:
-            yield tf.lite.TFLiteConverter.from_saved_model(str(saved_model)), True
+    if model.format not in (Format.ONNX, Format.PT2):
+        raise UsageError(f"cannot quantize {model.format.value} to TFLite")
+    with as_onnx_file(model) as onnx_path, onnx2tf_output(onnx_path) as saved_model:
+        yield tf.lite.TFLiteConverter.from_saved_model(str(saved_model)), True
 
 
 def _representative(runner: Runner, data: Dataset, nhwc: bool, tracker: Any) -> Iterator[list[np.ndarray]]:
