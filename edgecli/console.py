@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 _quiet = False
+_warnings: list[str] = []
 
 
 def _own_stderr() -> TextIO:
@@ -90,9 +91,15 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    """A warning line on stderr, unless quiet."""
+    """A warning line on stderr, unless quiet; kept for reports (see `warnings_given`)."""
+    _warnings.append(message)
     if not _quiet:
         get_console().print(f"[yellow]warning:[/yellow] {message}")
+
+
+def warnings_given() -> list[str]:
+    """Every warning given so far in this process, in order."""
+    return list(_warnings)
 
 
 def show(renderable: object) -> None:

@@ -105,6 +105,16 @@ class CalibrationSpec(Strict):
     batch_size: int = Field(32, ge=1, description="Calibration batch size (models without a dynamic batch use 1).")
 
 
+class GuardSpec(Strict):
+    """The accuracy guard's search: quantized layers moved back to float, most sensitive first."""
+
+    group_size: int = Field(1, ge=1, description="Layers moved to float per step.")
+    max_steps: int = Field(8, ge=0, le=1000, description="Steps before giving up (0: measure only, never fall back).")
+    samples: int = Field(
+        128, ge=1, description="Calibration samples on which per-layer errors (SNR) are measured."
+    )
+
+
 class QuantizeRecipe(Strict):
     """`edgecli quantize`: INT8 or FP16 quantization to ONNX (onnxruntime) or TFLite (TensorFlow Lite converter)."""
 
@@ -120,7 +130,11 @@ class QuantizeRecipe(Strict):
     io_type: Literal["float", "int8"] = Field(
         "float", description="TFLite static: float32 inputs/outputs, or int8 ones (for integer-only devices)."
     )
-    activation_type: Literal["int8", "uint8"] = Field("int8", description="Activation integer type (static mode).")
+    activation_type: Literal["int8", "uint8", "int16"] = Field(
+        "int8",
+        description="Activation integer type (static mode). int16 (TFLite only): 16-bit activations with "
+        "8-bit weights, for models whose activations lose too much at 8 bits.",
+    )
     weight_type: Literal["int8", "uint8"] = Field("int8", description="Weight integer type.")
     per_channel: bool = Field(True, description="Per-output-channel weight scales.")
     reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI.")
@@ -131,7 +145,20 @@ class QuantizeRecipe(Strict):
     data: DataSpec = Field(default_factory=DataSpec, description="Calibration data (static mode).")
     eval_data: DataSpec | None = Field(None, description="Labelled data: accuracy of float and INT8 models reported.")
     max_accuracy_drop: float | None = Field(
-        None, ge=0, le=1, description="Gate: exit 1 when accuracy on eval_data drops by more than this (fraction)."
+        None,
+        ge=0,
+        le=1,
+        description="Accuracy guard: largest allowed accuracy drop on labelled eval data (fraction, 0.01 = 1 point).",
+    )
+    min_agreement: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Accuracy guard without labels: smallest allowed top-1 agreement with the float model.",
+    )
+    guard: GuardSpec = Field(default_factory=GuardSpec, description="How the accuracy guard searches when a target is missed.")
+    speed_check: bool = Field(
+        True, description="Time float and quantized models briefly and warn when the quantized one is not faster."
     )
 
 

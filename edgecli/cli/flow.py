@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,21 @@ def check_output_suffix(output: str, target: Format) -> None:
     suffix = Path(output).suffix.lower()
     if output != STDIO and suffix in KNOWN_SUFFIXES and suffix != target.suffix:
         raise UsageError(f"-o {output} ends in {suffix} but this step writes {target.value}", hint=f"use a {target.suffix} path")
+
+
+def check_report_path(report: str, output: str) -> None:
+    """A report goes to a file in an existing folder, or to stdout when the model does not."""
+    if report == STDIO:
+        if output == STDIO:
+            raise UsageError("--report - and -o - both want stdout", hint="write the report to a file")
+        return
+    path = Path(report)
+    if path.suffix.lower() in KNOWN_SUFFIXES or path.is_dir():
+        raise UsageError(f"--report {report} is not a JSON file path")
+    if not path.parent.is_dir():
+        raise UsageError(f"--report {report}: folder {path.parent} does not exist")
+    if output != STDIO and Path(output).resolve() == path.resolve():
+        raise UsageError("--report and -o name the same file")
 
 
 def optional_dataset(spec: DataSpec | None, override: Path | None, what: str) -> Dataset | None:
@@ -67,11 +83,14 @@ def run_model_verb(
     target: Callable[[Any], Format],
     data: Path | None = None,
     eval_data: Path | None = None,
+    report: str | None = None,
 ) -> None:
     console.set_quiet(quiet)
     recipe, _ = load_recipe(verb, recipe_arg, sets)
     check_output_suffix(output, target(recipe))
     check_output_differs(model_arg, output)
+    if report is not None:
+        check_report_path(report, output)
     with materialize(model_arg) as path:
         model = ModelFile.open(path)
         train = optional_dataset(getattr(recipe, "data", None), data, "data")
@@ -89,6 +108,9 @@ def run_model_verb(
         )
         payload = artifact.to_bytes(lineage)
     write_output(output, payload)
+    if report is not None:
+        document = {"verb": verb, "input": model_arg, "output": output, "metrics": artifact.metrics, **(artifact.report or {})}
+        write_output(report, (json.dumps(document, indent=2, default=str) + "\n").encode())
     console.show(summary_table(verb, output, artifact.metrics))
     console.info(f"wrote {output if output != STDIO else 'stdout'}: {artifact.format.value}, {len(payload):,} bytes")
     if artifact.gate_failures:

@@ -21,3 +21,7 @@ SetOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bars, tables or info lines.")]
 JsonOpt = Annotated[Optional[str], typer.Option("--json", metavar="PATH", help="Write a JSON report to this path; - for stdout.")]
+ReportOpt = Annotated[
+    Optional[str],
+    typer.Option("--report", metavar="PATH", help="Write a JSON report (per-layer error, steps, timings); - for stdout."),
+]

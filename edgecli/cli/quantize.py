@@ -1,11 +1,31 @@
 """edgecli quantize"""
 
-from edgecli.cli.flow import model_command
+from __future__ import annotations
+
+from edgecli.cli.errors import handle_errors
+from edgecli.cli.flow import run_model_verb
+from edgecli.cli.options import DataOpt, EvalDataOpt, ModelArg, OutputOpt, QuietOpt, RecipeOpt, ReportOpt, SetOpt
 from edgecli.formats.detect import Format
 
-quantize = model_command(
-    "quantize",
-    "edgecli.stages.quantize:quantize",
-    lambda recipe: Format(recipe.format),
-    "Quantize a model to INT8 or FP16 as ONNX or TFLite (static calibration on --data, dynamic, fp16).",
-)
+
+@handle_errors
+def quantize(
+    model: ModelArg,
+    output: OutputOpt,
+    recipe: RecipeOpt = None,
+    data: DataOpt = None,
+    eval_data: EvalDataOpt = None,
+    sets: SetOpt = None,
+    report: ReportOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Quantize a model to INT8 or FP16 as ONNX or TFLite (static calibration on --data, dynamic, fp16),
+    with an accuracy guard (max_accuracy_drop / min_agreement) and a per-layer --report."""
+    from functools import partial
+
+    from edgecli.stages.quantize import quantize as stage
+
+    run_model_verb(
+        "quantize", model, recipe, output, sets, quiet, partial(stage, diagnose=report is not None),
+        lambda r: Format(r.format), data, eval_data, report,
+    )

@@ -21,6 +21,7 @@ class Artifact:
     metrics: key figures stored in the lineage and printed in the summary (no timings).
     io: hints for later steps, e.g. {"input_layout": "NHWC"}.
     gate_failures: recipe targets that were missed; the artifact is still written, then exit 1.
+    report: details for `--report` (per-layer errors, search steps, timings): never in the lineage.
     """
 
     format: Format
@@ -28,6 +29,7 @@ class Artifact:
     metrics: dict[str, Any] = field(default_factory=dict)
     io: dict[str, Any] = field(default_factory=dict)
     gate_failures: list[str] = field(default_factory=list)
+    report: dict[str, Any] | None = None
 
     def to_bytes(self, lineage: dict[str, Any] | None) -> bytes:
         if self.format is Format.ONNX:

@@ -1,16 +1,17 @@
-"""quantize: ONNX INT8 with onnxruntime.quantization, static QDQ (calibrated) or dynamic."""
+"""quantize: INT8 or FP16 as ONNX (onnxruntime) or TFLite (TensorFlow Lite converter), measured
+against the float model, with an accuracy guard and a per-layer diagnosis."""
 
 from __future__ import annotations
 
-import tempfile
-from collections import Counter
-from pathlib import Path
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
+from rich.table import Table
+
 from edgecli import console
-from edgecli.data import Dataset, split_batches
-from edgecli.errors import TransformError, UsageError
-from edgecli.formats import onnx_file
+from edgecli.data import Dataset
+from edgecli.errors import UsageError
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.metrics import accuracy, agreement
@@ -18,183 +19,161 @@ from edgecli.recipes import QuantizeRecipe
 from edgecli.runtimes import open_runner
 from edgecli.runtimes.base import Runner
 from edgecli.stages.artifact import Artifact, staged
+from edgecli.stages.quant_guard import GuardResult, Quantizer, Target, search
+from edgecli.stages.quant_layers import LayerError, most_sensitive
 
-# Ops that onnxruntime's dynamic quantizer handles and that are fast on CPU. Conv is left out on
-# purpose: dynamic Conv becomes ConvInteger, measured 1.4-5.3x slower than float on CPU. Gemm is not
-# in onnxruntime's dynamic registry, so Gemm nodes are first rewritten as MatMul + Add.
-DYNAMIC_OPS = ["MatMul", "Attention", "LSTM", "EmbedLayerNormalization"]
-
-
-def gemm_to_matmul(proto: Any) -> int:
-    """Rewrite Gemm(A, B, C) with a constant B (alpha = beta = 1, no transA) as MatMul(A, B') + Add(C),
-    so dynamic quantization can take Linear layers. Returns how many nodes were rewritten."""
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    weights = {t.name: t for t in proto.graph.initializer}
-    rewritten, nodes = 0, []
-    for node in proto.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        simple = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
-        if node.op_type != "Gemm" or not simple or node.input[1] not in weights:
-            nodes.append(node)
-            continue
-        matrix = numpy_helper.to_array(weights[node.input[1]])
-        name = f"{node.input[1]}_matmul"
-        proto.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(matrix.T if attrs.get("transB", 0) else matrix), name))
-        has_bias = len(node.input) > 2 and node.input[2]
-        product = f"{node.output[0]}_matmul" if has_bias else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], name], [product], name=f"{node.name}_matmul"))
-        if has_bias:
-            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
-        rewritten += 1
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes)
-    return rewritten
+TABLE_ROWS = 25  # layers shown on stderr; the JSON report has all of them
 
 
-class _CalibrationReader:
-    """Feeds calibration batches to onnxruntime, advancing a progress bar."""
+class Evaluator:
+    """Float outputs on the check data, computed once; each candidate is compared with them."""
 
-    def __init__(self, runner: Runner, data: Dataset, batch_size: int, tracker: Any) -> None:
-        size = batch_size if runner.dynamic_batch else 1
-        self._batches = iter([runner.feeds(data.batch(a, b)) for a, b in split_batches(len(data), size)])
-        self._tracker = tracker
+    def __init__(self, float_runner: Runner, data: Dataset) -> None:
+        self.data = data
+        self.reference = float_runner.predict(data, description="evaluating float")[0]
+        self.float_accuracy = accuracy(self.reference, data.labels) if data.labels is not None else None
 
-    def get_next(self) -> dict | None:
-        batch = next(self._batches, None)
-        if batch is not None:
-            self._tracker.advance()
-        return batch
-
-    def rewind(self) -> None:  # part of onnxruntime's CalibrationDataReader protocol; single pass here
-        pass
-
-
-def _op_counts(proto: Any) -> Counter:
-    return Counter(node.op_type for node in proto.graph.node)
+    def __call__(self, artifact: Artifact) -> dict[str, Any]:
+        with staged(artifact) as candidate:
+            output = open_runner(candidate).predict(self.data, description="evaluating quantized")[0]
+        metrics: dict[str, Any] = {"eval_samples": len(self.data), "agreement": agreement(self.reference, output)}
+        if self.float_accuracy is not None:
+            metrics["accuracy_float"] = self.float_accuracy
+            metrics["accuracy"] = accuracy(output, self.data.labels)
+            metrics["accuracy_drop"] = metrics["accuracy_float"] - metrics["accuracy"]
+        return metrics
 
 
-def _quantize_file(source: Path, target: Path, recipe: QuantizeRecipe, runner: Runner, calib: Dataset | None) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
-
-    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-    proto = onnx_file.load(source, check=False)
-    excluded = set(recipe.exclude_op_types)
-    if recipe.mode == "dynamic":
-        if "Gemm" not in excluded and gemm_to_matmul(proto):
-            source = target.with_name("matmul.onnx")  # in the private temporary folder
-            source.write_bytes(onnx_file.to_bytes(proto, None))
-        proto_ops = set(_op_counts(proto))
-        ops = [op for op in DYNAMIC_OPS if op in proto_ops and op not in excluded]
-        if not ops:
-            raise TransformError(
-                "dynamic quantization found no MatMul, Gemm, Attention or LSTM node to quantize",
-                hint="use mode: static for conv nets",
-            )
-        with console.muted():
-            quantize_dynamic(
-                source, target, op_types_to_quantize=ops, per_channel=recipe.per_channel,
-                reduce_range=recipe.reduce_range, weight_type=types[recipe.weight_type],
-                nodes_to_exclude=recipe.exclude_nodes,
-            )
-        return
-    if calib is None:
-        raise UsageError("static quantization needs calibration data", hint="pass --data calib.npz or set data.path")
-    proto_ops = set(_op_counts(proto))
-    sample = calib.take(recipe.calibration.samples)
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
-    batches = len(split_batches(len(sample), recipe.calibration.batch_size if runner.dynamic_batch else 1))
-    with console.progress(f"calibrating ({recipe.calibration.method})", total=batches) as bar:
-        reader = _CalibrationReader(runner, sample, recipe.calibration.batch_size, bar)
-        with console.muted():
-            quantize_static(
-                source, target, reader, quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=sorted(proto_ops - excluded) if excluded else None,
-                per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
-                activation_type=types[recipe.activation_type], weight_type=types[recipe.weight_type],
-                nodes_to_exclude=recipe.exclude_nodes, calibrate_method=methods[recipe.calibration.method],
-            )
-
-
-def _compare(float_runner: Runner, artifact: Artifact, data: Dataset) -> dict[str, Any]:
-    with staged(artifact) as candidate:
-        quantized_runner = open_runner(candidate)
-        reference = float_runner.predict(data, description="evaluating float")[0]
-        quantized = quantized_runner.predict(data, description="evaluating quantized")[0]
-    metrics: dict[str, Any] = {"eval_samples": len(data), "agreement": agreement(reference, quantized)}
-    if data.labels is not None:
-        metrics["accuracy_float"] = accuracy(reference, data.labels)
-        metrics["accuracy"] = accuracy(quantized, data.labels)
-        metrics["accuracy_drop"] = metrics["accuracy_float"] - metrics["accuracy"]
-    return metrics
-
-
-def _fp16(source: Path, keep_io_types: bool) -> Any:
-    """Half-precision weights and activations with onnxruntime's float16 converter."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    with console.muted():
-        return convert_float_to_float16(onnx_file.load(source, check=False), keep_io_types=keep_io_types)
-
-
-def _quantize_onnx(model: ModelFile, recipe: QuantizeRecipe, float_runner: Runner, calib: Dataset | None) -> Artifact:
-    with tempfile.TemporaryDirectory(prefix="edgecli-quant-") as folder:
-        source, target = model.path, Path(folder) / "quantized.onnx"
-        if recipe.preprocess:
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            prepared = Path(folder) / "prepared.onnx"
-            try:
-                with console.muted():
-                    quant_pre_process(str(model.path), str(prepared), skip_symbolic_shape=False)
-                source = prepared
-            except Exception as exc:  # pre-processing is an optimisation; quantization works without it
-                console.warn(f"quant_pre_process failed ({str(exc).splitlines()[0][:120]}); quantizing without it")
-        try:
-            if recipe.mode == "fp16":
-                proto = _fp16(source, recipe.keep_io_types)
-            else:
-                _quantize_file(source, target, recipe, float_runner, calib)
-                proto = onnx_file.load(target)
-        except (UsageError, TransformError):
-            raise
-        except Exception as exc:
-            raise TransformError(f"onnxruntime quantization failed: {str(exc).strip().splitlines()[-1][:300]}") from None
-    ops = _op_counts(proto)
-    artifact = Artifact(Format.ONNX, proto)
-    artifact.metrics["quantized_nodes"] = sum(ops.get(op, 0) for op in ("DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger"))
-    if ops.get("ConvInteger"):
-        console.warn("the model has ConvInteger nodes, which run slower than float Conv on CPU; prefer mode: static")
-    return artifact
-
-
-def quantize(model: ModelFile, recipe: QuantizeRecipe, calib: Dataset | None, eval_data: Dataset | None) -> Artifact:
-    """Quantize to ONNX or TFLite and measure what it costs in agreement and accuracy."""
+def _check_request(model: ModelFile, recipe: QuantizeRecipe, calib: Dataset | None, check: Dataset | None) -> None:
+    """Refuse what cannot work before any long step runs."""
     if recipe.format == "onnx" and model.format is not Format.ONNX:
         raise UsageError(
             f"quantize to ONNX reads ONNX models; {model.path} is {model.format.value}",
             hint="convert it first (edgecli convert MODEL -r onnx), or quantize to TFLite with format: tflite",
         )
-    float_runner = open_runner(model)
-    if recipe.format == "tflite":
-        from edgecli.stages.quantize_tflite import quantize_tflite
+    if recipe.format == "onnx" and recipe.activation_type == "int16":
+        raise UsageError("activation_type int16 is for format: tflite", hint="use int8 or uint8 for ONNX")
+    if recipe.format == "tflite" and recipe.activation_type == "uint8":
+        raise UsageError("TFLite full-integer quantization uses int8 (or int16) activations", hint="set activation_type: int8")
+    if recipe.mode == "static" and calib is None:
+        raise UsageError("static quantization needs calibration data", hint="pass --data calib.npz or set data.path")
+    if recipe.max_accuracy_drop is not None and (check is None or check.labels is None):
+        raise UsageError(
+            "max_accuracy_drop needs labelled data to measure the drop",
+            hint="pass --eval-data eval.npz with labels under 'y', use min_agreement, or --set max_accuracy_drop=null",
+        )
+    if recipe.min_agreement is not None and check is None:
+        raise UsageError("min_agreement needs data to compare float and quantized outputs", hint="pass --data or --eval-data")
 
-        artifact = quantize_tflite(model, recipe, float_runner, calib)
+
+@contextlib.contextmanager
+def _quantizer(model: ModelFile, recipe: QuantizeRecipe, runner: Runner, calib: Dataset | None) -> Iterator[Quantizer]:
+    if recipe.format == "tflite":
+        from edgecli.stages.quantize_tflite import tflite_quantizer
+
+        with tflite_quantizer(model, recipe, runner, calib) as quantizer:
+            yield quantizer
     else:
-        artifact = _quantize_onnx(model, recipe, float_runner, calib)
-    artifact.metrics = {"mode": recipe.mode, "size_bytes_float": model.size_bytes, **artifact.metrics}
+        from edgecli.stages.quantize_onnx import onnx_quantizer
+
+        with onnx_quantizer(model, recipe, runner, calib) as quantizer:
+            yield quantizer
+
+
+def _layer_table(layers: list[LayerError]) -> Table:
+    table = Table(title="per-layer error (float vs quantized activations)", title_justify="left", box=None)
+    for name in ("layer", "op", "SNR dB", "rel. MSE", "added noise", "status"):
+        table.add_column(name, justify="left" if name in ("layer", "op", "status") else "right")
+    shown = most_sensitive(layers)[:TABLE_ROWS] + [l for l in layers if not l.quantized][:TABLE_ROWS]
+    for layer in shown:
+        status = "int" if layer.quantized else f"float: {layer.reason}"
+        table.add_row(layer.node[-48:], layer.op_type, f"{layer.snr_db:.1f}", f"{layer.rel_mse:.2e}", f"{layer.sensitivity:.2e}", status)
+    if len(layers) > len(shown):
+        table.caption = f"{len(shown)} of {len(layers)} layers, most sensitive first; all are in --report"
+    return table
+
+
+def _mark_guarded(layers: list[LayerError], result: GuardResult) -> None:
+    step_of: dict[str, int] = {}
+    for step in result.steps:
+        for node in step["float_layers"]:
+            step_of.setdefault(node, step["step"])
+    for layer in layers:
+        if layer.node in result.float_nodes:
+            layer.quantized = False
+            layer.reason = f"accuracy guard, step {step_of[layer.node]}: adds {layer.sensitivity:.2e} relative noise"
+
+
+def quantize(
+    model: ModelFile, recipe: QuantizeRecipe, calib: Dataset | None, eval_data: Dataset | None, diagnose: bool = False
+) -> Artifact:
+    """Quantize to ONNX or TFLite; measure agreement and accuracy against the float model; if a target
+    is missed, keep the most sensitive layers in float until it holds (or give the best found)."""
     check = eval_data if eval_data is not None else calib
+    _check_request(model, recipe, calib, check)
+    target = Target.of(recipe)
+    float_runner = open_runner(model)
+    evaluate = Evaluator(float_runner, check) if check is not None else None
+    layers: list[LayerError] = []
+    with _quantizer(model, recipe, float_runner, calib) as quantizer:
+        first = quantizer.quantize()
+        if evaluate is not None:
+            first.metrics.update(evaluate(first))
+        missed = target.is_set and not target.met(first.metrics)
+        layer_data = calib if calib is not None else eval_data
+        if (diagnose or missed) and layer_data is not None:
+            layers = quantizer.layer_errors(first, layer_data.take(recipe.guard.samples))
+        result = GuardResult(first)
+        if missed:
+            console.info(f"the quantized model misses the target ({'; '.join(target.failures(first.metrics))}); searching")
+            if recipe.guard.max_steps and evaluate is not None:
+                result = search(quantizer, evaluate, first, layers, target, recipe.guard)
+    artifact = result.artifact
+    _mark_guarded(layers, result)
+    size = len(artifact.to_bytes(None))
+    artifact.metrics = {
+        "mode": recipe.mode,
+        "size_bytes_float": model.size_bytes,
+        "size_ratio": size / model.size_bytes,
+        **artifact.metrics,
+        "float_layers": result.float_nodes,
+    }
     if check is not None:
-        artifact.metrics.update(_compare(float_runner, artifact, check))
         artifact.metrics["eval_data"] = check.source
-    drop = artifact.metrics.get("accuracy_drop")
-    if recipe.max_accuracy_drop is not None:
-        if drop is None:
-            raise UsageError(
-                "max_accuracy_drop needs labelled data to measure the drop",
-                hint="pass --eval-data eval.npz with labels under 'y', or --set max_accuracy_drop=null",
-            )
-        if drop > recipe.max_accuracy_drop:
-            artifact.gate_failures.append(f"accuracy drop {drop:.4f} > max_accuracy_drop {recipe.max_accuracy_drop:g}")
+    if target.is_set:
+        artifact.gate_failures.extend(target.failures(artifact.metrics))
+    if layers:
+        console.show(_layer_table(layers))
+    speed = None
+    if recipe.speed_check:
+        from edgecli.stages.quant_speed import speed_check
+
+        speed = speed_check(model, artifact, recipe, calib if calib is not None else eval_data, len(result.float_nodes))
+    artifact.report = _report(model, recipe, artifact, size, layers, result, target, speed)
     return artifact
+
+
+def _report(
+    model: ModelFile, recipe: QuantizeRecipe, artifact: Artifact, size: int, layers: list[LayerError],
+    result: GuardResult, target: Target, speed: dict[str, Any] | None,
+) -> dict[str, Any]:
+    metrics = artifact.metrics
+    excluded = [
+        {"node": l.node, "op_type": l.op_type, "reason": l.reason} for l in layers if not l.quantized
+    ] or [{"node": n, "reason": "recipe: exclude_nodes"} for n in recipe.exclude_nodes]
+    return {
+        "mode": recipe.mode,
+        "format": recipe.format,
+        "size": {"float_bytes": model.size_bytes, "quantized_bytes": size, "ratio": size / model.size_bytes},
+        "before": {"accuracy": metrics.get("accuracy_float")},
+        "after": {k: metrics.get(k) for k in ("accuracy", "accuracy_drop", "agreement")},
+        "eval_data": metrics.get("eval_data"),
+        "target": target.describe() or None,
+        "target_met": target.met(metrics) if target.is_set and "agreement" in metrics else None,
+        "guard": {"float_layers": result.float_nodes, "steps": result.steps},
+        "excluded": excluded,
+        "layers": [l.to_json() for l in layers],
+        "layer_samples": recipe.guard.samples if layers else 0,
+        "speed": speed,
+        "warnings": console.warnings_given(),
+    }

@@ -106,10 +106,10 @@ def test_excluded_op_type_stays_float(sample, tmp_path):
 
 def test_missed_accuracy_gate_writes_model_and_exits_1(sample, tmp_path):
     out = tmp_path / "gated.onnx"
-    # Ranges calibrated on a single image clip the others' activations: accuracy drops (0.25 pt
-    # measured), so a zero-drop budget is missed.
+    # Ranges calibrated on a single image clip the others' activations: accuracy drops, so a
+    # zero-drop budget is missed; guard.max_steps=0 measures without falling back to float.
     result = run_cli("quantize", sample["onnx"], "-r", "int8-static", *data_args("quantize"), "--set", "max_accuracy_drop=0",
-                     "--set", "calibration.samples=1", "-o", out)
+                     "--set", "calibration.samples=1", "--set", "guard.max_steps=0", "-o", out)
     assert result.code == 1
     assert result.lines[-1].startswith("gate failed: accuracy drop") and "artifact was written" in result.lines[-1]
     drop = ModelFile.open(out).lineage["steps"][-1]["metrics"]["accuracy_drop"]
