@@ -91,3 +91,12 @@ def sample_int8(sample: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
     result = run_cli("quantize", sample["onnx"], "-r", "int8-static", *data_args("quantize"), "-o", out, "-q")
     assert result.code == 0, result.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_transformer(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny BERT-like classifier with integer inputs (input_ids, attention_mask, token_type_ids),
+    trained, exported to ONNX and .pt2 with its calib.npz/eval.npz once per session (tests/tiny_transformer.py)."""
+    from tests.tiny_transformer import build_tiny_transformer
+
+    return build_tiny_transformer(tmp_path_factory.mktemp("tiny-transformer"))

@@ -12,6 +12,26 @@ from edgecli.formats.model_file import ModelFile
 from edgecli.runtimes.base import Runner, TensorSpec
 
 
+# A quantization step this large means a float sentinel was quantized: an attention mask's
+# (1 - mask) * -3.4e38 gets scale 1.33e36 under full-integer TFLite, and LiteRT aborts the whole
+# process (SIGABRT in QuantizeMultiplierSmallerThanOneExp, preparing SUB) instead of raising.
+# Such models are refused before allocate_tensors; 1e20 is far above any real activation's step.
+SENTINEL_SCALE = 1e20
+
+
+def check_quantization_scales(interpreter, path: object) -> None:
+    """Refuse a model with a quantization scale LiteRT cannot prepare (it would abort, not raise)."""
+    for detail in interpreter.get_tensor_details():
+        scales = np.asarray(detail.get("quantization_parameters", {}).get("scales", []), dtype=np.float64)
+        if scales.size and not (np.all(np.isfinite(scales)) and scales.max() <= SENTINEL_SCALE):
+            worst = float(np.nanmax(np.where(np.isfinite(scales), scales, np.inf)))
+            raise ModelReadError(
+                f"LiteRT cannot run {path}: tensor '{detail['name']}' is quantized with scale {worst:.3g} (a range of "
+                f"about {worst * 255:.2g}), so a float sentinel such as an attention mask's -3.4e38 was quantized",
+                hint="keep the mask's Add/Softmax in float, or use a dynamic or fp16 recipe",
+            )
+
+
 def _clean_name(name: str) -> str:
     """'serving_default_input:0' -> 'input' (the ONNX name onnx2tf copies in)."""
     name = name.split(":")[0]
@@ -35,6 +55,7 @@ class TfliteRunner(Runner):
         try:
             with console.muted():  # LiteRT prints an INFO line about its XNNPACK delegate
                 self.interpreter = Interpreter(model_path=str(model.path), num_threads=threads or os.cpu_count() or 1)
+                check_quantization_scales(self.interpreter, model.path)
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelReadError(f"LiteRT cannot load {model.path}: {str(exc).splitlines()[0][:240]}") from None

@@ -89,6 +89,96 @@ def onnx_to_onnx(model: ModelFile, opset: int, dynamic_batch: bool) -> Any:
     return proto
 
 
+SQRT2 = 1.4142135381698608  # float32(sqrt(2))
+
+
+def _scalar(values: dict[str, Any], name: str) -> float | None:
+    value = values.get(name)
+    return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+
+
+def gelu_for_onnx2tf(proto: Any) -> int:
+    """Rewrite every exact GELU, `0.5 * (1 + erf(x / sqrt(2))) * x` in any of the orders exporters write
+    it, as the one chain onnx2tf fuses into TFLite's builtin GELU: `Div(x, sqrt2) -> Erf -> Add(., 1) ->
+    Mul(x, .) -> Mul(., 0.5)`, with sqrt2 from a Constant node (onnx2tf matches the divisor only when it
+    is a Constant node's output, never an initializer). Unfused, Erf becomes a TensorFlow Select op
+    that LiteRT cannot run (torch.onnx writes `Mul(0.5, .) -> Mul(x, .)`). Returns the GELUs rewritten."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    graph_outputs = {value.name for value in graph.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def only_consumer(name: str, op: str) -> Any:
+        found = consumers.get(name, [])
+        return found[0] if len(found) == 1 and found[0].op_type == op else None
+
+    def other_input(node: Any, constant: float) -> str | None:
+        """The non-constant input of a binary node whose other input is the scalar `constant`."""
+        for mine, other in ((1, 0), (0, 1)):
+            value = _scalar(values, node.input[mine])
+            if value is not None and abs(value - constant) <= 1e-6 * max(1.0, abs(constant)):
+                return node.input[other]
+        return None
+
+    def chain(head: Any) -> tuple[str, Any, Any, Any, Any, str] | None:
+        """(x, erf, add, first mul, second mul, the 0.5 input) when `head` starts an exact GELU."""
+        if head.op_type not in ("Div", "Mul") or len(head.input) != 2:
+            return None
+        x = other_input(head, SQRT2 if head.op_type == "Div" else 1 / SQRT2)
+        if x is None or (head.op_type == "Div" and x != head.input[0]):
+            return None
+        erf = only_consumer(head.output[0], "Erf")
+        add = only_consumer(erf.output[0], "Add") if erf is not None else None
+        if add is None or other_input(add, 1.0) != erf.output[0]:
+            return None
+        first = only_consumer(add.output[0], "Mul")
+        second = only_consumer(first.output[0], "Mul") if first is not None else None
+        if second is None or first.output[0] in graph_outputs:  # the rewrite changes what `first` computes
+            return None
+        if other_input(first, 0.5) == add.output[0] and set(second.input) == {x, first.output[0]}:
+            return x, erf, add, first, second, next(n for n in first.input if n != add.output[0])  # 0.5 * (1 + erf) * x
+        if set(first.input) == {x, add.output[0]} and other_input(second, 0.5) == first.output[0]:
+            return x, erf, add, first, second, next(n for n in second.input if n != first.output[0])  # x * (1 + erf) * 0.5
+        return None
+
+    nodes, rewritten = [], 0
+    for head in graph.node:
+        found = chain(head)
+        if found is not None:
+            x, erf, add, first, second, half = found
+            divisor = f"{head.name or head.output[0]}_sqrt2"
+            value = numpy_helper.from_array(np.array(SQRT2, np.float32), divisor)
+            nodes.append(helper.make_node("Constant", [], [divisor], name=divisor, value=value))
+            head.op_type = "Div"
+            head.input[:] = [x, divisor]
+            add.input[:] = [erf.output[0], next(name for name in add.input if name != erf.output[0])]
+            first.input[:] = [x, add.output[0]]
+            second.input[:] = [first.output[0], half]
+            rewritten += 1
+        nodes.append(head)
+    if rewritten:
+        copies = [type(node).FromString(node.SerializeToString()) for node in nodes]
+        del graph.node[:]
+        graph.node.extend(copies)
+    return rewritten
+
+
+def _prepare_for_onnx2tf(path: Path) -> None:
+    """Rewrite onnx2tf's private copy of the model where its output would not run on LiteRT."""
+    proto = onnx_file.load(path, check=False)
+    if any(node.op_type == "Erf" for node in proto.graph.node) and gelu_for_onnx2tf(proto):
+        path.write_bytes(proto.SerializeToString())
+
+
 @contextlib.contextmanager
 def onnx2tf_output(onnx_path: Path) -> Iterator[Path]:
     """Run onnx2tf on a private copy of the model (it rewrites its input with onnxsim) and yield its
@@ -102,6 +192,7 @@ def onnx2tf_output(onnx_path: Path) -> Iterator[Path]:
         work = Path(folder)
         source = work / "model.onnx"
         shutil.copyfile(onnx_path, source)
+        _prepare_for_onnx2tf(source)
         cwd = os.getcwd()
         try:
             os.chdir(work)  # onnx2tf drops helper files in the working folder
@@ -110,6 +201,7 @@ def onnx2tf_output(onnx_path: Path) -> Iterator[Path]:
                     input_onnx_file_path=str(source),
                     output_folder_path=str(work / "out"),
                     copy_onnx_input_output_names_to_tflite=True,
+                    replace_to_pseudo_operators=["erf"],  # an Erf outside a GELU: builtin ops, not a Select op
                     non_verbose=True,
                 )
         except SystemExit as exc:  # onnx2tf calls sys.exit on unsupported ops

@@ -108,6 +108,40 @@ def _first_line(exc: BaseException) -> str:
     return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
+MASK_VALUE = 1e4  # additive attention masks use -1e4 (older BERTs) down to float32's lowest (-3.4e38)
+MASK_PATH_OPS = {"Mul", "Sub", "Add", "Cast", "Unsqueeze", "Expand", "Where", "Reshape", "Neg"}
+
+
+def attention_mask_nodes(proto: Any) -> list[str]:
+    """The Add/Where nodes that add a large-negative attention mask to attention scores, and the
+    Softmax they feed. In INT8 they would share one scale with the mask's sentinel (about 1e36 for
+    -3.4e38), rounding every real score to 0, so static quantization keeps them float."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    producers = {o: n for n in proto.graph.node for o in n.output}
+
+    def carries_mask_value(name: str, depth: int = 0) -> bool:
+        if name in constants:
+            value = constants[name]
+            return value.size > 0 and np.issubdtype(value.dtype, np.floating) and float(np.abs(value).max()) >= MASK_VALUE
+        node = producers.get(name)
+        if node is None or depth > 8 or node.op_type not in MASK_PATH_OPS:
+            return False
+        return any(carries_mask_value(i, depth + 1) for i in node.input if i)
+
+    nodes = []
+    for softmax in (n for n in proto.graph.node if n.op_type == "Softmax"):
+        source = producers.get(softmax.input[0])
+        if source is not None and source.op_type in ("Add", "Where") and any(carries_mask_value(i) for i in source.input):
+            nodes += [source.name, softmax.name]
+    return nodes
+
+
 class OnnxQuantizer:
     """Quantizes one ONNX model as a recipe asks, as often as asked (the accuracy guard keeps more
     layers in float each time); calibration runs once and is cached in a private folder."""
@@ -120,6 +154,7 @@ class OnnxQuantizer:
             raise UsageError("static quantization needs calibration data", hint="pass --data calib.npz or set data.path")
         self._check_quantizable()
         self._ranges = folder / "calibration.json"
+        self.mask_nodes = attention_mask_nodes(self.float_proto) if recipe.mode == "static" else []
 
     def _prepare(self, path: Path) -> Path:
         source = path
@@ -160,7 +195,7 @@ class OnnxQuantizer:
             if self.recipe.mode == "fp16":
                 proto = self._fp16(float_nodes)
             else:
-                self._quantize_file(target, [*self.recipe.exclude_nodes, *float_nodes])
+                self._quantize_file(target, [*self.recipe.exclude_nodes, *self.mask_nodes, *float_nodes])
                 proto = onnx_file.load(target)
         except (UsageError, TransformError):
             raise
@@ -253,14 +288,16 @@ class OnnxQuantizer:
                 LayerError(
                     node=name, op_type=node.op_type, output=float_name, snr_db=acc.snr_db, rel_mse=acc.rel_mse,
                     sensitivity=acc.rel_mse - max(upstream, default=0.0), quantized=quantized_here,
-                    reason=None if quantized_here else _float_reason(node, self.recipe),
+                    reason=None if quantized_here else _float_reason(node, self.recipe, self.mask_nodes),
                 )
             )
         return layers
 
     def _is_quantized(self, node: Any, proto: Any) -> bool:
+        if node.name in [*self.recipe.exclude_nodes, *self.mask_nodes] or node.op_type in self.recipe.exclude_op_types:
+            return False
         if self.recipe.mode == "fp16":
-            return not {node.name, node.op_type} & (set(self.recipe.exclude_nodes) | set(self.recipe.exclude_op_types))
+            return True
         kept = next((n for n in proto.graph.node if n.name == node.name), None)
         if kept is None:  # replaced by integer ops (dynamic) or folded into a quantized neighbour
             return True
@@ -301,7 +338,9 @@ def _layer_tensors(float_proto: Any, quant_proto: Any) -> dict[str, tuple[str, s
     return records
 
 
-def _float_reason(node: Any, recipe: QuantizeRecipe) -> str:
+def _float_reason(node: Any, recipe: QuantizeRecipe, mask_nodes: list[str]) -> str:
+    if node.name in mask_nodes:
+        return "attention mask: a large-negative sentinel has no useful INT8 scale"
     if node.name in recipe.exclude_nodes:
         return "recipe: exclude_nodes"
     if node.op_type in recipe.exclude_op_types:
