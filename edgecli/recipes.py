@@ -128,7 +128,9 @@ class QuantizeRecipe(Strict):
     )
     keep_io_types: bool = Field(True, description="fp16 (ONNX): keep float32 model inputs and outputs.")
     io_type: Literal["float", "int8"] = Field(
-        "float", description="TFLite static: float32 inputs/outputs, or int8 ones (for integer-only devices)."
+        "float",
+        description="TFLite static: float32 inputs/outputs, or integer ones for integer-only devices "
+        "(int8; int16 when activation_type is int16).",
     )
     activation_type: Literal["int8", "uint8", "int16"] = Field(
         "int8",

@@ -31,6 +31,8 @@ def _reasons(recipe: QuantizeRecipe, ops: Counter, float_layers: int, float_p50_
             "CPUs run FP16 models through float32 kernels and Cast nodes (ONNX) or dequantize FP16 weights "
             "(TFLite): FP16 halves the size, speed needs a GPU/NPU delegate"
         )
+    if recipe.activation_type == "int16" and recipe.mode == "static":
+        reasons.append("16-bit activations: LiteRT has no fast 16x8 kernels on CPU (measured about 40x slower than float)")
     if recipe.mode == "dynamic":
         reasons.append("dynamic quantization quantizes activations on every call; for small layers that costs more than INT8 math saves")
     if float_layers:

@@ -87,7 +87,7 @@ def _layer_table(layers: list[LayerError]) -> Table:
     shown = most_sensitive(layers)[:TABLE_ROWS] + [l for l in layers if not l.quantized][:TABLE_ROWS]
     for layer in shown:
         status = "int" if layer.quantized else f"float: {layer.reason}"
-        table.add_row(layer.node[-48:], layer.op_type, f"{layer.snr_db:.1f}", f"{layer.rel_mse:.2e}", f"{layer.sensitivity:.2e}", status)
+        table.add_row(layer.node.split(";")[0][-48:], layer.op_type, f"{layer.snr_db:.1f}", f"{layer.rel_mse:.2e}", f"{layer.sensitivity:.2e}", status)
     if len(layers) > len(shown):
         table.caption = f"{len(shown)} of {len(layers)} layers, most sensitive first; all are in --report"
     return table
@@ -126,7 +126,9 @@ def quantize(
         result = GuardResult(first)
         if missed:
             console.info(f"the quantized model misses the target ({'; '.join(target.failures(first.metrics))}); searching")
-            if recipe.guard.max_steps and evaluate is not None:
+            if not getattr(quantizer, "float_fallback", True):
+                console.warn(f"{recipe.format} {recipe.mode} quantization cannot keep single layers in float; no fallback searched")
+            elif recipe.guard.max_steps and evaluate is not None:
                 result = search(quantizer, evaluate, first, layers, target, recipe.guard)
     artifact = result.artifact
     _mark_guarded(layers, result)
