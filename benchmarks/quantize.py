@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_models" / "fashion"
-RECIPES = ["int8-static", "int8-dynamic", "fp16", "tflite-int8", "tflite-dynamic", "tflite-fp16"]
+RECIPES = ["int8-static", "int8-dynamic", "fp16", "tflite-int8", "tflite-dynamic", "tflite-fp16", "tflite-int16"]
 
 
 def edgecli(*args: object) -> subprocess.CompletedProcess:

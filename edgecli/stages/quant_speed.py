@@ -57,6 +57,8 @@ def speed_check(model: ModelFile, artifact: Artifact, recipe: QuantizeRecipe, da
         timings = measure_latency(runners, feeds, QUICK)
     float_p50, quant_p50 = (latency_stats(t, 1)["p50"] for t in timings)
     result: dict[str, Any] = {
+        "float_format": model.format.value,  # the float model in its own runtime (ONNX: onnxruntime)
+        "quantized_format": artifact.format.value,
         "threads": 1,
         "batch_size": 1,
         "runs": [len(t) for t in timings],
