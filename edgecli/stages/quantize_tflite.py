@@ -192,6 +192,8 @@ class TFLiteQuantizer:
             )
         if not self.float_fallback:
             flatbuffer = self._convert()
+            if not self.full_integer:
+                _check_weights_changed(flatbuffer, recipe.mode)
         else:
             self._check_names(nodes, op_types)
             flatbuffer = self._mlir_quantize(list(dict.fromkeys([*self.mask_nodes, *nodes])), op_types)
@@ -243,6 +245,21 @@ class TFLiteQuantizer:
             elif layer.op_type in excluded_ops:
                 layer.reason = "recipe: exclude_op_types"
         return layers
+
+
+def _check_weights_changed(flatbuffer: bytes, mode: str) -> None:
+    """Dynamic-range and FP16 conversion store weights as int8 / float16; a model with no weight they
+    take (TFLite leaves tensors under 1024 values in float) comes out unchanged, which is refused."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    wanted = np.int8 if mode == "dynamic" else np.float16
+    details = Interpreter(model_content=flatbuffer).get_tensor_details()
+    if not any(np.dtype(d["dtype"]) == wanted for d in details):
+        raise TransformError(
+            f"TFLite {mode} quantization found no weight tensor to store as {np.dtype(wanted).name} "
+            "(it takes tensors of 1024 values or more): the model would not change",
+            hint="use mode: static for full-integer quantization",
+        )
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ from collections import Counter
 
 import numpy as np
 import onnx
+import pytest
 
 from edgecli.data import load_dataset
 from edgecli.formats.model_file import ModelFile
@@ -129,3 +130,31 @@ def test_int8_outputs_close_to_float(sample, sample_int8):
     q = open_runner(ModelFile.open(sample_int8)).predict(data)[0]
     rel = np.abs(ref - q).mean() / np.abs(ref).mean()
     assert rel < 0.1, rel
+
+
+@pytest.mark.parametrize("recipe,suffix,says", [
+    ("int8-static", "onnx", "no quantizable op"),
+    ("int8-dynamic", "onnx", "found no MatMul"),
+    ("tflite-dynamic", "tflite", "found no weight tensor"),
+])
+def test_model_with_nothing_to_quantize_exits_4(tmp_path, recipe, suffix, says):
+    """Relu + Add of a 4-value bias: no layer whose weights INT8 would shrink."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(np.ones(4, np.float32), "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((64, 4), dtype=np.float32))
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_cli("quantize", tmp_path / "m.onnx", "-r", recipe, "--data", tmp_path / "d.npz",
+                     "--set", "max_accuracy_drop=null", "-o", out / f"q.{suffix}", "-q")
+    assert result.code == 4, result.stderr
+    assert len(result.lines) == 1 and says in result.lines[0]
+    assert leftovers(out) == []
