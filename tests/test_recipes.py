@@ -89,7 +89,7 @@ def test_unknown_recipe_name_lists_shipped_ones() -> None:
     with pytest.raises(RecipeError) as caught:
         load_recipe("quantize", "int8-statc")
     assert "int8-statc" in caught.value.message
-    assert caught.value.hint == "shipped: fp16, int8-dynamic, int8-static, tflite-dynamic, tflite-fp16, tflite-int8"
+    assert caught.value.hint == "shipped: fp16, int8-dynamic, int8-static, tflite-dynamic, tflite-fp16, tflite-int16, tflite-int8"
     assert caught.value.exit_code == 2
 
 
