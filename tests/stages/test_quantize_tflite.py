@@ -112,3 +112,27 @@ def test_uint8_activations_are_refused_for_tflite(sample, tmp_path):
                      "-o", tmp_path / "u8.tflite")
     assert result.code == 2 and "int8" in result.lines[-1]
     assert leftovers(tmp_path) == []
+
+
+def test_tflite_guard_keeps_layers_float_until_agreement_holds(sample, evaluation, tmp_path):
+    """Full-integer TFLite calibrated on one image misses 99.8% agreement (99.6% measured); the guard
+    keeps the noisiest layers in float (TF's MLIR quantizer denylist) until it holds."""
+    import json
+
+    out, report = tmp_path / "guarded.tflite", tmp_path / "guarded.json"
+    result = run_cli("quantize", sample["onnx"], "-r", "tflite-int8", *data_args("quantize"), "--set", "calibration.samples=1",
+                     "--set", "max_accuracy_drop=null", "--set", "min_agreement=0.998", "--set", "guard.max_steps=6",
+                     "-o", out, "--report", report)
+    assert result.code in (0, 1), result.stderr
+    document = json.loads(report.read_text())
+    steps = document["guard"]["steps"]
+    assert len(steps) >= 2 and steps[0]["agreement"] < 0.998
+    data, reference = evaluation
+    measured = agreement(reference, _outputs(out, data))
+    chosen = next(s for s in steps if s["float_layers"] == document["guard"]["float_layers"])
+    assert abs(measured - chosen["agreement"]) < 1e-9  # the report describes the written file
+    assert result.code == (0 if measured >= 0.998 else 1)
+    if result.code == 0:
+        assert chosen is steps[-1] and chosen["meets_target"]
+    names = {l["node"] for l in document["layers"]}
+    assert set(document["guard"]["float_layers"]) <= names  # TFLite tensor names, as the report lists them
