@@ -175,10 +175,17 @@ class ParitySpec(Strict):
 class ConvertRecipe(Strict):
     """`edgecli convert`: change the model's format, checked for parity on real inputs."""
 
-    target: Literal["onnx", "tflite"] = Field(..., description="Output format.")
+    target: Literal["onnx", "tflite", "ort"] = Field(
+        ..., description="Output format; ort: onnxruntime's ORT format for its mobile and minimal builds (from ONNX or .pt2)."
+    )
     opset: int = Field(18, ge=13, le=23, description="ONNX opset (target onnx).")
     dynamic_batch: bool = Field(True, description="Keep the batch dimension dynamic.")
     precision: Literal["float32", "float16"] = Field("float32", description="TFLite weight precision (target tflite).")
+    ort_optimization: Literal["basic", "extended", "all"] = Field(
+        "basic",
+        description="target ort: graph optimisations saved into the file. basic and extended run on any CPU "
+        "(phones); all adds x86 layout transforms (NCHWc) that only suit the converting machine's kind of CPU.",
+    )
     parity: ParitySpec = Field(default_factory=ParitySpec, description="Parity check against the parent model.")
     data: DataSpec = Field(default_factory=DataSpec, description="Real inputs for the parity check.")
 

@@ -143,7 +143,7 @@ def test_several_errors_are_counted(tmp_path: Path) -> None:
         ("prune", "finetune:\n  epochs: 2.5\n", "'finetune.epochs'", "fractional part"),
         ("distill", "student:\n  channels: 16\n", "'student.channels'", "valid list"),
         ("quantize", "per_channel: [1]\n", "'per_channel'", "valid boolean"),
-        ("convert", "target: tfl\n", "'target'", "'onnx' or 'tflite'"),
+        ("convert", "target: tfl\n", "'target'", "'onnx', 'tflite' or 'ort'"),
         ("prune", "finetune: 3\n", "'finetune'", "valid dictionary"),
     ],
     ids=["number", "int-not-float", "list", "bool", "literal", "section"],

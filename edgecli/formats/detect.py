@@ -15,10 +15,11 @@ class Format(str, Enum):
     TFLITE = "tflite"
     KERAS = "keras"
     SAVED_MODEL = "saved_model"
+    ORT = "ort"
 
     @property
     def suffix(self) -> str:
-        return {"onnx": ".onnx", "pt2": ".pt2", "tflite": ".tflite", "keras": ".keras", "saved_model": ""}[self.value]
+        return {"onnx": ".onnx", "pt2": ".pt2", "tflite": ".tflite", "keras": ".keras", "saved_model": "", "ort": ".ort"}[self.value]
 
 
 def _zip_names(path: Path) -> list[str]:
@@ -57,6 +58,8 @@ def detect_format(path: Path) -> Format:
         raise ModelReadError(f"{path} is empty")
     if head[4:8] == b"TFL3":
         return Format.TFLITE
+    if head[4:8] == b"ORTM":
+        return Format.ORT
     if head[:4] == b"PK\x03\x04":
         names = _zip_names(path)
         if any(n.endswith("/archive_format") for n in names) and any(n.endswith("models/model.json") for n in names):
@@ -73,4 +76,4 @@ def detect_format(path: Path) -> Format:
         raise ModelReadError(f"{path} is a legacy Keras HDF5 file", hint="re-save it as .keras with Keras 3")
     if _looks_like_onnx(head):
         return Format.ONNX
-    raise ModelReadError(f"{path} is not a model edgecli knows (ONNX, .pt2, TFLite, .keras, SavedModel)")
+    raise ModelReadError(f"{path} is not a model edgecli knows (ONNX, .pt2, TFLite, .keras, SavedModel, ORT)")

@@ -49,4 +49,8 @@ def read_lineage(model: ModelFile) -> dict[str, Any] | None:
         from edgecli.formats import tflite_file
 
         return tflite_file.read_lineage(model.path)
+    if model.format is Format.ORT:
+        from edgecli.formats import ort_file
+
+        return ort_file.read_lineage(model.path)
     return None

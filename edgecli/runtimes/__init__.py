@@ -15,7 +15,7 @@ def open_runner(model: ModelFile, threads: int | None = None) -> Runner:
 
     threads: intra-op threads; None lets the runtime use every core (evaluation), bench pins it.
     """
-    if model.format is Format.ONNX:
+    if model.format in (Format.ONNX, Format.ORT):
         from edgecli.runtimes.onnx_runner import OnnxRunner
 
         return OnnxRunner(model, threads)

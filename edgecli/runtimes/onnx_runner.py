@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgecli.errors import ModelReadError
+from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.runtimes.base import Runner, TensorSpec
 
@@ -45,10 +46,13 @@ class OnnxRunner(Runner):
         super().__init__(model, threads)
         import onnxruntime as ort
 
+        options = session_options(threads)
+        if model.format is Format.ORT:
+            from edgecli.formats.ort_file import load_options
+
+            load_options(options)
         try:
-            self.session = ort.InferenceSession(
-                str(model.path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
-            )
+            self.session = ort.InferenceSession(str(model.path), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             first = str(exc).strip().splitlines()[0][:240]
             raise ModelReadError(f"onnxruntime cannot load {model.path}: {first}") from None

@@ -17,7 +17,7 @@ from edgecli.formats.model_file import ModelFile
 class Artifact:
     """A transformed model before it is written.
 
-    payload: onnx.ModelProto (ONNX), torch.export.ExportedProgram (.pt2) or bytes (TFLite).
+    payload: onnx.ModelProto (ONNX and ORT format), torch.export.ExportedProgram (.pt2) or bytes (TFLite).
     metrics: key figures stored in the lineage and printed in the summary (no timings).
     io: hints for later steps, e.g. {"input_layout": "NHWC"}.
     gate_failures: recipe targets that were missed; the artifact is still written, then exit 1.
@@ -40,6 +40,10 @@ class Artifact:
             from edgecli.formats import pt2_file
 
             return pt2_file.to_bytes(self.payload, lineage)
+        if self.format is Format.ORT:  # payload: the onnx.ModelProto to save in ORT format
+            from edgecli.formats import onnx_file, ort_file
+
+            return ort_file.from_onnx_bytes(onnx_file.to_bytes(self.payload, lineage), self.io.get("ort_optimization", "basic"))
         if self.format is Format.TFLITE:
             from edgecli.formats import tflite_file
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from edgecli import console
 from edgecli.data import Dataset, synthetic_dataset
-from edgecli.errors import BackendMissing, TransformError
+from edgecli.errors import BackendMissing, TransformError, UsageError
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
@@ -257,6 +257,16 @@ def _input_layout(parent_specs: list, child_specs: list) -> str | None:
     return None
 
 
+def _to_ort_source(model: ModelFile, recipe: ConvertRecipe) -> Any:
+    """The ONNX model the ORT-format file is saved from (ORT format is written in Artifact.to_bytes,
+    so that the lineage is inside it)."""
+    if model.format is Format.PT2:
+        return pt2_to_onnx(model, recipe.opset, recipe.dynamic_batch)
+    if model.format is Format.ONNX:
+        return onnx_file.load(model.path)
+    raise UsageError(f"ORT format is made from ONNX or .pt2 models; {model.path} is {model.format.value}")
+
+
 def convert(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None) -> Artifact:
     """Convert `model` to recipe.target and prove parity on `data` (random inputs if None)."""
     if recipe.target == "onnx":
@@ -269,6 +279,8 @@ def convert(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None) -> Ar
                 f"converting {model.format.value} to ONNX is not supported yet",
                 hint="export Keras models to TFLite with target: tflite",
             )
+    elif recipe.target == "ort":
+        artifact = Artifact(Format.ORT, _to_ort_source(model, recipe), io={"ort_optimization": recipe.ort_optimization})
     else:
         artifact = Artifact(Format.TFLITE, _to_tflite(model, recipe))
     parent = open_runner(model)

@@ -26,7 +26,17 @@ def real_models() -> dict[Format, Path]:
         Format.TFLITE: tflite_cnn(),
         Format.KERAS: keras_set.keras,
         Format.SAVED_MODEL: keras_set.saved_model,
+        Format.ORT: _ort_file(torch_set.onnx),
     }
+
+
+def _ort_file(onnx_path: Path) -> Path:
+    from edgecli.formats import ort_file
+
+    path = onnx_path.with_name("model_ort_format.bin")
+    if not path.exists():
+        path.write_bytes(ort_file.from_onnx_bytes(onnx_path.read_bytes()))
+    return path
 
 
 def model_read_error(path: Path) -> ModelReadError:
@@ -50,6 +60,7 @@ WRONG_NAMES = {
     Format.TFLITE: "model.pt2",
     Format.KERAS: "model.zip",
     Format.SAVED_MODEL: "model.keras",
+    Format.ORT: "model.onnx",
 }
 
 
@@ -74,7 +85,7 @@ def test_model_file_open_reports_format_size_and_hash(real_models: dict[Format, 
 
 
 def test_suffixes() -> None:
-    assert [f.suffix for f in Format] == [".onnx", ".pt2", ".tflite", ".keras", ""]
+    assert [f.suffix for f in Format] == [".onnx", ".pt2", ".tflite", ".keras", "", ".ort"]
 
 
 # --- things that are not models ---------------------------------------------------------------
