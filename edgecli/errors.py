@@ -88,3 +88,10 @@ class BackendMissing(EdgecliError):
 
     exit_code = 5
     label = "missing backend"
+
+
+def last_line(exc: BaseException, limit: int = 300) -> str:
+    """The last non-empty line of a library's exception message (where converters and exporters put
+    the actual cause), or the exception's type name."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:limit]

@@ -12,7 +12,7 @@ from typing import Any
 
 from edgecli import console
 from edgecli.data import Dataset, synthetic_dataset
-from edgecli.errors import BackendMissing, TransformError, UsageError
+from edgecli.errors import BackendMissing, TransformError, UsageError, last_line
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
@@ -22,11 +22,6 @@ from edgecli.stages.artifact import Artifact, staged
 from edgecli.stages.parity import check_parity
 
 ONNX2TF_HINT = "pip install --no-deps onnx2tf==1.29.24 tf-keras==2.21.0 (make install does it)"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
 def pt2_to_onnx(model: ModelFile, opset: int, dynamic_batch: bool) -> Any:
@@ -42,7 +37,7 @@ def pt2_to_onnx(model: ModelFile, opset: int, dynamic_batch: bool) -> Any:
             with console.muted():
                 torch.onnx.export(program, (), str(target), dynamo=True, external_data=False, opset_version=opset)
         except Exception as exc:
-            raise TransformError(f"torch.onnx could not export {model.path}: {_first_line(exc)}") from None
+            raise TransformError(f"torch.onnx could not export {model.path}: {last_line(exc)}") from None
         proto = onnx_file.load(target)
     if not dynamic_batch:
         _fix_batch(proto)
@@ -83,7 +78,7 @@ def onnx_to_onnx(model: ModelFile, opset: int, dynamic_batch: bool) -> Any:
             proto = version_converter.convert_version(proto, opset)
             onnx.checker.check_model(proto)
         except Exception as exc:
-            raise TransformError(f"cannot convert opset {current} -> {opset}: {_first_line(exc)}") from None
+            raise TransformError(f"cannot convert opset {current} -> {opset}: {last_line(exc)}") from None
     if not dynamic_batch:
         _fix_batch(proto)
     return proto
@@ -207,7 +202,7 @@ def onnx2tf_output(onnx_path: Path) -> Iterator[Path]:
         except SystemExit as exc:  # onnx2tf calls sys.exit on unsupported ops
             raise TransformError(f"onnx2tf could not convert {onnx_path} (exit {exc.code}); see EDGECLI_DEBUG=1") from None
         except Exception as exc:
-            raise TransformError(f"onnx2tf could not convert {onnx_path}: {_first_line(exc)}") from None
+            raise TransformError(f"onnx2tf could not convert {onnx_path}: {last_line(exc)}") from None
         finally:
             os.chdir(cwd)
         yield work / "out"
@@ -238,7 +233,7 @@ def keras_to_tflite(model: ModelFile, precision: str) -> bytes:
         try:
             return converter.convert()
         except Exception as exc:
-            raise TransformError(f"TFLite converter failed on {model.path}: {_first_line(exc)}") from None
+            raise TransformError(f"TFLite converter failed on {model.path}: {last_line(exc)}") from None
 
 
 def _to_tflite(model: ModelFile, recipe: ConvertRecipe) -> bytes:

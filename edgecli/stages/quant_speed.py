@@ -10,10 +10,12 @@ import numpy as np
 
 from edgecli import console
 from edgecli.data import Dataset, synthetic_dataset
+from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import BenchRecipe, QuantizeRecipe
 from edgecli.runtimes import open_runner
 from edgecli.stages.artifact import Artifact, staged
+from edgecli.stages.quantize_onnx import op_counts
 
 # Not faster than this fraction of the float p50 counts as "not faster" (timing noise is a few %).
 NOT_FASTER = 0.95
@@ -67,7 +69,7 @@ def speed_check(model: ModelFile, artifact: Artifact, recipe: QuantizeRecipe, da
         "latency_ratio": quant_p50 / float_p50 if float_p50 > 0 else float(np.nan),
         "faster": quant_p50 < NOT_FASTER * float_p50,
     }
-    ops = Counter(n.op_type for n in artifact.payload.graph.node) if hasattr(artifact.payload, "graph") else Counter()
+    ops = op_counts(artifact.payload) if artifact.format is Format.ONNX else Counter()
     if not result["faster"]:
         result["likely_reasons"] = _reasons(recipe, ops, float_layers, float_p50)
         console.warn(

@@ -45,16 +45,13 @@ class Evaluator:
 
 
 def _check_request(model: ModelFile, recipe: QuantizeRecipe, calib: Dataset | None, check: Dataset | None) -> None:
-    """Refuse what cannot work before any long step runs."""
+    """Refuse what cannot work before any long step runs. The types one output format cannot take
+    its quantizer refuses as it opens, before its own work."""
     if recipe.format == "onnx" and model.format is not Format.ONNX:
         raise UsageError(
             f"quantize to ONNX reads ONNX models; {model.path} is {model.format.value}",
             hint="convert it first (edgecli convert MODEL -r onnx), or quantize to TFLite with format: tflite",
         )
-    if recipe.format == "onnx" and recipe.activation_type == "int16":
-        raise UsageError("activation_type int16 is for format: tflite", hint="use int8 or uint8 for ONNX")
-    if recipe.format == "tflite" and recipe.activation_type == "uint8":
-        raise UsageError("TFLite full-integer quantization uses int8 (or int16) activations", hint="set activation_type: int8")
     if recipe.mode == "static" and calib is None:
         raise UsageError("static quantization needs calibration data", hint="pass --data calib.npz or set data.path")
     if recipe.max_accuracy_drop is not None and (check is None or check.labels is None):
@@ -113,9 +110,9 @@ def quantize(
     _check_request(model, recipe, calib, check)
     target = Target.of(recipe)
     float_runner = open_runner(model)
-    evaluate = Evaluator(float_runner, check) if check is not None else None
     layers: list[LayerError] = []
     with _quantizer(model, recipe, float_runner, calib) as quantizer:
+        evaluate = Evaluator(float_runner, check) if check is not None else None
         first = quantizer.quantize()
         if evaluate is not None:
             first.metrics.update(evaluate(first))

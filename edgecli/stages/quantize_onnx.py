@@ -12,14 +12,14 @@ from typing import Any
 
 from edgecli import console
 from edgecli.data import Dataset, split_batches
-from edgecli.errors import TransformError, UsageError
+from edgecli.errors import TransformError, UsageError, last_line
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import QuantizeRecipe
 from edgecli.runtimes.base import Runner
 from edgecli.stages.artifact import Artifact
-from edgecli.stages.quant_layers import ErrorAccumulator, LayerError
+from edgecli.stages.quant_layers import MASK_VALUE, ErrorAccumulator, LayerError
 
 # Ops that onnxruntime's dynamic quantizer handles and that are fast on CPU. Conv is left out on
 # purpose: dynamic Conv becomes ConvInteger, measured 1.4-5.3x slower than float on CPU. Gemm is not
@@ -103,12 +103,6 @@ class _CalibrationReader:
         self._next = 0
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [l for l in str(exc).strip().splitlines() if l.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:300]
-
-
-MASK_VALUE = 1e4  # additive attention masks use -1e4 (older BERTs) down to float32's lowest (-3.4e38)
 MASK_PATH_OPS = {"Mul", "Sub", "Add", "Cast", "Unsqueeze", "Expand", "Where", "Reshape", "Neg"}
 
 
@@ -147,11 +141,11 @@ class OnnxQuantizer:
     layers in float each time); calibration runs once and is cached in a private folder."""
 
     def __init__(self, model: ModelFile, recipe: QuantizeRecipe, runner: Runner, calib: Dataset | None, folder: Path) -> None:
+        if recipe.activation_type not in QUANT_TYPES:
+            raise UsageError(f"activation_type {recipe.activation_type} is for format: tflite", hint="use int8 or uint8 for ONNX")
         self.recipe, self.runner, self.calib, self.folder = recipe, runner, calib, folder
         self.source = self._prepare(model.path)
         self.float_proto = onnx_file.load(self.source, check=False)
-        if recipe.mode == "static" and calib is None:
-            raise UsageError("static quantization needs calibration data", hint="pass --data calib.npz or set data.path")
         self._check_quantizable()
         self._ranges = folder / "calibration.json"
         self.mask_nodes = attention_mask_nodes(self.float_proto) if recipe.mode == "static" else []
@@ -167,7 +161,7 @@ class OnnxQuantizer:
                     quant_pre_process(str(path), str(prepared), skip_symbolic_shape=False)
                 source = prepared
             except Exception as exc:  # pre-processing is an optimisation; quantization works without it
-                console.warn(f"quant_pre_process failed ({_first_line(exc)[:120]}); quantizing without it")
+                console.warn(f"quant_pre_process failed ({last_line(exc)[:120]}); quantizing without it")
         if self.recipe.mode == "dynamic" and "Gemm" not in self.recipe.exclude_op_types:
             proto = onnx_file.load(source, check=False)
             if gemm_to_matmul(proto):
@@ -200,7 +194,7 @@ class OnnxQuantizer:
         except (UsageError, TransformError):
             raise
         except Exception as exc:
-            raise TransformError(f"onnxruntime quantization failed: {_first_line(exc)}") from None
+            raise TransformError(f"onnxruntime quantization failed: {last_line(exc)}") from None
         strip_debug_metadata(proto)
         ops = op_counts(proto)
         artifact = Artifact(Format.ONNX, proto)
@@ -224,8 +218,6 @@ class OnnxQuantizer:
 
         recipe = self.recipe
         types = {name: getattr(QuantType, value) for name, value in QUANT_TYPES.items()}
-        if recipe.activation_type not in types:
-            raise UsageError(f"activation_type {recipe.activation_type} is TFLite-only", hint="use int8 or uint8 for ONNX")
         excluded_ops = set(recipe.exclude_op_types)
         present = set(op_counts(self.float_proto))
         if recipe.mode == "dynamic":
@@ -279,11 +271,13 @@ class OnnxQuantizer:
                     bar.advance()
         rel = {float_name: acc.rel_mse for (_, float_name, _), acc in zip(pairs, accumulators)}
         initializers = {t.name for t in self.float_proto.graph.initializer}
+        kept = {n.name: n for n in quantized.payload.graph.node}
+        dequantized = {o for n in quantized.payload.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
         layers = []
         for (name, float_name, _), acc in zip(pairs, accumulators):
             node = float_nodes[name]
             upstream = [rel.get(i, 0.0) for i in node.input if i and i not in initializers]
-            quantized_here = self._is_quantized(node, quantized.payload)
+            quantized_here = self._is_quantized(node, kept.get(node.name), dequantized, initializers)
             layers.append(
                 LayerError(
                     node=name, op_type=node.op_type, output=float_name, snr_db=acc.snr_db, rel_mse=acc.rel_mse,
@@ -293,16 +287,15 @@ class OnnxQuantizer:
             )
         return layers
 
-    def _is_quantized(self, node: Any, proto: Any) -> bool:
+    def _is_quantized(self, node: Any, kept: Any, dequantized: set[str], weights: set[str]) -> bool:
+        """Whether float `node` computes in integers in the quantized graph, where it is `kept` (None:
+        replaced by integer ops or folded away) and `dequantized` are the DequantizeLinear outputs."""
         if node.name in [*self.recipe.exclude_nodes, *self.mask_nodes] or node.op_type in self.recipe.exclude_op_types:
             return False
         if self.recipe.mode == "fp16":
             return True
-        kept = next((n for n in proto.graph.node if n.name == node.name), None)
         if kept is None:  # replaced by integer ops (dynamic) or folded into a quantized neighbour
             return True
-        dequantized = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-        weights = {t.name for t in self.float_proto.graph.initializer}
         weight_slots = [k for k, name in enumerate(node.input) if name in weights]
         if weight_slots:  # a layer with weights runs in INT8 when its weights are dequantized INT8
             return any(k < len(kept.input) and kept.input[k] in dequantized for k in weight_slots)

@@ -21,7 +21,7 @@ import numpy as np
 
 from edgecli import console
 from edgecli.data import Dataset
-from edgecli.errors import TransformError, UsageError
+from edgecli.errors import TransformError, UsageError, last_line
 from edgecli.formats.detect import Format
 from edgecli.formats.keras_file import import_tensorflow, load_keras
 from edgecli.formats.model_file import ModelFile
@@ -73,11 +73,6 @@ def _representative(runner: Runner, data: Dataset, nhwc: bool, tracker: Any) -> 
         tracker.advance()
 
 
-def _last_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:300]
-
-
 def _unknown(kind: str, names: Sequence[str], known: Sequence[str], hint_key: str) -> UsageError:
     close = difflib.get_close_matches(names[0], list(known), n=1, cutoff=0.5)
     shown = sorted(known, key=len)[:4]
@@ -120,9 +115,8 @@ class TFLiteQuantizer:
         c.representative_dataset = None
         c._experimental_disable_per_channel = not recipe.per_channel  # noqa: SLF001 (the converter's own switch)
         c._experimental_calibrate_only = calibrate_only  # noqa: SLF001 (as QuantizationDebugger sets it)
+        # quantize() refused static mode without calibration data before any quantizer was opened
         sample = self.calib.take(recipe.calibration.samples) if self.full_integer and self.calib is not None else None
-        if self.full_integer and sample is None:
-            raise UsageError("full-integer TFLite quantization needs calibration data", hint="pass --data calib.npz")
         # TensorFlow's 16x8 path reads the calibration data twice (MLIR calibration, then its own quantizer).
         passes = 2 if self.int16 and not calibrate_only else 1
         with console.progress("calibrating (TFLite)", total=passes * len(sample) if sample is not None else 0) as bar:
@@ -145,7 +139,7 @@ class TFLiteQuantizer:
                     hint="name the data's arrays after the model's inputs",
                 ) from None
             except Exception as exc:
-                raise TransformError(f"TFLite converter failed: {_last_line(exc)}") from None
+                raise TransformError(f"TFLite converter failed: {last_line(exc)}") from None
 
     def calibrated(self) -> bytes:
         """The float flatbuffer with the activation ranges recorded on the calibration data (made once)."""
@@ -220,7 +214,7 @@ class TFLiteQuantizer:
                     denylisted_nodes=float_nodes or None,
                 )
         except Exception as exc:
-            raise TransformError(f"TFLite quantizer failed: {_last_line(exc)}") from None
+            raise TransformError(f"TFLite quantizer failed: {last_line(exc)}") from None
 
     def layer_errors(self, quantized: Artifact, data: Dataset) -> list[LayerError]:
         """Per layer of `quantized` (made by this quantizer): SNR and relative MSE of its output
@@ -268,8 +262,6 @@ def tflite_quantizer(model: ModelFile, recipe: QuantizeRecipe, runner: Runner, c
     TFLiteQuantizer over it; temporary files are removed on exit."""
     if recipe.activation_type == "uint8":
         raise UsageError("TFLite full-integer quantization uses int8 (or int16) activations", hint="set activation_type: int8")
-    if recipe.mode == "static" and calib is None:
-        raise UsageError("full-integer TFLite quantization needs calibration data", hint="pass --data calib.npz")
     if recipe.weight_type != "int8":
         raise UsageError("TFLite quantizes weights to int8", hint="set weight_type: int8 (uint8 is for ONNX)")
     if recipe.mode == "static" and recipe.calibration.method != "minmax":
@@ -282,8 +274,3 @@ def tflite_quantizer(model: ModelFile, recipe: QuantizeRecipe, runner: Runner, c
     with _converter(model, tf) as (converter, nhwc):
         yield TFLiteQuantizer(tf, converter, recipe, runner, calib, nhwc)
 
-
-def quantize_tflite(model: ModelFile, recipe: QuantizeRecipe, runner: Runner, calib: Dataset | None) -> Artifact:
-    """Convert `model` to a quantized TFLite flatbuffer as the recipe asks."""
-    with tflite_quantizer(model, recipe, runner, calib) as quantizer:
-        return quantizer.quantize()

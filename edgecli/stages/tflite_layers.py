@@ -19,11 +19,10 @@ import numpy as np
 from edgecli import console
 from edgecli.data import split_batches
 from edgecli.runtimes.tflite_runner import _clean_name, check_quantization_scales
-from edgecli.stages.quant_layers import ErrorAccumulator, LayerError
+from edgecli.stages.quant_layers import MASK_VALUE, ErrorAccumulator, LayerError
 
 CONVERSION_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 BATCH = 32
-MASK_VALUE = 1e4  # additive attention masks use -1e4 (older BERTs) down to float32's lowest (-3.4e38)
 
 
 @dataclass(frozen=True)
