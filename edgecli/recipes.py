@@ -35,6 +35,33 @@ class DataSpec(Strict):
     limit: int | None = Field(None, ge=1, description="Use at most this many samples (the first ones).")
 
 
+class ModelSource(Strict):
+    """How to build a PyTorch model from a state_dict file (.pt/.pth): the user's own nn.Module code."""
+
+    factory: str = Field(
+        ...,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="package.module:function (or :Class) that returns the nn.Module the state_dict belongs to; "
+        "imported from the working folder or the installed packages.",
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments passed to the factory.")
+    input_shape: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="Example input shape with batch, e.g. [1, 1, 28, 28], for export; default: the shape of --data.",
+    )
+    input_dtype: Literal["float32", "int64", "int32"] = Field("float32", description="Example input dtype.")
+    strict: bool = Field(True, description="The state_dict must match the module's parameters key for key.")
+
+
+class ReadsPyTorch(Strict):
+    """A recipe of a verb that can read a PyTorch state_dict."""
+
+    model: ModelSource | None = Field(
+        None, description="Needed when MODEL is a state_dict (.pt/.pth): the code that builds the module."
+    )
+
+
 class FinetuneSpec(Strict):
     """Fine-tuning on labelled data after a transformation."""
 
@@ -47,7 +74,7 @@ class FinetuneSpec(Strict):
     )
 
 
-class PruneRecipe(Strict):
+class PruneRecipe(ReadsPyTorch):
     """`edgecli prune`: zero the smallest-magnitude weights of a .pt2 model, then optionally fine-tune."""
 
     method: Literal["magnitude"] = Field("magnitude", description="Pruning method: unstructured magnitude pruning.")
@@ -77,7 +104,7 @@ class StudentSpec(Strict):
     hidden: list[int] = Field(default_factory=lambda: [128], description="mlp: width of each hidden layer.")
 
 
-class DistillRecipe(Strict):
+class DistillRecipe(ReadsPyTorch):
     """`edgecli distill`: train a student .pt2 from a teacher of any supported format."""
 
     student: StudentSpec = Field(default_factory=StudentSpec, description="Student architecture.")
@@ -115,7 +142,7 @@ class GuardSpec(Strict):
     )
 
 
-class QuantizeRecipe(Strict):
+class QuantizeRecipe(ReadsPyTorch):
     """`edgecli quantize`: INT8 or FP16 quantization to ONNX (onnxruntime) or TFLite (TensorFlow Lite converter)."""
 
     mode: Literal["static", "dynamic", "fp16"] = Field(
@@ -170,24 +197,56 @@ class ParitySpec(Strict):
     atol: float = Field(1e-4, ge=0, description="Largest allowed max abs difference of outputs.")
     min_agreement: float = Field(0.99, ge=0, le=1, description="Smallest allowed top-1 agreement for classifiers.")
     samples: int = Field(256, ge=1, description="Samples of the data used for the check.")
+    max_relative_error: float = Field(
+        0.1,
+        ge=0,
+        description="Reduced-precision targets (TFLite float16, dynamic, int8, tflite-micro) are judged by top-1 "
+        "agreement and this relative error ||out - ref|| / ||ref|| instead of atol.",
+    )
 
 
-class ConvertRecipe(Strict):
+class MicroSpec(Strict):
+    """target tflite-micro: the microcontroller's limits."""
+
+    max_arena_bytes: int | None = Field(
+        None, ge=1, description="Budget for the tensor arena (RAM for activations); exceeding it exits 1."
+    )
+    max_model_bytes: int | None = Field(
+        None, ge=1, description="Budget for the model flatbuffer (flash); exceeding it exits 1."
+    )
+
+
+class ConvertRecipe(ReadsPyTorch):
     """`edgecli convert`: change the model's format, checked for parity on real inputs."""
 
-    target: Literal["onnx", "tflite", "ort"] = Field(
-        ..., description="Output format; ort: onnxruntime's ORT format for its mobile and minimal builds (from ONNX or .pt2)."
+    target: Literal["onnx", "tflite", "tflite-micro", "ort", "pt2"] = Field(
+        ...,
+        description="Output format. onnx; tflite (LiteRT); tflite-micro: full-integer INT8 TFLite verified with the "
+        "TensorFlow Lite Micro interpreter; ort: onnxruntime's ORT format for its mobile and minimal builds; "
+        "pt2: a torch.export program (from a state_dict and model.factory).",
     )
     opset: int = Field(18, ge=13, le=23, description="ONNX opset (target onnx).")
     dynamic_batch: bool = Field(True, description="Keep the batch dimension dynamic.")
-    precision: Literal["float32", "float16"] = Field("float32", description="TFLite weight precision (target tflite).")
+    simplify: bool = Field(
+        False, description="target onnx: fold constants and remove redundant nodes with onnxsim (onnx-simplifier)."
+    )
+    precision: Literal["float32", "float16", "dynamic", "int8"] = Field(
+        "float32",
+        description="TFLite precision (target tflite): float32; float16 weights; dynamic (int8 weights, float "
+        "activations); int8 (full integer, calibrated on --data). tflite-micro is always int8.",
+    )
+    io_type: Literal["float", "int8"] = Field(
+        "float", description="precision int8 / tflite-micro: float32 or int8 model inputs and outputs."
+    )
+    calibration_samples: int = Field(256, ge=1, description="precision int8 / tflite-micro: calibration samples from --data.")
+    micro: MicroSpec = Field(default_factory=MicroSpec, description="target tflite-micro: memory budgets.")
     ort_optimization: Literal["basic", "extended", "all"] = Field(
         "basic",
         description="target ort: graph optimisations saved into the file. basic and extended run on any CPU "
         "(phones); all adds x86 layout transforms (NCHWc) that only suit the converting machine's kind of CPU.",
     )
     parity: ParitySpec = Field(default_factory=ParitySpec, description="Parity check against the parent model.")
-    data: DataSpec = Field(default_factory=DataSpec, description="Real inputs for the parity check.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Real inputs for the parity check (and int8 calibration).")
 
 
 GATE_METRICS = (

@@ -113,7 +113,7 @@ def torch_models() -> TorchModels:
 @functools.cache
 def tflite_cnn() -> Path:
     """The tiny CNN converted ONNX -> TFLite by edgecli's own onnx2tf path (inputs become NHWC)."""
-    from edgecli.stages.convert import onnx_to_tflite
+    from edgecli.stages.convert_tflite import onnx_to_tflite
 
     path = session_folder() / "cnn.tflite"
     path.write_bytes(onnx_to_tflite(torch_models().onnx, "float32"))

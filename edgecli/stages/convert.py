@@ -1,246 +1,21 @@
-"""convert: .pt2 -> ONNX, ONNX -> TFLite (onnx2tf), .pt2 -> TFLite, Keras -> TFLite; each checked for parity."""
+"""convert: every path to the device format, each checked for parity with its parent on real inputs."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from edgecli import console
 from edgecli.data import Dataset, synthetic_dataset
-from edgecli.errors import BackendMissing, TransformError, UsageError, last_line
+from edgecli.errors import TransformError, UsageError
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import ConvertRecipe
 from edgecli.runtimes import open_runner
 from edgecli.stages.artifact import Artifact, staged
+from edgecli.stages.convert_onnx import onnx_to_onnx, pt2_to_onnx
+from edgecli.stages.convert_tflite import to_tflite
 from edgecli.stages.parity import check_parity
-
-ONNX2TF_HINT = "pip install --no-deps onnx2tf==1.29.24 tf-keras==2.21.0 (make install does it)"
-
-
-def pt2_to_onnx(model: ModelFile, opset: int, dynamic_batch: bool) -> Any:
-    """Export a .pt2 program with the torch.onnx dynamo exporter into one self-contained ModelProto."""
-    import torch
-
-    from edgecli.formats import pt2_file
-
-    program = pt2_file.load(model.path)
-    with tempfile.TemporaryDirectory(prefix="edgecli-onnx-") as folder:
-        target = Path(folder) / "model.onnx"
-        try:
-            with console.muted():
-                torch.onnx.export(program, (), str(target), dynamo=True, external_data=False, opset_version=opset)
-        except Exception as exc:
-            raise TransformError(f"torch.onnx could not export {model.path}: {last_line(exc)}") from None
-        proto = onnx_file.load(target)
-    if not dynamic_batch:
-        _fix_batch(proto)
-    return proto
-
-
-@contextlib.contextmanager
-def as_onnx_file(model: ModelFile, opset: int = 18) -> Iterator[Path]:
-    """The model as an ONNX file: its own path, or a temporary export of a .pt2 program."""
-    if model.format is Format.ONNX:
-        yield model.path
-        return
-    if model.format is not Format.PT2:
-        raise TransformError(f"no conversion from {model.format.value} through ONNX")
-    with tempfile.TemporaryDirectory(prefix="edgecli-pt2-onnx-") as folder:
-        onnx_path = Path(folder) / "model.onnx"
-        onnx_path.write_bytes(onnx_file.to_bytes(pt2_to_onnx(model, opset, True), None))
-        yield onnx_path
-
-
-def _fix_batch(proto: Any) -> None:
-    """Pin the batch dimension of every graph input and output to 1."""
-    for value in [*proto.graph.input, *proto.graph.output]:
-        dims = value.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].dim_value = 1
-
-
-def onnx_to_onnx(model: ModelFile, opset: int, dynamic_batch: bool) -> Any:
-    """Re-target an ONNX model to another opset with onnx's version converter."""
-    import onnx
-    from onnx import version_converter
-
-    proto = onnx_file.load(model.path)
-    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    if current != opset:
-        try:
-            proto = version_converter.convert_version(proto, opset)
-            onnx.checker.check_model(proto)
-        except Exception as exc:
-            raise TransformError(f"cannot convert opset {current} -> {opset}: {last_line(exc)}") from None
-    if not dynamic_batch:
-        _fix_batch(proto)
-    return proto
-
-
-SQRT2 = 1.4142135381698608  # float32(sqrt(2))
-
-
-def _scalar(values: dict[str, Any], name: str) -> float | None:
-    value = values.get(name)
-    return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
-
-
-def gelu_for_onnx2tf(proto: Any) -> int:
-    """Rewrite every exact GELU, `0.5 * (1 + erf(x / sqrt(2))) * x` in any of the orders exporters write
-    it, as the one chain onnx2tf fuses into TFLite's builtin GELU: `Div(x, sqrt2) -> Erf -> Add(., 1) ->
-    Mul(x, .) -> Mul(., 0.5)`, with sqrt2 from a Constant node (onnx2tf matches the divisor only when it
-    is a Constant node's output, never an initializer). Unfused, Erf becomes a TensorFlow Select op
-    that LiteRT cannot run (torch.onnx writes `Mul(0.5, .) -> Mul(x, .)`). Returns the GELUs rewritten."""
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    graph = proto.graph
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    graph_outputs = {value.name for value in graph.output}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-
-    def only_consumer(name: str, op: str) -> Any:
-        found = consumers.get(name, [])
-        return found[0] if len(found) == 1 and found[0].op_type == op else None
-
-    def other_input(node: Any, constant: float) -> str | None:
-        """The non-constant input of a binary node whose other input is the scalar `constant`."""
-        for mine, other in ((1, 0), (0, 1)):
-            value = _scalar(values, node.input[mine])
-            if value is not None and abs(value - constant) <= 1e-6 * max(1.0, abs(constant)):
-                return node.input[other]
-        return None
-
-    def chain(head: Any) -> tuple[str, Any, Any, Any, Any, str] | None:
-        """(x, erf, add, first mul, second mul, the 0.5 input) when `head` starts an exact GELU."""
-        if head.op_type not in ("Div", "Mul") or len(head.input) != 2:
-            return None
-        x = other_input(head, SQRT2 if head.op_type == "Div" else 1 / SQRT2)
-        if x is None or (head.op_type == "Div" and x != head.input[0]):
-            return None
-        erf = only_consumer(head.output[0], "Erf")
-        add = only_consumer(erf.output[0], "Add") if erf is not None else None
-        if add is None or other_input(add, 1.0) != erf.output[0]:
-            return None
-        first = only_consumer(add.output[0], "Mul")
-        second = only_consumer(first.output[0], "Mul") if first is not None else None
-        if second is None or first.output[0] in graph_outputs:  # the rewrite changes what `first` computes
-            return None
-        if other_input(first, 0.5) == add.output[0] and set(second.input) == {x, first.output[0]}:
-            return x, erf, add, first, second, next(n for n in first.input if n != add.output[0])  # 0.5 * (1 + erf) * x
-        if set(first.input) == {x, add.output[0]} and other_input(second, 0.5) == first.output[0]:
-            return x, erf, add, first, second, next(n for n in second.input if n != first.output[0])  # x * (1 + erf) * 0.5
-        return None
-
-    nodes, rewritten = [], 0
-    for head in graph.node:
-        found = chain(head)
-        if found is not None:
-            x, erf, add, first, second, half = found
-            divisor = f"{head.name or head.output[0]}_sqrt2"
-            value = numpy_helper.from_array(np.array(SQRT2, np.float32), divisor)
-            nodes.append(helper.make_node("Constant", [], [divisor], name=divisor, value=value))
-            head.op_type = "Div"
-            head.input[:] = [x, divisor]
-            add.input[:] = [erf.output[0], next(name for name in add.input if name != erf.output[0])]
-            first.input[:] = [x, add.output[0]]
-            second.input[:] = [first.output[0], half]
-            rewritten += 1
-        nodes.append(head)
-    if rewritten:
-        copies = [type(node).FromString(node.SerializeToString()) for node in nodes]
-        del graph.node[:]
-        graph.node.extend(copies)
-    return rewritten
-
-
-def _prepare_for_onnx2tf(path: Path) -> None:
-    """Rewrite onnx2tf's private copy of the model where its output would not run on LiteRT."""
-    proto = onnx_file.load(path, check=False)
-    if any(node.op_type == "Erf" for node in proto.graph.node) and gelu_for_onnx2tf(proto):
-        path.write_bytes(proto.SerializeToString())
-
-
-@contextlib.contextmanager
-def onnx2tf_output(onnx_path: Path) -> Iterator[Path]:
-    """Run onnx2tf on a private copy of the model (it rewrites its input with onnxsim) and yield its
-    output folder: a SavedModel (NHWC inputs) plus float32 and float16 .tflite files."""
-    try:
-        with console.muted():
-            import onnx2tf
-    except ImportError:
-        raise BackendMissing("ONNX -> TFLite needs onnx2tf and TensorFlow", hint=ONNX2TF_HINT) from None
-    with tempfile.TemporaryDirectory(prefix="edgecli-onnx2tf-") as folder:
-        work = Path(folder)
-        source = work / "model.onnx"
-        shutil.copyfile(onnx_path, source)
-        _prepare_for_onnx2tf(source)
-        cwd = os.getcwd()
-        try:
-            os.chdir(work)  # onnx2tf drops helper files in the working folder
-            with console.muted():
-                onnx2tf.convert(
-                    input_onnx_file_path=str(source),
-                    output_folder_path=str(work / "out"),
-                    copy_onnx_input_output_names_to_tflite=True,
-                    replace_to_pseudo_operators=["erf"],  # an Erf outside a GELU: builtin ops, not a Select op
-                    non_verbose=True,
-                )
-        except SystemExit as exc:  # onnx2tf calls sys.exit on unsupported ops
-            raise TransformError(f"onnx2tf could not convert {onnx_path} (exit {exc.code}); see EDGECLI_DEBUG=1") from None
-        except Exception as exc:
-            raise TransformError(f"onnx2tf could not convert {onnx_path}: {last_line(exc)}") from None
-        finally:
-            os.chdir(cwd)
-        yield work / "out"
-
-
-def onnx_to_tflite(onnx_path: Path, precision: str) -> bytes:
-    """ONNX -> TFLite float32 or float16 with onnx2tf."""
-    with onnx2tf_output(onnx_path) as out:
-        produced = out / f"model_{precision}.tflite"
-        if not produced.is_file():
-            raise TransformError(f"onnx2tf wrote no {precision} TFLite model for {onnx_path}")
-        return produced.read_bytes()
-
-
-def keras_to_tflite(model: ModelFile, precision: str) -> bytes:
-    """Keras (.keras) or SavedModel -> TFLite with TensorFlow's converter."""
-    from edgecli.formats.keras_file import import_tensorflow, load_keras
-
-    tf = import_tensorflow()
-    with console.muted():
-        if model.format is Format.SAVED_MODEL:
-            converter = tf.lite.TFLiteConverter.from_saved_model(str(model.path))
-        else:
-            converter = tf.lite.TFLiteConverter.from_keras_model(load_keras(model.path))
-        if precision == "float16":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.target_spec.supported_types = [tf.float16]
-        try:
-            return converter.convert()
-        except Exception as exc:
-            raise TransformError(f"TFLite converter failed on {model.path}: {last_line(exc)}") from None
-
-
-def _to_tflite(model: ModelFile, recipe: ConvertRecipe) -> bytes:
-    if model.format in (Format.KERAS, Format.SAVED_MODEL):
-        return keras_to_tflite(model, recipe.precision)
-    with as_onnx_file(model, recipe.opset) as onnx_path:
-        return onnx_to_tflite(onnx_path, recipe.precision)
 
 
 def _input_layout(parent_specs: list, child_specs: list) -> str | None:
@@ -277,7 +52,7 @@ def convert(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None) -> Ar
     elif recipe.target == "ort":
         artifact = Artifact(Format.ORT, _to_ort_source(model, recipe), io={"ort_optimization": recipe.ort_optimization})
     else:
-        artifact = Artifact(Format.TFLITE, _to_tflite(model, recipe))
+        artifact = Artifact(Format.TFLITE, to_tflite(model, recipe))
     parent = open_runner(model)
     with staged(artifact) as candidate:
         child = open_runner(candidate)

@@ -28,7 +28,8 @@ from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import QuantizeRecipe
 from edgecli.runtimes.base import NCHW_TO_NHWC, Runner
 from edgecli.stages.artifact import Artifact
-from edgecli.stages.convert import as_onnx_file, onnx2tf_output
+from edgecli.stages.convert_onnx import as_onnx_file
+from edgecli.stages.convert_tflite import onnx2tf_output
 from edgecli.stages.quant_layers import LayerError
 
 

@@ -203,7 +203,7 @@ def test_gelu_rewritten_in_the_order_onnx2tf_fuses(head, half_first):
     import onnx
     import onnxruntime as ort
 
-    from edgecli.stages.convert import gelu_for_onnx2tf
+    from edgecli.stages.convert_tflite import gelu_for_onnx2tf
 
     proto = _gelu_graph(head, half_first)
     x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32) * 3
@@ -221,7 +221,7 @@ def test_gelu_rewritten_in_the_order_onnx2tf_fuses(head, half_first):
 def test_gelu_rewrite_leaves_other_erf_alone():
     from onnx import numpy_helper
 
-    from edgecli.stages.convert import gelu_for_onnx2tf
+    from edgecli.stages.convert_tflite import gelu_for_onnx2tf
 
     proto = _gelu_graph("Div", True)
     proto.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array(2.0, np.float32), "sqrt2"))  # erf(x / 2)
