@@ -32,6 +32,11 @@ class Dataset:
         labels = None if self.labels is None else self.labels[:count]
         return Dataset({k: v[:count] for k, v in self.inputs.items()}, labels, self.source)
 
+    def skip(self, count: int) -> Dataset:
+        """The samples after the first `count`."""
+        labels = None if self.labels is None else self.labels[count:]
+        return Dataset({k: v[count:] for k, v in self.inputs.items()}, labels, f"{self.source}[{count}:]")
+
     def batch(self, start: int, stop: int) -> dict[str, np.ndarray]:
         return {k: v[start:stop] for k, v in self.inputs.items()}
 

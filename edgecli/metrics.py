@@ -35,11 +35,17 @@ def align(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    """max/mean abs diff and, for classifier outputs, top-1 agreement."""
+    """max/mean abs diff, relative error ||candidate - reference|| / ||reference|| and, for classifier
+    outputs, top-1 agreement."""
     candidate = align(reference, candidate).astype(np.float64)
     reference = reference.astype(np.float64)
     diff = np.abs(reference - candidate)
-    result = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
+    scale = float(np.linalg.norm(reference))
+    result = {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "relative_error": float(np.linalg.norm(reference - candidate)) / scale if scale > 0 else float(diff.max() > 0),
+    }
     if is_classifier_output(reference):
         result["agreement"] = agreement(reference, candidate)
     return result

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgecli.errors import RecipeError, UsageError
 
@@ -248,6 +248,17 @@ class ConvertRecipe(ReadsPyTorch):
     parity: ParitySpec = Field(default_factory=ParitySpec, description="Parity check against the parent model.")
     data: DataSpec = Field(default_factory=DataSpec, description="Real inputs for the parity check (and int8 calibration).")
 
+    @model_validator(mode="after")
+    def _fields_fit_the_target(self) -> ConvertRecipe:
+        if self.simplify and self.target not in ("onnx", "ort"):
+            raise ValueError(f"simplify applies to targets onnx and ort, not {self.target} (onnx2tf simplifies on its own)")
+        if self.target == "tflite-micro" and self.precision not in ("float32", "int8"):
+            raise ValueError(f"tflite-micro models are full-integer int8; precision {self.precision} does not apply")
+        int8 = self.target == "tflite-micro" or (self.target == "tflite" and self.precision == "int8")
+        if self.io_type != "float" and not int8:
+            raise ValueError(f"io_type {self.io_type} needs precision int8 (integer inputs need calibrated scales)")
+        return self
+
 
 GATE_METRICS = (
     "p50_ms", "p90_ms", "p99_ms", "mean_ms", "size_bytes", "gzip_bytes", "accuracy", "agreement",
@@ -386,6 +397,8 @@ def _explain(exc: ValidationError, model: type[BaseModel], source: str) -> Recip
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
         hint = f"did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else f"valid keys: {', '.join(valid)}"
         return RecipeError(f"unknown key '{key}' in {source}{more}", hint=hint)
+    if err["type"] == "value_error" and not loc:
+        return RecipeError(f"{source}: {err['msg'].removeprefix('Value error, ')}{more}")
     if err["type"] == "missing":
         return RecipeError(f"'{key}' is required in {source}{more}")
     given = err.get("input")

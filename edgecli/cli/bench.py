@@ -13,7 +13,8 @@ from edgecli import console
 from edgecli.cli.errors import handle_errors
 from edgecli.cli.flow import optional_dataset
 from edgecli.cli.options import DataOpt, JsonOpt, QuietOpt, RecipeOpt, SetOpt
-from edgecli.errors import GateFailed, ModelReadError
+from edgecli.errors import GateFailed, ModelReadError, UsageError
+from edgecli.formats.detect import Format
 from edgecli.formats.files import STDIO, write_output
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import load_recipe
@@ -44,6 +45,17 @@ def report_table(report: dict[str, Any]) -> Table:
     return table
 
 
+def _refuse_state_dicts(files: list[ModelFile]) -> None:
+    """A state_dict cannot run without its model code, which bench recipes do not name."""
+    for model in files:
+        if model.format is Format.STATE_DICT:
+            raise UsageError(
+                f"{model.path} is a PyTorch state_dict: bench runs models, and a state_dict needs its model code",
+                hint="convert it to .pt2 first: edgecli convert MODEL.pt -r onnx --set target=pt2 "
+                "--set model.factory=package.module:function --data DATA.npz -o MODEL.pt2",
+            )
+
+
 @handle_errors
 def bench(
     models: Annotated[list[str], typer.Argument(metavar="MODEL...", help="Models to compare; the first is the reference.")],
@@ -61,6 +73,7 @@ def bench(
     if any(m == STDIO for m in models):
         raise ModelReadError("bench reads model files, not stdin")
     files = [ModelFile.open(Path(m)) for m in models]
+    _refuse_state_dicts(files)
     dataset = optional_dataset(spec.data, data, "data")
     if dataset is None:
         console.warn("no --data given: latency only, on random inputs; no accuracy or agreement")

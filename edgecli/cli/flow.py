@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,11 @@ from edgecli.formats import lineage as lin
 from edgecli.formats.detect import Format
 from edgecli.formats.files import STDIO, check_output_differs, materialize, write_output
 from edgecli.formats.model_file import ModelFile
-from edgecli.recipes import DataSpec, Strict, load_recipe
+from edgecli.recipes import DataSpec, ParitySpec, QuantizeRecipe, Strict, load_recipe
 from edgecli.stages.artifact import Artifact
 
 Stage = Callable[[ModelFile, Any, Dataset | None, Dataset | None], Artifact]
-KNOWN_SUFFIXES = {".onnx", ".pt2", ".tflite", ".keras"}
+KNOWN_SUFFIXES = {".onnx", ".pt2", ".tflite", ".keras", ".pt", ".pth"}
 
 
 def check_output_suffix(output: str, target: Format) -> None:
@@ -91,18 +92,23 @@ def run_model_verb(
     check_output_differs(model_arg, output)
     if report is not None:
         check_report_path(report, output)
-    with materialize(model_arg) as path:
-        model = ModelFile.open(path)
+    with materialize(model_arg) as path, contextlib.ExitStack() as stack:
+        source = ModelFile.open(path)
+        check_model_source(source, recipe)
         train = optional_dataset(getattr(recipe, "data", None), data, "data")
         held_out = optional_dataset(getattr(recipe, "eval_data", None), eval_data, "eval data")
         _record_overrides(recipe, data, eval_data)
+        model, built = source, {}
+        if source.format is Format.STATE_DICT:
+            model, built = stack.enter_context(model_from_state_dict(source, recipe, train or held_out))
         artifact = stage(model, recipe, train, held_out)
-        lineage = lin.extend(
-            model.lineage,
+        artifact.metrics.update(built)
+        lineage = lin.extend(  # the parent is the file the user gave, also when a .pt2 was built from it
+            source.lineage,
             verb=verb,
             recipe=recipe.model_dump(mode="json"),
-            parent_sha256=model.sha256,
-            parent_format=model.format.value,
+            parent_sha256=source.sha256,
+            parent_format=source.format.value,
             metrics=artifact.metrics,
             io=artifact.io,
         )
@@ -115,6 +121,47 @@ def run_model_verb(
     console.info(f"wrote {output if output != STDIO else 'stdout'}: {artifact.format.value}, {len(payload):,} bytes")
     if artifact.gate_failures:
         raise GateFailed("; ".join(artifact.gate_failures), hint="the artifact was written anyway")
+
+
+def check_model_source(model: ModelFile, recipe: Strict) -> None:
+    """A state_dict needs the recipe's model.factory; any other model makes that section moot."""
+    spec = getattr(recipe, "model", None)
+    if model.format is Format.STATE_DICT and spec is None:
+        raise UsageError(
+            "MODEL is a state_dict: the recipe needs model.factory (the code that builds the nn.Module)",
+            hint="--set model.factory=package.module:function, or a model: section in the recipe",
+        )
+    if spec is not None and model.format is not Format.STATE_DICT:
+        console.warn(f"model.factory is ignored: {model.path} is {model.format.value}, not a state_dict")
+
+
+@contextlib.contextmanager
+def model_from_state_dict(source: ModelFile, recipe: Any, data: Dataset | None) -> Iterator[tuple[ModelFile, dict[str, Any]]]:
+    """The state_dict as the model the verb reads: a .pt2 built with model.factory (and, for quantize
+    to ONNX, which reads ONNX only, its ONNX export), with the export's figures for the lineage."""
+    from edgecli.formats.state_dict_file import built_pt2
+
+    parity = getattr(recipe, "parity", ParitySpec())
+    with built_pt2(source, recipe.model, data, getattr(recipe, "dynamic_batch", True), parity.atol) as (program, figures):
+        if not (isinstance(recipe, QuantizeRecipe) and recipe.format == "onnx"):
+            yield program, figures
+            return
+        with _onnx_export(program, data, parity) as onnx_model:
+            yield onnx_model, figures
+
+
+@contextlib.contextmanager
+def _onnx_export(program: ModelFile, data: Dataset | None, parity: ParitySpec) -> Iterator[ModelFile]:
+    """The .pt2 exported to a temporary ONNX file, checked for parity on the data when there is some."""
+    from edgecli.runtimes import open_runner
+    from edgecli.stages.convert_onnx import as_onnx_file
+    from edgecli.stages.parity import check_parity
+
+    with as_onnx_file(program) as path:
+        onnx_model = ModelFile.open(path)
+        if data is not None:
+            check_parity(open_runner(program), open_runner(onnx_model), data, parity.model_copy(update={"samples": 64}), "pt2 -> onnx")
+        yield onnx_model
 
 
 def _record_overrides(recipe: Strict, data: Path | None, eval_data: Path | None) -> None:

@@ -10,14 +10,36 @@ from rich.table import Table
 from edgecli import console
 from edgecli.cli.errors import handle_errors
 from edgecli.cli.options import JsonOpt, ModelArg
+from edgecli.formats.detect import Format
 from edgecli.formats.files import materialize, write_output
 from edgecli.formats.model_file import ModelFile
+
+
+def describe_state_dict(model: ModelFile) -> dict[str, Any]:
+    """A state_dict has tensors but no graph: inputs, outputs and operators need the model code."""
+    from edgecli.formats.state_dict_file import load_state_dict
+
+    tensors = load_state_dict(model.path)
+    return {
+        "path": str(model.path),
+        "format": model.format.value,
+        "size_bytes": model.size_bytes,
+        "sha256": model.sha256,
+        "params": sum(t.numel() for t in tensors.values()),
+        "tensors": len(tensors),
+        "inputs": [],
+        "outputs": [],
+        "ops": {},
+        "lineage": None,
+    }
 
 
 def describe_model(model: ModelFile) -> dict[str, Any]:
     from edgecli.model_stats import op_histogram, param_count
     from edgecli.runtimes import open_runner
 
+    if model.format is Format.STATE_DICT:
+        return describe_state_dict(model)
     runner = open_runner(model)
     return {
         "path": str(model.path),
@@ -63,9 +85,12 @@ def inspect(model: ModelArg, json_out: JsonOpt = None) -> None:
     table.add_row("size", f"{info['size_bytes']:,} bytes")
     table.add_row("sha256", info["sha256"])
     table.add_row("params", "-" if info["params"] is None else f"{info['params']:,}")
-    table.add_row("inputs", "; ".join(info["inputs"]))
-    table.add_row("outputs", "; ".join(info["outputs"]))
-    table.add_row("ops", ", ".join(f"{k}×{v}" for k, v in info["ops"].items()))
+    if "tensors" in info:
+        table.add_row("tensors", f"{info['tensors']} (inputs, outputs and operators come with the model code: model.factory)")
+    else:
+        table.add_row("inputs", "; ".join(info["inputs"]))
+        table.add_row("outputs", "; ".join(info["outputs"]))
+        table.add_row("ops", ", ".join(f"{k}×{v}" for k, v in info["ops"].items()))
     console.get_console().print(table)
     if info["lineage"]:
         console.get_console().print(_lineage_table(info["lineage"]))

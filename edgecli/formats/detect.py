@@ -16,10 +16,14 @@ class Format(str, Enum):
     KERAS = "keras"
     SAVED_MODEL = "saved_model"
     ORT = "ort"
+    STATE_DICT = "state_dict"  # torch.save(model.state_dict()): tensors only, built with the recipe's model.factory
 
     @property
     def suffix(self) -> str:
-        return {"onnx": ".onnx", "pt2": ".pt2", "tflite": ".tflite", "keras": ".keras", "saved_model": "", "ort": ".ort"}[self.value]
+        return {
+            "onnx": ".onnx", "pt2": ".pt2", "tflite": ".tflite", "keras": ".keras", "saved_model": "", "ort": ".ort",
+            "state_dict": ".pt",
+        }[self.value]
 
 
 def _zip_names(path: Path) -> list[str]:
@@ -66,14 +70,11 @@ def detect_format(path: Path) -> Format:
             return Format.PT2
         if "config.json" in names and "metadata.json" in names:
             return Format.KERAS
-        if any(n.endswith("data.pkl") for n in names):
-            raise ModelReadError(
-                f"{path} is a pickled PyTorch file (torch.save), not an ExportedProgram",
-                hint="export it with torch.export.save, or give a state_dict with model.factory",
-            )
+        if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+            return Format.STATE_DICT  # a torch.save zip; only ever loaded with weights_only=True
         raise ModelReadError(f"{path} is a zip archive of no known model format")
     if head[:8] == b"\x89HDF\r\n\x1a\n":
         raise ModelReadError(f"{path} is a legacy Keras HDF5 file", hint="re-save it as .keras with Keras 3")
     if _looks_like_onnx(head):
         return Format.ONNX
-    raise ModelReadError(f"{path} is not a model edgecli knows (ONNX, .pt2, TFLite, .keras, SavedModel, ORT)")
+    raise ModelReadError(f"{path} is not a model edgecli knows (ONNX, .pt2, PyTorch state_dict, TFLite, .keras, SavedModel, ORT)")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from edgecli import console
-from edgecli.errors import TransformError, last_line
+from edgecli.errors import BackendMissing, TransformError, last_line
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
@@ -57,19 +58,86 @@ def _fix_batch(proto: Any) -> None:
             dims[0].dim_value = 1
 
 
+def _default_domain_opset(proto: Any) -> int | None:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _drop_attributes_the_target_lacks(proto: Any, source: int, target: int) -> None:
+    """onnx's version converter keeps attributes a downgraded op does not have at the target opset
+    (ReduceMean 18 -> 13..17 keeps `noop_with_empty_axes`). Such an attribute is dropped when it holds
+    the source opset's default (the older op behaves the same without it); otherwise the target opset
+    cannot express the node, which is a TransformError naming it."""
+    from onnx import defs, helper
+
+    for node in proto.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            known = defs.get_schema(node.op_type, target).attributes
+            before = defs.get_schema(node.op_type, source).attributes
+        except defs.SchemaError:
+            continue
+        kept = []
+        for attribute in node.attribute:
+            if attribute.name in known:
+                kept.append(attribute)
+                continue
+            default = before.get(attribute.name)
+            has_default = default is not None and default.default_value.type != 0
+            if not has_default or helper.get_attribute_value(attribute) != helper.get_attribute_value(default.default_value):
+                raise TransformError(
+                    f"opset {target} cannot express {node.op_type} node '{node.name}': its attribute "
+                    f"'{attribute.name}' exists only from a later opset",
+                    hint=f"keep opset {source}",
+                )
+        del node.attribute[:]
+        node.attribute.extend(kept)
+
+
+def _adapter_problem(exc: Exception) -> str:
+    """onnx's version-converter assertion as a sentence naming the op."""
+    found = re.search(r"No Adapter (From|To) Version \$(\d+) for (\w+)", str(exc))
+    if found:
+        direction, version, op = found.groups()
+        return f"onnx's version converter has no adapter for {op} {direction.lower()} its opset-{version} version"
+    return last_line(exc)
+
+
 def onnx_to_onnx(model: ModelFile, opset: int, dynamic_batch: bool) -> Any:
-    """Re-target an ONNX model to another opset with onnx's version converter."""
+    """Re-target an ONNX model to another opset with onnx's version converter (up or down)."""
     import onnx
     from onnx import version_converter
 
     proto = onnx_file.load(model.path)
-    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    if current != opset:
+    current = _default_domain_opset(proto)
+    if current is not None and current != opset:
         try:
-            proto = version_converter.convert_version(proto, opset)
+            with console.muted():
+                proto = version_converter.convert_version(proto, opset)
+        except Exception as exc:
+            raise TransformError(f"cannot convert opset {current} -> {opset}: {_adapter_problem(exc)}") from None
+        _drop_attributes_the_target_lacks(proto, current, opset)
+        try:
             onnx.checker.check_model(proto)
         except Exception as exc:
-            raise TransformError(f"cannot convert opset {current} -> {opset}: {last_line(exc)}") from None
+            raise TransformError(f"the opset {current} -> {opset} conversion gave an invalid model: {last_line(exc)}") from None
     if not dynamic_batch:
         _fix_batch(proto)
     return proto
+
+
+def simplify_onnx(proto: Any) -> tuple[Any, dict[str, int]]:
+    """Fold constants and remove redundant nodes with onnxsim (onnx-simplifier). Its own random-input
+    check is off: convert's parity check on real inputs judges the result. Returns the model and
+    node counts before and after."""
+    try:
+        import onnxsim
+    except ImportError:
+        raise BackendMissing("simplify needs onnx-simplifier", hint="pip install 'onnxsim>=0.8,<0.9'") from None
+    before = len(proto.graph.node)
+    try:
+        with console.muted():
+            simplified, _ = onnxsim.simplify(proto, check_n=0)
+    except Exception as exc:
+        raise TransformError(f"onnxsim could not simplify the model: {last_line(exc)}") from None
+    return simplified, {"nodes_before": before, "nodes_after": len(simplified.graph.node)}

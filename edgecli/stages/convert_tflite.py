@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from edgecli import console
-from edgecli.errors import BackendMissing, TransformError, last_line
+from edgecli.data import Dataset
+from edgecli.errors import BackendMissing, TransformError, UsageError, last_line
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import ConvertRecipe
 from edgecli.stages.convert_onnx import as_onnx_file
+from edgecli.stages.convert_preflight import require_onnx2tf_support
 
 ONNX2TF_HINT = "pip install --no-deps onnx2tf==1.29.24 tf-keras==2.21.0 (make install does it)"
 
@@ -115,6 +117,7 @@ def _prepare_for_onnx2tf(path: Path) -> None:
 def onnx2tf_output(onnx_path: Path) -> Iterator[Path]:
     """Run onnx2tf on a private copy of the model (it rewrites its input with onnxsim) and yield its
     output folder: a SavedModel (NHWC inputs) plus float32 and float16 .tflite files."""
+    require_onnx2tf_support(onnx_file.load(onnx_path, check=False), "ONNX -> TFLite (onnx2tf)")
     try:
         with console.muted():
             import onnx2tf
@@ -173,7 +176,34 @@ def keras_to_tflite(model: ModelFile, precision: str) -> bytes:
             raise TransformError(f"TFLite converter failed on {model.path}: {last_line(exc)}") from None
 
 
-def to_tflite(model: ModelFile, recipe: ConvertRecipe) -> bytes:
+def _quantized_tflite(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None) -> bytes:
+    """Dynamic-range or full-integer INT8 TFLite through quantize's TFLite path (one calibration on
+    `data`, no accuracy guard: convert's parity check judges the result)."""
+    from edgecli.recipes import QuantizeRecipe
+    from edgecli.runtimes import open_runner
+    from edgecli.stages.quantize_tflite import tflite_quantizer
+
+    full_integer = recipe.precision == "int8"
+    if full_integer and data is None:
+        raise UsageError(
+            "precision int8 calibrates activation ranges on real inputs: give --data", hint="e.g. --data calib.npz"
+        )
+    quantize_recipe = QuantizeRecipe(
+        mode="static" if full_integer else "dynamic",
+        format="tflite",
+        io_type=recipe.io_type,
+        calibration={"samples": recipe.calibration_samples},
+        speed_check=False,
+    )
+    with tflite_quantizer(model, quantize_recipe, open_runner(model), data) as quantizer:
+        return quantizer.quantize().payload
+
+
+def to_tflite(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None = None) -> bytes:
+    """The model as TFLite in the recipe's precision: float32 or float16 (onnx2tf, or TensorFlow's
+    converter for Keras), dynamic range or full-integer INT8 (TensorFlow's quantizer, calibrated on `data`)."""
+    if recipe.precision in ("dynamic", "int8"):
+        return _quantized_tflite(model, recipe, data)
     if model.format in (Format.KERAS, Format.SAVED_MODEL):
         return keras_to_tflite(model, recipe.precision)
     with as_onnx_file(model, recipe.opset) as onnx_path:

@@ -12,8 +12,12 @@ from edgecli.recipes import ParitySpec
 from edgecli.runtimes.base import Runner
 
 
-def check_parity(parent: Runner, child: Runner, data: Dataset, spec: ParitySpec, what: str) -> dict[str, Any]:
-    """Compare every output of parent and child on `data`; raise ParityError above tolerance."""
+def check_parity(
+    parent: Runner, child: Runner, data: Dataset, spec: ParitySpec, what: str, reduced_precision: bool = False
+) -> dict[str, Any]:
+    """Compare every output of parent and child on `data`; raise ParityError above tolerance. Float
+    conversions are held to spec.atol; reduced-precision ones (float16, int8) to spec.max_relative_error
+    (max abs diff is reported, not judged). Both are held to spec.min_agreement on classifier outputs."""
     sample = data.take(spec.samples)
     expected = parent.predict(sample, description=f"parity: {what} (parent)" if len(sample) > 512 else None)
     actual = child.predict(sample, description=f"parity: {what} (converted)" if len(sample) > 512 else None)
@@ -27,21 +31,24 @@ def check_parity(parent: Runner, child: Runner, data: Dataset, spec: ParitySpec,
         except ValueError as exc:
             raise ParityError(f"{what}: output '{name}': {exc}") from None
         problems = []
-        if result["max_abs_diff"] > spec.atol:
+        if reduced_precision and result["relative_error"] > spec.max_relative_error:
+            problems.append(f"relative error {result['relative_error']:.3g} > max_relative_error {spec.max_relative_error:g}")
+        if not reduced_precision and result["max_abs_diff"] > spec.atol:
             problems.append(f"max abs diff {result['max_abs_diff']:.3g} > atol {spec.atol:g}")
         if "agreement" in result and result["agreement"] < spec.min_agreement:
             problems.append(f"top-1 agreement {result['agreement']:.4f} < {spec.min_agreement:g}")
         if problems:
             raise ParityError(
                 f"{what}: output '{name}' diverges on {len(sample)} samples of {data.source}: {'; '.join(problems)}",
-                hint="raise parity.atol in the recipe only if this difference is acceptable",
+                hint=f"raise parity.{'max_relative_error' if reduced_precision else 'atol'} in the recipe only if this difference is acceptable",
             )
-        if not worst or result["max_abs_diff"] > worst["max_abs_diff"]:
+        if not worst or result["relative_error"] > worst["relative_error"]:
             worst = result
     worst = {f"parity_{k}": v for k, v in worst.items()}
     worst["parity_samples"] = len(sample)
     console.info(
-        f"parity {what}: max abs diff {worst['parity_max_abs_diff']:.3g}, mean {worst['parity_mean_abs_diff']:.3g}"
+        f"parity {what}: max abs diff {worst['parity_max_abs_diff']:.3g}, mean {worst['parity_mean_abs_diff']:.3g}, "
+        f"relative error {worst['parity_relative_error']:.3g}"
         + (f", top-1 agreement {worst['parity_agreement']:.4f}" if "parity_agreement" in worst else "")
         + f" on {len(sample)} samples of {data.source}"
     )

@@ -74,9 +74,42 @@ def test_opset_upgrade_onnx_to_onnx(sample, tmp_path):
     assert np.abs(_outputs(sample["onnx"], sample["eval"], 64) - _outputs(out, sample["eval"], 64)).max() < 1e-5
 
 
-def test_opset_downgrade_onnx_cannot_express_names_the_node(sample, tmp_path):
-    # onnx's version converter has no 18 -> 17 adapter for ReduceMean (axes moved from input to attribute)
-    result = run_cli("convert", sample["onnx"], "-r", "onnx", *data_args("convert"), "--set", "opset=17", "-o", tmp_path / "op17.onnx")
+def test_opset_downgrade_18_to_17_drops_the_attribute_opset_17_lacks(sample, tmp_path):
+    # onnx's converter moves ReduceMean's axes to an attribute but keeps noop_with_empty_axes (opset 18
+    # only); edgecli drops it because it holds the default, so the older op computes the same.
+    out = tmp_path / "op17.onnx"
+    result = run_cli("convert", sample["onnx"], "-r", "onnx", *data_args("convert"), "--set", "opset=17", "-o", out)
+    assert result.code == 0, result.stderr
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto, full_check=True)
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    reduce_mean = next(n for n in proto.graph.node if n.op_type == "ReduceMean")
+    assert {a.name for a in reduce_mean.attribute} == {"axes", "keepdims"}
+    assert np.abs(_outputs(sample["onnx"], sample["eval"]) - _outputs(out, sample["eval"])).max() <= 1e-6
+
+
+def test_opset_downgrade_without_an_adapter_names_the_op(sample, tmp_path):
+    result = run_cli("convert", sample["onnx"], "-r", "onnx", *data_args("convert"), "--set", "opset=13", "-o", tmp_path / "op13.onnx")
     assert result.code == 4
-    assert "opset 18 -> 17" in result.lines[-1] and "ReduceMean" in result.lines[-1]
+    assert "opset 18 -> 13" in result.lines[-1] and "adapter for Relu" in result.lines[-1]
     assert leftovers(tmp_path) == []
+
+
+def test_opset_downgrade_of_an_attribute_the_target_cannot_express_is_refused(tmp_path):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [0], [])
+    node = helper.make_node("ReduceMean", ["x", "axes"], ["y"], name="mean_all", noop_with_empty_axes=1)
+    graph = helper.make_graph([node], "g", [x], [y], [axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    source = tmp_path / "noop.onnx"
+    onnx.save(model, str(source))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = run_cli("convert", source, "-r", "onnx", "--set", "opset=17", "-o", out_dir / "op17.onnx")
+    assert result.code == 4
+    assert "opset 17 cannot express ReduceMean node 'mean_all'" in result.lines[-1]
+    assert "noop_with_empty_axes" in result.lines[-1]
+    assert leftovers(out_dir) == []

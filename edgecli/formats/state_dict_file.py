@@ -1,0 +1,277 @@
+"""PyTorch state_dict files (.pt/.pth from `torch.save(model.state_dict(), path)`).
+
+A state_dict holds tensors only; the module they belong to comes from the user's own code, named in
+the recipe as `model.factory`. Files are read with `torch.load(weights_only=True)`: a pickled whole
+module (or any other Python object) is refused, never unpickled. `built_pt2` turns file + factory
+into the .pt2 ExportedProgram every verb reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecli import console
+from edgecli.data import Dataset
+from edgecli.errors import ModelReadError, ParityError, TransformError, UsageError, last_line
+from edgecli.formats.model_file import ModelFile
+from edgecli.recipes import ModelSource
+
+WRAPPER_KEYS = ("state_dict", "model")  # {"state_dict": {...}} (Lightning and others), {"model": {...}}
+SHOWN_KEYS = 3
+CHECK_SAMPLES = 64
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+# --- the file ---------------------------------------------------------------------------------
+
+
+def _refused_global(exc: BaseException) -> str:
+    """The Python object torch's weights-only unpickler refused ('torch.nn.modules.container.Sequential')."""
+    match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return match.group(1) if match else "a Python object"
+
+
+def _unwrap(loaded: Any, path: Path) -> dict[str, Any]:
+    """The dict of tensors, also inside a {"state_dict": ...} or {"model": ...} checkpoint."""
+    if not isinstance(loaded, dict):
+        raise ModelReadError(f"{path} holds a {type(loaded).__name__}, not a state_dict (a dict of tensors)")
+    for key in WRAPPER_KEYS:  # a state_dict's own keys are flat ('model.weight'): a dict value is a wrapper
+        inner = loaded.get(key)
+        if isinstance(inner, dict) and inner:
+            return inner
+    return loaded
+
+
+def _is_tensor(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """The file's {name: tensor}, loaded with weights_only=True (no code runs). Raises ModelReadError."""
+    import pickle
+
+    import torch
+
+    try:
+        loaded = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        raise ModelReadError(
+            f"{path} is a pickled module or other Python object ({_refused_global(exc)}), not a state_dict; "
+            "edgecli does not unpickle it",
+            hint="save model.state_dict() with torch.save instead",
+        ) from None
+    except Exception as exc:  # a damaged archive: torch raises RuntimeError, EOFError, ...
+        raise ModelReadError(f"{path} cannot be read as a torch.save file ({_first_line(exc)})") from None
+    tensors = _unwrap(loaded, path)
+    if not tensors:
+        raise ModelReadError(f"{path} holds an empty state_dict")
+    for name, value in tensors.items():
+        if not isinstance(name, str) or not _is_tensor(value):
+            raise ModelReadError(
+                f"{path} is not a state_dict: entry {name!r} is a {type(value).__name__}, not a tensor",
+                hint="save model.state_dict() with torch.save",
+            )
+    return dict(tensors)
+
+
+# --- the user's model code --------------------------------------------------------------------
+
+
+def import_factory(spec: str) -> Callable[..., Any]:
+    """The callable named 'package.module:function', imported from the working folder or the installed
+    packages. Raises UsageError (a recipe problem)."""
+    module_name, _, attribute = spec.partition(":")
+    folder = os.getcwd()
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or anything the user's module raises as it imports
+        raise UsageError(
+            f"model.factory {spec}: cannot import {module_name} ({type(exc).__name__}: {last_line(exc, 160)})",
+            hint="run from the folder that holds the package, or install it",
+        ) from None
+    factory = getattr(module, attribute, None)
+    if factory is None:
+        raise UsageError(f"model.factory {spec}: {module_name} has no '{attribute}'")
+    if not callable(factory):
+        raise UsageError(f"model.factory {spec}: '{attribute}' is a {type(factory).__name__}, not a function or class")
+    return factory
+
+
+def _call(spec: ModelSource) -> Any:
+    """The nn.Module the factory builds with model.kwargs. Raises UsageError."""
+    from torch import nn
+
+    factory = import_factory(spec.factory)
+    try:
+        module = factory(**spec.kwargs)
+    except Exception as exc:
+        raise UsageError(
+            f"model.factory {spec.factory}(**{spec.kwargs}) raised {type(exc).__name__}: {_first_line(exc, 160)}",
+            hint="check model.kwargs",
+        ) from None
+    if not isinstance(module, nn.Module):
+        raise UsageError(f"model.factory {spec.factory} returned a {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def _key_list(keys: list[str]) -> str:
+    shown = ", ".join(keys[:SHOWN_KEYS])
+    return shown + (f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else "")
+
+
+def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:
+    """When every file key is a module key behind one prefix ('model.', 'module.'), say so."""
+    prefixes = {key.split(".", 1)[0] + "." for key in unexpected if "." in key}
+    if len(prefixes) == 1:
+        prefix = prefixes.pop()
+        if {key[len(prefix):] for key in unexpected} >= set(missing):
+            return f"the file's keys start with '{prefix}': save the inner module's state_dict"
+    return "check model.factory and model.kwargs (or set model.strict: false)"
+
+
+def state_dict_mismatch(module: Any, tensors: dict[str, Any], strict: bool) -> tuple[str, str] | None:
+    """(message, hint) when the file does not fit the module: a shape, or (strict) missing/unexpected keys."""
+    expected = module.state_dict()
+    for name, want in expected.items():
+        got = tensors.get(name)
+        if got is not None and got.shape != want.shape:
+            return f"'{name}' is {list(got.shape)} in the file but {list(want.shape)} in the module", "check model.kwargs"
+    missing = [name for name in expected if name not in tensors]
+    unexpected = [name for name in tensors if name not in expected]
+    if strict and (missing or unexpected):
+        parts = [f"missing {_key_list(missing)}" if missing else "", f"unexpected {_key_list(unexpected)}" if unexpected else ""]
+        return "keys differ: " + "; ".join(p for p in parts if p), _prefix_hint(missing, unexpected)
+    if missing:
+        console.warn(f"model.strict is false: {len(missing)} module tensor(s) not in the file keep their initial values ({_key_list(missing)})")
+    return None
+
+
+def build_module(spec: ModelSource, tensors: dict[str, Any], path: Path) -> Any:
+    """The factory's module with the file's tensors loaded, in eval mode. Raises UsageError/ModelReadError."""
+    module = _call(spec)
+    problem = state_dict_mismatch(module, tensors, spec.strict)
+    if problem:
+        message, hint = problem
+        raise ModelReadError(f"{path} does not fit {spec.factory}: {message}", hint=hint)
+    try:
+        module.load_state_dict(tensors, strict=spec.strict)
+    except Exception as exc:
+        raise ModelReadError(f"{path} does not fit {spec.factory}: {last_line(exc, 200)}") from None
+    return module.eval()
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+def example_batch(spec: ModelSource, data: Dataset | None) -> Any:
+    """Two example inputs for torch.export: zeros of model.input_shape, else the data's first samples
+    (cast to model.input_dtype when the recipe sets it)."""
+    import torch
+
+    if spec.input_shape is not None:
+        return torch.zeros([2, *spec.input_shape[1:]], dtype=getattr(torch, spec.input_dtype))
+    assert data is not None  # built_pt2 checked
+    if len(data.inputs) != 1:
+        raise UsageError(
+            f"a model.factory module is exported with one input; {data.source} holds {len(data.inputs)} ({', '.join(data.inputs)})",
+            hint="set model.input_shape",
+        )
+    array = next(iter(data.inputs.values()))
+    rows = np.ascontiguousarray(np.concatenate([array[:2], array[:1]])[:2])
+    tensor = torch.from_numpy(rows).clone()
+    return tensor.to(getattr(torch, spec.input_dtype)) if "input_dtype" in spec.model_fields_set else tensor
+
+
+def export_program(module: Any, example: Any, dynamic_batch: bool) -> tuple[Any, bool]:
+    """(ExportedProgram, whether its batch is dynamic). A dynamic batch (example batch 2, Dim min 1) is
+    tried first; if it does not export, a fixed batch of 1. Raises TransformError."""
+    import torch
+
+    if dynamic_batch:
+        try:
+            with console.muted():
+                batch = torch.export.Dim("batch", min=1)
+                return torch.export.export(module, (example,), dynamic_shapes=({0: batch},)), True
+        except Exception as exc:
+            console.warn(f"exported with a fixed batch of 1: a dynamic batch did not export ({_first_line(exc)})")
+    try:
+        with console.muted():
+            return torch.export.export(module, (example[:1].clone(),)), False
+    except Exception as exc:
+        raise TransformError(f"torch.export could not export the model.factory module: {_first_line(exc)}") from None
+
+
+def _check_inputs(example: Any, data: Dataset | None, dynamic: bool) -> Any:
+    """Inputs on which eager module and exported program are compared: real samples when there are."""
+    import torch
+
+    if not dynamic:
+        return example[:1]
+    if data is None or len(data.inputs) != 1:
+        return example
+    rows = np.ascontiguousarray(next(iter(data.inputs.values()))[:CHECK_SAMPLES])
+    return torch.from_numpy(rows).to(example.dtype)
+
+
+def _flat(outputs: Any) -> list[Any]:
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def export_difference(module: Any, program: Any, inputs: Any) -> float:
+    """Max abs difference between the eager module and the exported program on `inputs`."""
+    import torch
+
+    with torch.no_grad():
+        eager, exported = _flat(module(inputs)), _flat(program.module()(inputs))
+    if len(eager) != len(exported):
+        raise ParityError(f"the exported program has {len(exported)} outputs, the eager module {len(eager)}")
+    return max(float((a.float() - b.float()).abs().max()) if a.numel() else 0.0 for a, b in zip(eager, exported))
+
+
+@contextlib.contextmanager
+def built_pt2(
+    state_dict: ModelFile, spec: ModelSource, data: Dataset | None, dynamic_batch: bool = True, atol: float = 1e-4
+) -> Iterator[tuple[ModelFile, dict[str, Any]]]:
+    """The state_dict file built with model.factory and exported to a temporary .pt2, and the export's
+    figures (eager vs exported max abs diff, dynamic batch). Raises UsageError, ModelReadError,
+    TransformError or ParityError."""
+    if spec.input_shape is None and data is None:
+        raise UsageError(
+            f"{state_dict.path} is a state_dict: torch.export needs an example input",
+            hint="give model.input_shape or --data",
+        )
+    from edgecli.formats import pt2_file
+
+    tensors = load_state_dict(state_dict.path)
+    module = build_module(spec, tensors, state_dict.path)
+    example = example_batch(spec, data)
+    program, dynamic = export_program(module, example, dynamic_batch)
+    difference = export_difference(module, program, _check_inputs(example, data, dynamic))
+    if difference > atol:
+        raise ParityError(
+            f"the exported program differs from the eager {spec.factory} module: max abs diff {difference:.3g} > {atol:g}",
+            hint="the module may branch on its input's values, which torch.export fixes at export time",
+        )
+    console.info(f"built {spec.factory} from {state_dict.path}: exported, max abs diff to the eager module {difference:.3g}")
+    with tempfile.TemporaryDirectory(prefix="edgecli-state-dict-") as folder:
+        path = Path(folder) / "model.pt2"
+        path.write_bytes(pt2_file.to_bytes(program, None))
+        yield ModelFile.open(path), {"export_max_abs_diff": difference, "export_batch": "dynamic" if dynamic else "1"}
