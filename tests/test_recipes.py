@@ -128,7 +128,7 @@ def test_unknown_key_inside_optional_section(tmp_path: Path) -> None:
 def test_unknown_key_without_close_match_lists_valid_keys(tmp_path: Path) -> None:
     exc = recipe_error("convert", "target: onnx\nparity:\n  zzzzzz: 1\n", tmp_path)
     assert "unknown key 'parity.zzzzzz'" in exc.message
-    assert exc.hint == "valid keys: atol, min_agreement, samples"
+    assert exc.hint == "valid keys: atol, min_agreement, samples, max_relative_error"
 
 
 def test_several_errors_are_counted(tmp_path: Path) -> None:
@@ -143,7 +143,7 @@ def test_several_errors_are_counted(tmp_path: Path) -> None:
         ("prune", "finetune:\n  epochs: 2.5\n", "'finetune.epochs'", "fractional part"),
         ("distill", "student:\n  channels: 16\n", "'student.channels'", "valid list"),
         ("quantize", "per_channel: [1]\n", "'per_channel'", "valid boolean"),
-        ("convert", "target: tfl\n", "'target'", "'onnx', 'tflite' or 'ort'"),
+        ("convert", "target: tfl\n", "'target'", "'onnx', 'tflite', 'tflite-micro', 'ort' or 'pt2'"),
         ("prune", "finetune: 3\n", "'finetune'", "valid dictionary"),
     ],
     ids=["number", "int-not-float", "list", "bool", "literal", "section"],

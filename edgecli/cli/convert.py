@@ -17,10 +17,16 @@ def convert(
     sets: SetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Convert MODEL to ONNX or TFLite and prove parity on --data (exit 4 above tolerance)."""
+    """Convert MODEL to ONNX, TFLite (float, float16, dynamic, INT8), TFLite Micro, ORT format or .pt2,
+    and prove parity on --data (exit 4 above tolerance)."""
     from edgecli.stages.convert import convert as convert_stage
 
     def stage(source, recipe_, data_, _eval):
         return convert_stage(source, recipe_, data_)
 
-    run_model_verb("convert", model, recipe, output, sets, quiet, stage, lambda r: Format(r.target), data)
+    run_model_verb("convert", model, recipe, output, sets, quiet, stage, written_format, data)
+
+
+def written_format(recipe) -> Format:
+    """The format a convert recipe writes: its target's, a TFLite flatbuffer for tflite-micro."""
+    return Format.TFLITE if recipe.target == "tflite-micro" else Format(recipe.target)

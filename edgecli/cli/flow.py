@@ -20,7 +20,7 @@ from edgecli.formats import lineage as lin
 from edgecli.formats.detect import Format
 from edgecli.formats.files import STDIO, check_output_differs, materialize, write_output
 from edgecli.formats.model_file import ModelFile
-from edgecli.recipes import DataSpec, ParitySpec, QuantizeRecipe, Strict, load_recipe
+from edgecli.recipes import DataSpec, ParitySpec, Strict, load_recipe
 from edgecli.stages.artifact import Artifact
 
 Stage = Callable[[ModelFile, Any, Dataset | None, Dataset | None], Artifact]
@@ -103,6 +103,8 @@ def run_model_verb(
             model, built = stack.enter_context(model_from_state_dict(source, recipe, train or held_out))
         artifact = stage(model, recipe, train, held_out)
         artifact.metrics.update(built)
+        if model is not source and "size_bytes_parent" in artifact.metrics:
+            artifact.metrics["size_bytes_parent"] = source.size_bytes
         lineage = lin.extend(  # the parent is the file the user gave, also when a .pt2 was built from it
             source.lineage,
             verb=verb,
@@ -137,31 +139,13 @@ def check_model_source(model: ModelFile, recipe: Strict) -> None:
 
 @contextlib.contextmanager
 def model_from_state_dict(source: ModelFile, recipe: Any, data: Dataset | None) -> Iterator[tuple[ModelFile, dict[str, Any]]]:
-    """The state_dict as the model the verb reads: a .pt2 built with model.factory (and, for quantize
-    to ONNX, which reads ONNX only, its ONNX export), with the export's figures for the lineage."""
+    """The state_dict as the model the verb reads: a .pt2 built with model.factory, with the export's
+    figures for the lineage."""
     from edgecli.formats.state_dict_file import built_pt2
 
     parity = getattr(recipe, "parity", ParitySpec())
     with built_pt2(source, recipe.model, data, getattr(recipe, "dynamic_batch", True), parity.atol) as (program, figures):
-        if not (isinstance(recipe, QuantizeRecipe) and recipe.format == "onnx"):
-            yield program, figures
-            return
-        with _onnx_export(program, data, parity) as onnx_model:
-            yield onnx_model, figures
-
-
-@contextlib.contextmanager
-def _onnx_export(program: ModelFile, data: Dataset | None, parity: ParitySpec) -> Iterator[ModelFile]:
-    """The .pt2 exported to a temporary ONNX file, checked for parity on the data when there is some."""
-    from edgecli.runtimes import open_runner
-    from edgecli.stages.convert_onnx import as_onnx_file
-    from edgecli.stages.parity import check_parity
-
-    with as_onnx_file(program) as path:
-        onnx_model = ModelFile.open(path)
-        if data is not None:
-            check_parity(open_runner(program), open_runner(onnx_model), data, parity.model_copy(update={"samples": 64}), "pt2 -> onnx")
-        yield onnx_model
+        yield program, figures
 
 
 def _record_overrides(recipe: Strict, data: Path | None, eval_data: Path | None) -> None:

@@ -157,10 +157,14 @@ def state_dict_mismatch(module: Any, tensors: dict[str, Any], strict: bool) -> t
     missing = [name for name in expected if name not in tensors]
     unexpected = [name for name in tensors if name not in expected]
     if strict and (missing or unexpected):
-        parts = [f"missing {_key_list(missing)}" if missing else "", f"unexpected {_key_list(unexpected)}" if unexpected else ""]
-        return "keys differ: " + "; ".join(p for p in parts if p), _prefix_hint(missing, unexpected)
+        parts = [f"missing {_key_list(missing)}"] if missing else []
+        parts += [f"unexpected {_key_list(unexpected)}"] if unexpected else []
+        return "keys differ: " + "; ".join(parts), _prefix_hint(missing, unexpected)
     if missing:
-        console.warn(f"model.strict is false: {len(missing)} module tensor(s) not in the file keep their initial values ({_key_list(missing)})")
+        console.warn(
+            f"model.strict is false: {len(missing)} module tensor(s) not in the file keep their initial values "
+            f"({_key_list(missing)})"
+        )
     return None
 
 
@@ -191,8 +195,9 @@ def example_batch(spec: ModelSource, data: Dataset | None) -> Any:
     assert data is not None  # built_pt2 checked
     if len(data.inputs) != 1:
         raise UsageError(
-            f"a model.factory module is exported with one input; {data.source} holds {len(data.inputs)} ({', '.join(data.inputs)})",
-            hint="set model.input_shape",
+            f"a model.factory module is exported with one input; {data.source} holds {len(data.inputs)} "
+            f"({', '.join(data.inputs)})",
+            hint="export a model with several inputs to .pt2 or ONNX yourself",
         )
     array = next(iter(data.inputs.values()))
     rows = np.ascontiguousarray(np.concatenate([array[:2], array[:1]])[:2])

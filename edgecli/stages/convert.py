@@ -13,6 +13,7 @@ from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import ConvertRecipe
 from edgecli.runtimes import open_runner
 from edgecli.stages.artifact import Artifact, staged
+from edgecli.stages.convert_micro import micro_artifact, micro_runner
 from edgecli.stages.convert_onnx import onnx_to_onnx, pt2_to_onnx, simplify_onnx
 from edgecli.stages.convert_preflight import preflight
 from edgecli.stages.convert_tflite import to_tflite
@@ -102,11 +103,13 @@ def convert(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None) -> Ar
         artifact = _simplified(artifact, recipe)
     elif recipe.target == "pt2":
         artifact = _to_pt2(model)
+    elif recipe.target == "tflite-micro":
+        artifact = micro_artifact(model, recipe, calibration)
     else:
         artifact = Artifact(Format.TFLITE, to_tflite(model, recipe, calibration))
     parent = open_runner(model)
     with staged(artifact) as candidate:
-        child = open_runner(candidate)
+        child = micro_runner(candidate, artifact) if recipe.target == "tflite-micro" else open_runner(candidate)
         layout = _input_layout(parent.inputs, child.inputs)
         if layout:
             artifact.io["input_layout"] = layout

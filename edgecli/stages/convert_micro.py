@@ -1,17 +1,24 @@
 """target tflite-micro: prove a full-integer TFLite model runs under TensorFlow Lite Micro (TFLM) and
 measure what the microcontroller needs: the tensor arena (RAM) and the flatbuffer (flash).
 
-The proof is TFLM itself, through the `tflite-micro` Python package (the reference kernels, with the
-op resolver of its Python interpreter, which registers every builtin op TFLM has): the interpreter
-is created, which looks up a kernel for every op and plans the arena, then invoked. The arena figure
-is the smallest `arena_size` with which that works, found by bisection below the total TFLM's
-RecordingMicroAllocator reports (the Python wrapper has no API for it: it prints to the C stderr)."""
+The proof is TFLM itself, through the `tflite-micro` Python package (its reference kernels and the op
+resolver of its Python interpreter, which registers every builtin op TFLM has):
+- every op's kernel is looked up (TFLM names only the first op it lacks; each op is probed alone so
+  that the error names them all);
+- the arena figure is the smallest `arena_size` with which the interpreter allocates (and invokes) the
+  model: TFLM's recording allocator gives a first figure (the Python wrapper has no API for it, it
+  prints to the C stderr), checked and bisected in a child process, since TFLM crashes on some arenas
+  that are too small instead of failing;
+- the model is then invoked in this process with exactly that arena, and convert's parity check runs
+  every sample through TFLM with it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -19,16 +26,19 @@ from typing import Any
 
 import numpy as np
 
+from edgecli import console
+from edgecli.data import Dataset
 from edgecli.errors import BackendMissing, TransformError
+from edgecli.formats.detect import Format
+from edgecli.formats.model_file import ModelFile
+from edgecli.recipes import ConvertRecipe, MicroSpec
+from edgecli.runtimes.base import Runner
+from edgecli.stages.artifact import Artifact
 
-ARENA_NOTE = (
-    "measured with this TFLM build on x86-64 (64-bit pointers); a 32-bit MCU build usually needs slightly "
-    "less, its port's alignment may add a little: keep a margin"
-)
+ARENA_NOTE = "measured on TFLM's x86-64 build; a 32-bit MCU build needs about as much, give or take pointer size and alignment: keep a margin"
 TFLM_HINT = "pip install 'edgecli[tflite]' (the tflite-micro package) or run make install"
 ARENA_LIMIT = 1 << 31  # give up doubling the arena here (TFLM's arena size is a 32-bit figure)
 
-_NO_KERNEL = ("Didn't find op", "Failed to get registration")  # TFLM's words when an op has no kernel
 _SENTINEL_CODE = 1 << 20  # a builtin code beyond any TFLM knows: its lookup fails with the words below
 _SENTINEL_SEEN = "out of range"
 _TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
@@ -173,10 +183,6 @@ class _Attempt:
         return self.interpreter is not None
 
     @property
-    def no_kernel(self) -> bool:
-        return not self.ok and any(words in line for line in self.log for words in _NO_KERNEL)
-
-    @property
     def arena_too_small(self) -> bool:
         return not self.ok and any(word in line for line in self.log for word in _ARENA_SHORT)
 
@@ -185,72 +191,178 @@ class _Attempt:
         return "; ".join(lines[-2:])[:300] if lines else (self.error or "unknown error")
 
 
-def open_interpreter(data: bytes, arena: int | None = None, invoke: bool = True) -> tuple[Any, int]:
-    """A TFLM interpreter for the model and the arena size it was made with: `arena`, or ten times the
-    model size (TFLM's own default), doubled while that is too small. Raises TransformError naming the
-    ops TFLM has no kernel for, or quoting TFLM's own message."""
-    size = arena or max(len(data) * 10, 1 << 16)
-    while True:
-        attempt = _Attempt(data, size, invoke)
-        if attempt.ok:
-            return attempt.interpreter, size
-        ops = missing_ops(data) if attempt.no_kernel else []
-        if ops:
-            counts = model_ops(data)
-            listed = ", ".join(f"{op} ({counts.get(op, 1)} node{'s' if counts.get(op, 1) > 1 else ''})" for op in ops)
-            raise TransformError(
-                f"TensorFlow Lite Micro has no kernel for {listed}: the model cannot run on a microcontroller",
-                hint="replace or remove that layer in the model, or use target: tflite for LiteRT",
-            )
-        if not attempt.arena_too_small or arena is not None or size >= ARENA_LIMIT:
-            raise TransformError(f"TensorFlow Lite Micro cannot run the model: {attempt.cause()}")
+def open_interpreter(data: bytes, arena: int, invoke: bool = True) -> Any:
+    """A TFLM interpreter for the model with an arena known to be big enough (measure_arena), invoked
+    once on zeros if asked. Raises TransformError quoting TFLM."""
+    attempt = _Attempt(data, arena, invoke)
+    if not attempt.ok:
+        raise TransformError(f"TensorFlow Lite Micro cannot run the model with a {arena:,}-byte arena: {attempt.cause()}")
+    return attempt.interpreter
+
+
+_WORKER = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from edgecli.stages.convert_micro import _TOTAL, _Attempt, c_stderr
+data = open(sys.argv[1], "rb").read()
+for line in sys.stdin:
+    arena, invoke = (int(word) for word in line.split())
+    attempt = _Attempt(data, arena, invoke=bool(invoke))
+    if attempt.ok:
+        with c_stderr() as log:
+            attempt.interpreter.print_allocations()
+        totals = [m.group(1) for text in log for m in [_TOTAL.search(text)] if m]
+        print("ok", totals[0] if totals else 0, flush=True)
+    else:
+        print("small" if attempt.arena_too_small else "fail", attempt.cause(), flush=True)
+"""
+
+
+class _ArenaProbe:
+    """Tries arena sizes in a child process: TFLM dereferences a null pointer (SIGSEGV) on some arenas
+    that are too small instead of failing, which must not take the edgecli process down with it. A size
+    whose child crashes counts as too small, and a new child takes the next size."""
+
+    def __init__(self, data: bytes) -> None:
+        self._folder = tempfile.TemporaryDirectory(prefix="edgecli-tflm-")
+        self._model = os.path.join(self._folder.name, "model.tflite")
+        with open(self._model, "wb") as handle:
+            handle.write(data)
+        self._child: subprocess.Popen[str] | None = None
+
+    def ask(self, arena: int, invoke: bool = False) -> tuple[str, str]:
+        """("ok", the arena total TFLM recorded), ("small" or "fail", TFLM's message) or ("crash", "")."""
+        if self._child is None:
+            package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            self._child = subprocess.Popen(
+                [sys.executable, "-c", _WORKER, self._model, package_root],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
+        assert self._child.stdin is not None and self._child.stdout is not None
+        try:
+            self._child.stdin.write(f"{arena} {int(invoke)}\n")
+            self._child.stdin.flush()
+            verdict, _, detail = self._child.stdout.readline().strip().partition(" ")
+        except OSError:  # BrokenPipeError: the child is gone
+            verdict, detail = "", ""
+        if verdict not in ("ok", "small", "fail"):
+            self.close()
+            return "crash", ""
+        return verdict, detail
+
+    def works(self, arena: int) -> bool:
+        return self.ask(arena)[0] == "ok"
+
+    def close(self) -> None:
+        if self._child is not None:
+            with contextlib.suppress(OSError):
+                self._child.stdin.close()  # type: ignore[union-attr]
+            self._child.kill()
+            self._child.wait()
+            self._child = None
+
+    def __enter__(self) -> _ArenaProbe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        self._folder.cleanup()
+
+
+def _first_fit(probe: _ArenaProbe, data: bytes) -> tuple[int, int]:
+    """(an arena the model allocates and invokes with, the total TFLM recorded for it): ten times the
+    model size (TFLM's own default) or 64 KiB, doubled while too small."""
+    size, crashes = max(len(data) * 10, 1 << 16), 0
+    while size <= ARENA_LIMIT:
+        verdict, detail = probe.ask(size, invoke=True)
+        if verdict == "ok":
+            return size, int(detail or 0)
+        if verdict == "fail":
+            raise TransformError(f"TensorFlow Lite Micro cannot run the model: {detail}")
+        crashes = crashes + 1 if verdict == "crash" else 0
+        if crashes == 2:  # one crash can be an arena too small, two in a row with twice the arena cannot
+            raise TransformError(f"TensorFlow Lite Micro crashed loading or invoking the model (arenas of {size // 2:,} and {size:,} bytes)")
         size *= 2
+    raise TransformError(f"TensorFlow Lite Micro cannot fit the model in a {ARENA_LIMIT:,}-byte arena")
 
 
 def measure_arena(data: bytes) -> int:
-    """The smallest tensor arena, in bytes, with which TFLM allocates and invokes the model: the total
-    TFLM's recording allocator reports, checked (it and one byte less), or bisected if it is off."""
-    interpreter, works = open_interpreter(data)
-    with c_stderr() as log:
-        interpreter.print_allocations()
-    totals = [int(m.group(1)) for line in log for m in [_TOTAL.search(line)] if m]
-    low, high = 0, works  # the smallest working size is in (low, high]
-    if totals and totals[0] < works:
-        if _Attempt(data, totals[0], invoke=False).ok:
-            high = totals[0]
-            low = high - 1 if not _Attempt(data, high - 1, invoke=False).ok else 0
-        else:
-            low = totals[0]
-    while high - low > 1:
-        middle = (low + high) // 2
-        if _Attempt(data, middle, invoke=False).ok:
-            high = middle
-        else:
-            low = middle
-    open_interpreter(data, high)  # the figure reported is one the model was invoked with
+    """The smallest tensor arena, in bytes, with which TFLM allocates and invokes the model. TFLM's
+    recording allocator reports a total, which is usually that figure but not always (it misses
+    temporary allocations made while kernels prepare): it is checked (it, and one byte less), and the
+    figure bisected when it is off. Every try runs in a child process (see _ArenaProbe)."""
+    with _ArenaProbe(data) as probe:
+        works, recorded = _first_fit(probe, data)
+        low, high = 0, works  # the smallest working size is in (low, high]
+        if 0 < recorded < works:
+            if probe.works(recorded):
+                high = recorded
+                low = high - 1 if not probe.works(high - 1) else 0
+            else:
+                low = recorded
+        while high - low > 1:
+            middle = (low + high) // 2
+            if probe.works(middle):
+                high = middle
+            else:
+                low = middle
+        if high != works and probe.ask(high, invoke=True)[0] != "ok":  # allocating is not all: invoke too
+            high = works
     return high
 
 
-def micro_check(data: bytes, max_arena_bytes: int | None = None, max_model_bytes: int | None = None) -> dict[str, Any]:
-    """Prove the TFLite flatbuffer runs under TFLM and measure it.
+def check_kernels(data: bytes) -> None:
+    """Raise TransformError naming every op of the model TFLM has no kernel for."""
+    ops = missing_ops(data)
+    if ops:
+        counts = model_ops(data)
+        listed = ", ".join(f"{op} ({counts.get(op, 1)} node{'s' if counts.get(op, 1) > 1 else ''})" for op in ops)
+        raise TransformError(
+            f"TensorFlow Lite Micro has no kernel for {listed}: the model cannot run on a microcontroller",
+            hint="change the layers that make them, or use target: tflite for LiteRT",
+        )
 
-    Returns the metrics (arena_bytes, model_bytes, ops, op nodes, arena note) and, under "budget_failures",
-    the MicroSpec budgets the model exceeds (the caller still writes it, then exits 1).
-    Raises TransformError (exit 4) when TFLM lacks a kernel for one of the model's ops."""
+
+def micro_check(data: bytes) -> dict[str, Any]:
+    """Prove the TFLite flatbuffer runs under TFLM and measure it: every op has a TFLM kernel (else
+    TransformError, exit 4, naming them), the smallest arena it allocates and invokes with (arena_bytes),
+    the flatbuffer's size (model_bytes: flash), its ops and node count. The final proof runs in this
+    process: the model, invoked with exactly arena_bytes."""
+    check_kernels(data)
     ops = model_ops(data)
     arena = measure_arena(data)
+    open_interpreter(data, arena, invoke=True)
+    return {"arena_bytes": arena, "model_bytes": len(data), "ops": list(ops), "op_nodes": sum(ops.values())}
+
+
+def budget_failures(metrics: dict[str, Any], spec: MicroSpec) -> list[str]:
+    """The recipe's micro budgets the model exceeds, one line each (the model is still written; exit 1)."""
     failures = []
-    if max_arena_bytes is not None and arena > max_arena_bytes:
-        failures.append(f"tensor arena {arena:,} bytes > micro.max_arena_bytes {max_arena_bytes:,}")
-    if max_model_bytes is not None and len(data) > max_model_bytes:
-        failures.append(f"model {len(data):,} bytes > micro.max_model_bytes {max_model_bytes:,}")
-    return {
-        "metrics": {
-            "arena_bytes": arena,
-            "model_bytes": len(data),
-            "ops": list(ops),
-            "op_nodes": sum(ops.values()),
-            "arena_note": ARENA_NOTE,
-        },
-        "budget_failures": failures,
-    }
+    if spec.max_arena_bytes is not None and metrics["arena_bytes"] > spec.max_arena_bytes:
+        failures.append(f"tensor arena {metrics['arena_bytes']:,} bytes > micro.max_arena_bytes {spec.max_arena_bytes:,}")
+    if spec.max_model_bytes is not None and metrics["model_bytes"] > spec.max_model_bytes:
+        failures.append(f"model {metrics['model_bytes']:,} bytes > micro.max_model_bytes {spec.max_model_bytes:,}")
+    return failures
+
+
+def micro_artifact(model: ModelFile, recipe: ConvertRecipe, calibration: Dataset | None) -> Artifact:
+    """target tflite-micro: the model as full-integer INT8 TFLite (calibrated on `calibration`), proven
+    to run under TFLM, with its arena and size in the metrics and its missed budgets as gate failures."""
+    from edgecli.stages.convert_tflite import to_tflite
+
+    payload = to_tflite(model, recipe.model_copy(update={"precision": "int8"}), calibration)
+    metrics = micro_check(payload)
+    console.info(
+        f"TensorFlow Lite Micro runs all {metrics['op_nodes']} nodes ({', '.join(metrics['ops'])}): tensor arena "
+        f"{metrics['arena_bytes']:,} bytes ({ARENA_NOTE}), flatbuffer {metrics['model_bytes']:,} bytes"
+    )
+    return Artifact(Format.TFLITE, payload, metrics=metrics, gate_failures=budget_failures(metrics, recipe.micro))
+
+
+def micro_runner(model: ModelFile, artifact: Artifact | None = None) -> Runner:
+    """A TFLM runner for the model, with the arena measured for it (so that the parity check also
+    proves the reported arena is enough for real inputs)."""
+    from edgecli.runtimes.micro_runner import MicroRunner
+
+    arena = artifact.metrics.get("arena_bytes") if artifact is not None else None
+    return MicroRunner(model, arena_size=arena)

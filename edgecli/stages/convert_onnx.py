@@ -29,11 +29,45 @@ def pt2_to_onnx(model: ModelFile, opset: int, dynamic_batch: bool) -> Any:
             with console.muted():
                 torch.onnx.export(program, (), str(target), dynamo=True, external_data=False, opset_version=opset)
         except Exception as exc:
-            raise TransformError(f"torch.onnx could not export {model.path}: {last_line(exc)}") from None
+            raise TransformError(
+                f"torch.onnx could not export {model.path}: {export_problem(exc)}",
+                hint="rewrite that part of the model with ops torch.onnx can translate, then export it again",
+            ) from None
         proto = onnx_file.load(target)
     if not dynamic_batch:
         _fix_batch(proto)
     return proto
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NO_TRANSLATION = re.compile(r"No ONNX function found for <OpOverload\(op='([^']+)', overload='([^']+)'\)>")
+_FAILED_NODE = re.compile(r"Error when translating node %(\S+) : .*?target=(?:torch\.ops\.)?([\w.]+)")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, outermost first."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain and len(chain) < 16:
+        chain.append(exc)
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return chain
+
+
+def export_problem(exc: BaseException) -> str:
+    """torch.onnx's failure as one sentence naming the op it could not translate. (Its own last line
+    is '(Refer to the full stack trace above for more information.)'; the op is in the exception
+    summary and in the chained DispatchError / ConversionError.)"""
+    chain = _causes(exc)
+    texts = [_ANSI.sub("", str(e)) for e in chain]
+    node = next((found for text in texts if (found := _FAILED_NODE.search(text))), None)
+    where = f" (graph node %{node.group(1)})" if node else ""
+    untranslated = next((found for text in texts if (found := _NO_TRANSLATION.search(text))), None)
+    if untranslated:
+        op, overload = untranslated.groups()
+        return f"no ONNX translation for {op}.{overload}{where}"
+    if node:
+        return f"cannot translate {node.group(2)}{where}: {last_line(chain[-1])}"
+    return last_line(chain[-1])
 
 
 @contextlib.contextmanager
@@ -48,6 +82,22 @@ def as_onnx_file(model: ModelFile, opset: int = 18) -> Iterator[Path]:
         onnx_path = Path(folder) / "model.onnx"
         onnx_path.write_bytes(onnx_file.to_bytes(pt2_to_onnx(model, opset, True), None))
         yield onnx_path
+
+
+@contextlib.contextmanager
+def checked_onnx_file(model: ModelFile, data: Any | None, samples: int = 64) -> Iterator[ModelFile]:
+    """A .pt2 model as a temporary ONNX ModelFile for steps that read ONNX (quantize to ONNX), checked
+    for parity with the program on `samples` of `data` when there is data (ParitySpec defaults)."""
+    from edgecli.recipes import ParitySpec
+    from edgecli.runtimes import open_runner
+    from edgecli.stages.parity import check_parity
+
+    with as_onnx_file(model) as path:
+        onnx_model = ModelFile.open(path)
+        if data is not None:
+            spec = ParitySpec(samples=samples)
+            check_parity(open_runner(model), open_runner(onnx_model), data, spec, "pt2 -> onnx")
+        yield onnx_model
 
 
 def _fix_batch(proto: Any) -> None:

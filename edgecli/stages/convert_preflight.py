@@ -208,21 +208,25 @@ def _dynamic_dims(value: Any) -> list[tuple[int, Any]]:
     return [(i, d) for i, d in enumerate(dims) if i > 0 and not (d.HasField("dim_value") and d.dim_value > 0)]
 
 
-def _fix_command(name: str, dims: list[tuple[int, Any]]) -> str:
+def _fix_command(proto: Any) -> str:
+    """The onnxruntime tool call that pins the dynamic dimensions of the inputs."""
     tool = "python -m onnxruntime.tools.make_dynamic_shape_fixed"
-    named = [d.dim_param for _, d in dims if d.dim_param]
-    if len(named) == len(dims):
-        return " and ".join(f"{tool} --dim_param {p} --dim_value N" for p in dict.fromkeys(named)) + " MODEL OUT"
-    return f"{tool} --input_name {name} --input_shape <static shape> MODEL OUT"
+    params = [d.dim_param for value in _real_inputs(proto) for _, d in _dynamic_dims(value) if d.dim_param]
+    if params:
+        return f"{tool} --dim_param {params[0]} --dim_value N MODEL OUT" + (" (once per dim_param)" if len(set(params)) > 1 else "")
+    return f"{tool} --input_name NAME --input_shape 1,... MODEL OUT"
+
+
+def _real_inputs(proto: Any) -> list[Any]:
+    """Graph inputs that are fed at run time (not initializers listed as inputs), with a tensor type."""
+    weights = {t.name for t in proto.graph.initializer}
+    return [v for v in proto.graph.input if v.name not in weights and v.type.HasField("tensor_type")]
 
 
 def dynamic_shape_warnings(proto: Any) -> list[str]:
-    """One line per graph input with a dynamic dimension other than the batch."""
-    weights = {t.name for t in proto.graph.initializer}
+    """One line per graph input with a dynamic dimension other than the batch, then one line with the fix."""
     lines = []
-    for value in proto.graph.input:
-        if value.name in weights or not value.type.HasField("tensor_type"):
-            continue
+    for value in _real_inputs(proto):
         if not value.type.tensor_type.HasField("shape"):
             lines.append(f"TFLite delegates (GPU/NNAPI/NPU) need static shapes: input '{value.name}' has no shape")
             continue
@@ -230,10 +234,9 @@ def dynamic_shape_warnings(proto: Any) -> list[str]:
         if dims:
             which = ", ".join(_dim_text(i, d) for i, d in dims)
             verb = "is" if len(dims) == 1 else "are"
-            lines.append(
-                f"TFLite delegates (GPU/NNAPI/NPU) need static shapes: input '{value.name}' {which} {verb} dynamic; "
-                f"fix it with {_fix_command(value.name, dims)}"
-            )
+            lines.append(f"TFLite delegates (GPU/NNAPI/NPU) need static shapes: input '{value.name}' {which} {verb} dynamic")
+    if lines:
+        lines.append(f"fix dynamic shapes before converting: {_fix_command(proto)}")
     return lines
 
 

@@ -9,6 +9,7 @@ from edgecli.data import Dataset
 from edgecli.errors import ParityError
 from edgecli.metrics import compare
 from edgecli.recipes import ParitySpec
+from edgecli.stages.parity_layers import locate
 from edgecli.runtimes.base import Runner
 
 
@@ -30,17 +31,22 @@ def check_parity(
             result = compare(ref, out)
         except ValueError as exc:
             raise ParityError(f"{what}: output '{name}': {exc}") from None
-        problems = []
+        problems, fields = [], []
         if reduced_precision and result["relative_error"] > spec.max_relative_error:
             problems.append(f"relative error {result['relative_error']:.3g} > max_relative_error {spec.max_relative_error:g}")
+            fields.append("raise parity.max_relative_error")
         if not reduced_precision and result["max_abs_diff"] > spec.atol:
             problems.append(f"max abs diff {result['max_abs_diff']:.3g} > atol {spec.atol:g}")
+            fields.append("raise parity.atol")
         if "agreement" in result and result["agreement"] < spec.min_agreement:
             problems.append(f"top-1 agreement {result['agreement']:.4f} < {spec.min_agreement:g}")
+            fields.append("lower parity.min_agreement")
         if problems:
+            where = "" if reduced_precision else locate(parent, child, sample, ref, out, spec.atol)
             raise ParityError(
-                f"{what}: output '{name}' diverges on {len(sample)} samples of {data.source}: {'; '.join(problems)}",
-                hint=f"raise parity.{'max_relative_error' if reduced_precision else 'atol'} in the recipe only if this difference is acceptable",
+                f"{what}: output '{name}' diverges on {len(sample)} samples of {data.source}: {'; '.join(problems)}{where}",
+                hint=f"{' / '.join(fields)} in the recipe "
+                "only if this difference is acceptable",
             )
         if not worst or result["relative_error"] > worst["relative_error"]:
             worst = result

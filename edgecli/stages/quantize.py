@@ -47,10 +47,10 @@ class Evaluator:
 def _check_request(model: ModelFile, recipe: QuantizeRecipe, calib: Dataset | None, check: Dataset | None) -> None:
     """Refuse what cannot work before any long step runs. The types one output format cannot take
     its quantizer refuses as it opens, before its own work."""
-    if recipe.format == "onnx" and model.format is not Format.ONNX:
+    if recipe.format == "onnx" and model.format not in (Format.ONNX, Format.PT2):
         raise UsageError(
-            f"quantize to ONNX reads ONNX models; {model.path} is {model.format.value}",
-            hint="convert it first (edgecli convert MODEL -r onnx), or quantize to TFLite with format: tflite",
+            f"quantize to ONNX reads ONNX and .pt2 models; {model.path} is {model.format.value}",
+            hint="quantize it to TFLite with format: tflite",
         )
     if recipe.mode == "static" and calib is None:
         raise UsageError("static quantization needs calibration data", hint="pass --data calib.npz or set data.path")
@@ -108,6 +108,17 @@ def quantize(
     is missed, keep the most sensitive layers in float until it holds (or give the best found)."""
     check = eval_data if eval_data is not None else calib
     _check_request(model, recipe, calib, check)
+    if recipe.format == "onnx" and model.format is Format.PT2:
+        from edgecli.stages.convert_onnx import checked_onnx_file
+
+        with checked_onnx_file(model, check) as onnx_model:
+            return _quantize(onnx_model, recipe, calib, eval_data, check, diagnose)
+    return _quantize(model, recipe, calib, eval_data, check, diagnose)
+
+
+def _quantize(
+    model: ModelFile, recipe: QuantizeRecipe, calib: Dataset | None, eval_data: Dataset | None, check: Dataset | None, diagnose: bool
+) -> Artifact:
     target = Target.of(recipe)
     float_runner = open_runner(model)
     layers: list[LayerError] = []

@@ -27,7 +27,17 @@ def real_models() -> dict[Format, Path]:
         Format.KERAS: keras_set.keras,
         Format.SAVED_MODEL: keras_set.saved_model,
         Format.ORT: _ort_file(torch_set.onnx),
+        Format.STATE_DICT: _state_dict_file(torch_set.module, torch_set.onnx),
     }
+
+
+def _state_dict_file(module, onnx_path: Path) -> Path:
+    import torch
+
+    path = onnx_path.with_name("cnn_state_dict.pt")
+    if not path.exists():
+        torch.save(module.state_dict(), path)
+    return path
 
 
 def _ort_file(onnx_path: Path) -> Path:
@@ -61,6 +71,7 @@ WRONG_NAMES = {
     Format.KERAS: "model.zip",
     Format.SAVED_MODEL: "model.keras",
     Format.ORT: "model.onnx",
+    Format.STATE_DICT: "model.pt2",
 }
 
 
@@ -85,7 +96,7 @@ def test_model_file_open_reports_format_size_and_hash(real_models: dict[Format, 
 
 
 def test_suffixes() -> None:
-    assert [f.suffix for f in Format] == [".onnx", ".pt2", ".tflite", ".keras", "", ".ort"]
+    assert [f.suffix for f in Format] == [".onnx", ".pt2", ".tflite", ".keras", "", ".ort", ".pt"]
 
 
 # --- things that are not models ---------------------------------------------------------------
@@ -127,14 +138,12 @@ def test_folder_without_saved_model(tmp_path: Path) -> None:
     assert "folder without saved_model.pb" in model_read_error(tmp_path).message
 
 
-def test_torch_save_pickle_is_refused_without_unpickling(tmp_path: Path) -> None:
+def test_torch_save_zip_is_a_state_dict_detected_without_loading(tmp_path: Path) -> None:
     import torch
 
     path = tmp_path / "model.pt"
-    torch.save(torch_models().module.state_dict(), path)
-    exc = model_read_error(path)
-    assert "is a pickled PyTorch file (torch.save), not an ExportedProgram" in exc.message
-    assert "torch.export.save" in exc.hint
+    torch.save(torch.nn.Linear(2, 2), path)  # a whole pickled module: detection does not unpickle it
+    assert detect_format(path) is Format.STATE_DICT  # loading refuses it (tests/formats/test_state_dict.py)
 
 
 def test_legacy_torch_pickle_is_refused(tmp_path: Path) -> None:

@@ -117,10 +117,24 @@ def test_missed_accuracy_gate_writes_model_and_exits_1(sample, tmp_path):
     assert drop > 0 and abs(drop - (_accuracy(sample["onnx"], sample["eval"]) - _accuracy(out, sample["eval"]))) < 1e-9
 
 
-def test_quantize_refuses_non_onnx_with_exit_2(sample, tmp_path):
-    result = run_cli("quantize", sample["pt2"], "-r", "int8-static", "-o", tmp_path / "x.onnx")
+def test_quantize_reads_pt2_through_a_checked_onnx_export(sample, tmp_path):
+    out = tmp_path / "from_pt2.int8.onnx"
+    result = run_cli("quantize", sample["pt2"], "-r", "int8-static", *data_args("quantize"),
+                     "--set", "calibration.samples=64", "--set", "speed_check=false", "-o", out)
+    assert result.code == 0, result.stderr
+    assert "parity pt2 -> onnx" in result.stderr  # the export itself is checked before quantizing
+    step = ModelFile.open(out).lineage["steps"][-1]
+    assert step["parent"]["format"] == "pt2"
+    data = load_dataset(DataSpec(path=sample["eval"], limit=256))
+    ref = open_runner(ModelFile.open(sample["pt2"])).predict(data)[0]
+    q = open_runner(ModelFile.open(out)).predict(data)[0]
+    assert np.mean(ref.argmax(1) == q.argmax(1)) >= 0.98
+
+
+def test_quantize_to_onnx_refuses_tflite_with_exit_2(sample_tflite, tmp_path):
+    result = run_cli("quantize", sample_tflite, "-r", "int8-static", *data_args("quantize"), "-o", tmp_path / "x.onnx")
     assert result.code == 2
-    assert "quantize to ONNX reads ONNX models" in result.lines[-1]
+    assert "quantize to ONNX reads ONNX and .pt2 models" in result.lines[-1]
     assert leftovers(tmp_path) == []
 
 
