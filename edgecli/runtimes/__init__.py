@@ -31,4 +31,8 @@ def open_runner(model: ModelFile, threads: int | None = None) -> Runner:
         from edgecli.runtimes.keras_runner import KerasRunner
 
         return KerasRunner(model, threads)
+    if model.format is Format.SAVED_MODEL:
+        from edgecli.runtimes.keras_runner import SavedModelRunner
+
+        return SavedModelRunner(model, threads)
     raise ModelReadError(f"{model.path}: running {model.format.value} models is not supported yet")

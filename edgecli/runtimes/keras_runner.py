@@ -1,10 +1,11 @@
-"""Run a Keras model (.keras) with TensorFlow."""
+"""Run a Keras model (.keras) or a SavedModel folder with TensorFlow."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from edgecli.formats.keras_file import load_keras
+from edgecli.errors import ModelReadError, last_line
+from edgecli.formats.keras_file import import_tensorflow, load_keras
 from edgecli.formats.model_file import ModelFile
 from edgecli.runtimes.base import Runner, TensorSpec
 
@@ -26,3 +27,27 @@ class KerasRunner(Runner):
 def _spec(tensor) -> TensorSpec:
     name = getattr(tensor, "name", "input").split(":")[0]
     return TensorSpec(name, tuple(tensor.shape), np.dtype(tensor.dtype))
+
+
+class SavedModelRunner(Runner):
+    """A TensorFlow SavedModel folder, run through its `serving_default` signature (what
+    `model.export()` and TFLiteConverter.from_saved_model use); inputs and outputs by signature name."""
+
+    def __init__(self, model: ModelFile, threads: int | None = None) -> None:
+        super().__init__(model, threads)
+        tf = import_tensorflow()
+        try:
+            self.signature = tf.saved_model.load(str(model.path)).signatures["serving_default"]
+        except KeyError:
+            raise ModelReadError(f"{model.path} has no serving_default signature to run") from None
+        except Exception as exc:
+            raise ModelReadError(f"{model.path} is not a loadable SavedModel ({last_line(exc)})") from None
+        _, named_inputs = self.signature.structured_input_signature
+        self.inputs = [TensorSpec(n, tuple(t.shape), np.dtype(t.dtype.as_numpy_dtype)) for n, t in named_inputs.items()]
+        self.outputs = [
+            TensorSpec(n, tuple(t.shape), np.dtype(t.dtype.as_numpy_dtype)) for n, t in self.signature.structured_outputs.items()
+        ]
+
+    def run_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = self.signature(**{spec.name: feeds[spec.name] for spec in self.inputs})
+        return [np.asarray(result[spec.name]) for spec in self.outputs]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgecli.data import Dataset
-from edgecli.errors import DataError, ModelReadError
+from edgecli.errors import DataError
 from edgecli.formats import tflite_file
 from edgecli.formats.model_file import ModelFile
 from edgecli.runtimes import Runner, open_runner
@@ -182,9 +182,13 @@ def test_keras_runner_matches_keras() -> None:
     np.testing.assert_allclose(out, np.asarray(models.model(x, training=False)), rtol=0, atol=1e-6)
 
 
-def test_saved_model_is_not_runnable_yet() -> None:
-    with pytest.raises(ModelReadError, match="running saved_model models is not supported yet"):
-        runner_for(keras_models().saved_model)
+def test_saved_model_runner_matches_keras() -> None:
+    models = keras_models()
+    x = images(7, seed=9, layout="NHWC")
+    runner = runner_for(models.saved_model)
+    assert runner.inputs[0].shape[1:] == (8, 8, 1)
+    out = runner.predict(dataset(x=x))[0]
+    np.testing.assert_allclose(out, np.asarray(models.model(x, training=False)), rtol=0, atol=1e-6)
 
 
 # --- full-integer INT8 TFLite ---------------------------------------------------------------

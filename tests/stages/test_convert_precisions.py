@@ -123,3 +123,19 @@ def test_simplify_folds_constants_and_keeps_the_function(tmp_path):
     expected = np.maximum(x + a * b, 0)
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.abs(got - expected).max() <= 1e-6
+
+
+def test_keras_and_saved_model_to_tflite_match_keras(tmp_path):
+    from tests.unit_helpers import keras_models
+
+    models = keras_models()
+    x = models.calibration[:64]
+    np.savez(tmp_path / "x.npz", x=x)
+    expected = np.asarray(models.model(x, training=False))
+    for name, source in (("keras", models.keras), ("saved_model", models.saved_model)):
+        out = tmp_path / f"{name}.tflite"
+        result = run_cli("convert", source, "-r", "tflite", "--data", tmp_path / "x.npz", "-o", out)
+        assert result.code == 0, result.stderr
+        assert f"parity {name} -> tflite float32" in result.stderr
+        got = open_runner(ModelFile.open(out)).predict(load_dataset(DataSpec(path=tmp_path / "x.npz")))[0]
+        assert np.abs(got - expected).max() <= 1e-5, name
