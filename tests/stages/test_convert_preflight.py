@@ -134,7 +134,7 @@ def test_pt2_path_is_checked_after_export_before_onnx2tf(tmp_path):
     with pytest.raises(TransformError, match=r"op CastLike \(node 'to_half'\): onnx2tf has no converter"):
         with onnx2tf_output(source):
             pass
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 30  # the bound: no onnx2tf or TensorFlow run
 
 
 def test_pt2_export_failure_names_the_op(tmp_path):
