@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecli.errors import DataError, UsageError
-from edgecli.recipes import DataSpec
+from edgecli.recipes import DEFAULT_DYNAMIC_DIM, DEFAULT_INT_RANGE, DataSpec
 
 LABEL_KEY = "y"
 SINGLE_INPUT_KEY = "x"
@@ -103,14 +103,78 @@ def split_batches(total: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
 
 
-def synthetic_dataset(specs: list, count: int, seed: int = 0) -> Dataset:
-    """Random inputs shaped by the model's signature (dynamic dimensions = 1), for models without data."""
+def _dynamic_dim(axis: int, name: str | None, dims: dict[str, int]) -> int:
+    """The value of a dynamic dimension: by its name, else by its axis index, else the default."""
+    if name is not None and name in dims:
+        return dims[name]
+    return dims.get(str(axis), DEFAULT_DYNAMIC_DIM)
+
+
+def synthetic_sample_shape(spec, shapes: dict[str, list[int]] | None = None, dims: dict[str, int] | None = None) -> tuple[int, ...]:
+    """The shape of one sample (no batch axis) of a synthesised input: `shapes[name]` if given (checked
+    against the model's static dimensions), else the model's dimensions with dynamic ones from `dims`."""
+    model_dims = tuple(spec.shape[1:])
+    if shapes and spec.name in shapes:
+        shape = tuple(shapes[spec.name])
+        fits = len(shape) == len(model_dims) and all(want is None or want == got for got, want in zip(shape, model_dims))
+        if not fits:
+            wanted = [("?" if d is None else d) for d in model_dims]
+            raise UsageError(
+                f"input_shapes.{spec.name} = {list(shape)} does not fit the model input {spec.describe()}",
+                hint=f"give the shape of one sample without the batch axis: {wanted}",
+            )
+        return shape
+    names = tuple(spec.dim_names[1:]) if len(spec.dim_names) == len(spec.shape) else (None,) * len(model_dims)
+    return tuple(
+        dim if dim is not None else _dynamic_dim(axis, name, dims or {})
+        for axis, (dim, name) in enumerate(zip(model_dims, names), start=1)
+    )
+
+
+def synthetic_fill(name: str) -> str:
+    """How an input is filled, from its name: 'ones' (attention masks), 'zeros' (token type / segment
+    ids, whose embeddings often have 2 rows) or 'random'."""
+    lowered = name.lower()
+    if "mask" in lowered:
+        return "ones"
+    if "type_ids" in lowered or "segment" in lowered:
+        return "zeros"
+    return "random"
+
+
+def _synthetic_array(spec, shape: tuple[int, ...], rng: np.random.Generator, int_range: tuple[int, int]) -> np.ndarray:
+    fill = synthetic_fill(spec.name)
+    if fill == "ones":
+        return np.ones(shape, dtype=spec.dtype)
+    if fill == "zeros":
+        return np.zeros(shape, dtype=spec.dtype)
+    if np.issubdtype(spec.dtype, np.floating):
+        return rng.random(shape, dtype=np.float32).astype(spec.dtype)
+    if spec.dtype == np.bool_:
+        return rng.integers(0, 2, size=shape).astype(np.bool_)
+    info = np.iinfo(spec.dtype)
+    low, high = max(int_range[0], int(info.min)), min(int_range[1], int(info.max) + 1)
+    return rng.integers(low, max(high, low + 1), size=shape).astype(spec.dtype)
+
+
+def synthetic_dataset(
+    specs: list,
+    count: int,
+    seed: int = 0,
+    *,
+    shapes: dict[str, list[int]] | None = None,
+    dims: dict[str, int] | None = None,
+    int_range: tuple[int, int] = DEFAULT_INT_RANGE,
+) -> Dataset:
+    """Random inputs shaped by the model's signature (names, shapes, dtypes), for models without data.
+
+    `count` samples per input; the shape of one sample from `synthetic_sample_shape` (dynamic
+    dimensions from `dims`, else DEFAULT_DYNAMIC_DIM). Floats are uniform in [0, 1); integers uniform
+    in [int_range[0], int_range[1]) in the input's own dtype; inputs named like '*mask*' are ones and
+    '*type_ids*' / '*segment*' zeros (see synthetic_fill)."""
     rng = np.random.default_rng(seed)
     inputs = {}
     for spec in specs:
-        shape = (count, *[1 if d is None else d for d in spec.shape[1:]])
-        if np.issubdtype(spec.dtype, np.floating):
-            inputs[spec.name] = rng.random(shape, dtype=np.float32).astype(spec.dtype)
-        else:
-            inputs[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
+        shape = (count, *synthetic_sample_shape(spec, shapes, dims))
+        inputs[spec.name] = _synthetic_array(spec, shape, rng, int_range)
     return Dataset(inputs, None, "random inputs")

@@ -49,3 +49,15 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     if is_classifier_output(reference):
         result["agreement"] = agreement(reference, candidate)
     return result
+
+
+def mean_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Cosine similarity of each sample's flattened outputs, averaged over samples (embeddings,
+    logits, any output). Two all-zero samples count as identical (1), one all-zero sample as 0."""
+    ref = reference.reshape(len(reference), -1).astype(np.float64)
+    cand = align(reference, candidate).reshape(len(reference), -1).astype(np.float64)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    both_zero = (np.linalg.norm(ref, axis=1) == 0) & (np.linalg.norm(cand, axis=1) == 0)
+    dots = np.einsum("ij,ij->i", ref, cand)
+    cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
+    return float(np.clip(cosines, -1.0, 1.0).mean())

@@ -2,47 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from edgecli import console
 from edgecli.cli.errors import handle_errors
 from edgecli.cli.flow import optional_dataset
-from edgecli.cli.options import DataOpt, JsonOpt, QuietOpt, RecipeOpt, SetOpt
+from edgecli.cli.bench_outputs import Destinations, check_destinations, write_outputs
+from edgecli.cli.bench_table import report_table
+from edgecli.cli.options import CsvOpt, DataOpt, JsonOpt, MarkdownOpt, PlotOpt, QuietOpt, RecipeOpt, SetOpt
 from edgecli.errors import GateFailed, ModelReadError, UsageError
 from edgecli.formats.detect import Format
-from edgecli.formats.files import STDIO, write_output
+from edgecli.formats.files import STDIO
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import load_recipe
-
-
-def _fmt(value: Any, pattern: str) -> str:
-    return "-" if value is None else format(value, pattern)
-
-
-def report_table(report: dict[str, Any]) -> Table:
-    table = Table(title=f"edgecli bench (reference: {Path(report['reference']).name}; data: {report['data']})", title_justify="left")
-    for name in ("model", "format", "size", "gzip", "p50 ms", "p90 ms", "p99 ms", "speedup", "accuracy", "agreement"):
-        table.add_column(name, justify="left" if name in ("model", "format") else "right")
-    for row in report["models"]:
-        latency = row["latency_ms"]
-        table.add_row(
-            Path(row["path"]).name,
-            row["format"],
-            f"{row['size_bytes'] / 1e6:.2f} MB",
-            "-" if row["gzip_bytes"] is None else f"{row['gzip_bytes'] / 1e6:.2f} MB",
-            _fmt(latency["p50"], ".3f"),
-            _fmt(latency["p90"], ".3f"),
-            _fmt(latency["p99"], ".3f"),
-            _fmt(row["speedup"], ".2f") + "x",
-            _fmt(row["accuracy"], ".4f"),
-            _fmt(row["agreement"], ".4f"),
-        )
-    return table
 
 
 def _refuse_state_dicts(files: list[ModelFile]) -> None:
@@ -56,13 +31,41 @@ def _refuse_state_dicts(files: list[ModelFile]) -> None:
             )
 
 
+ReferenceOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--reference",
+        metavar="MODEL",
+        help="The model speedup, agreement, differences and accuracy_drop are measured against (default: the first "
+        "MODEL); one of MODEL..., or it is benchmarked too, as the first model.",
+    ),
+]
+
+
+def with_reference(files: list[ModelFile], reference: Path | None) -> tuple[list[ModelFile], int]:
+    """The models to benchmark and the reference's index: --reference is matched to a MODEL by its
+    resolved path; a model not among them is added in front."""
+    if reference is None:
+        return files, 0
+    wanted = reference.resolve()
+    for index, model in enumerate(files):
+        if model.path.resolve() == wanted:
+            return files, index
+    console.info(f"--reference {reference} is not among the models: benchmarking it as the first model")
+    return [ModelFile.open(reference), *files], 0
+
+
 @handle_errors
 def bench(
-    models: Annotated[list[str], typer.Argument(metavar="MODEL...", help="Models to compare; the first is the reference.")],
+    models: Annotated[list[str], typer.Argument(metavar="MODEL...", help="Models to compare; the first is the reference unless --reference.")],
     recipe: RecipeOpt = None,
     data: DataOpt = None,
     sets: SetOpt = None,
     json_out: JsonOpt = None,
+    markdown_out: MarkdownOpt = None,
+    csv_out: CsvOpt = None,
+    plot_out: PlotOpt = None,
+    reference: ReferenceOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Size, latency p50/p90/p99, accuracy and agreement of MODELS side by side; gates exit 1."""
@@ -70,20 +73,24 @@ def bench(
 
     console.set_quiet(quiet)
     spec, _ = load_recipe("bench", recipe, sets)
+    outputs = Destinations(json=json_out, markdown=markdown_out, csv=csv_out, plot=plot_out)
+    check_destinations(outputs)
     if any(m == STDIO for m in models):
         raise ModelReadError("bench reads model files, not stdin")
     files = [ModelFile.open(Path(m)) for m in models]
+    files, reference_index = with_reference(files, reference)
     _refuse_state_dicts(files)
     dataset = optional_dataset(spec.data, data, "data")
     if dataset is None:
         console.warn("no --data given: latency only, on random inputs; no accuracy or agreement")
-    report = run_bench(files, spec, dataset)
+    report = run_bench(files, spec, dataset, reference=reference_index)
     console.show(report_table(report))
+    for line in report["warnings"]:
+        console.warn(line)
     for gate in report["gates"]:
         mark = "[green]pass[/green]" if gate["passed"] else "[red]FAIL[/red]"
         console.info(f"{mark} {gate['gate']} ({Path(gate['model']).name}: {gate['value']:.4g})")
-    if json_out:
-        write_output(json_out, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    write_outputs(report, outputs)
     if not report["passed"]:
         failed = [g for g in report["gates"] if not g["passed"]]
         raise GateFailed(f"{len(failed)} gate(s) failed: " + ", ".join(sorted({g["gate"] for g in failed})))

@@ -21,6 +21,15 @@ SetOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress bars, tables or info lines.")]
 JsonOpt = Annotated[Optional[str], typer.Option("--json", metavar="PATH", help="Write a JSON report to this path; - for stdout.")]
+MarkdownOpt = Annotated[
+    Optional[str],
+    typer.Option("--markdown", metavar="PATH", help="Write a Markdown summary to this path; - for stdout (e.g. >> $GITHUB_STEP_SUMMARY)."),
+]
+CsvOpt = Annotated[Optional[str], typer.Option("--csv", metavar="PATH", help="Write a CSV table (one row per model and setting); - for stdout.")]
+PlotOpt = Annotated[
+    Optional[Path],
+    typer.Option("--plot", metavar="PATH.png", help="Write a PNG: accuracy against size and p50 latency, Pareto front marked."),
+]
 ReportOpt = Annotated[
     Optional[str],
     typer.Option("--report", metavar="PATH", help="Write a JSON report (per-layer error, steps, timings); - for stdout."),

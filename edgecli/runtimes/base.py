@@ -25,6 +25,7 @@ class TensorSpec:
     dtype: np.dtype
     scale: float = 0.0  # quantization scale of an integer tensor (0 = not quantized)
     zero_point: int = 0
+    dim_names: tuple[str | None, ...] = ()  # names of symbolic dimensions where the format keeps them (ONNX dim_param)
 
     def describe(self) -> str:
         dims = ",".join("?" if d is None else str(d) for d in self.shape)

@@ -38,7 +38,8 @@ def _spec(arg) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
     if arg.type not in ORT_TYPES:
         raise ModelReadError(f"ONNX input/output {arg.name} has unsupported type {arg.type}")
-    return TensorSpec(arg.name, shape, np.dtype(ORT_TYPES[arg.type]))
+    names = tuple(d if isinstance(d, str) else None for d in arg.shape)
+    return TensorSpec(arg.name, shape, np.dtype(ORT_TYPES[arg.type]), dim_names=names)
 
 
 class OnnxRunner(Runner):

@@ -22,7 +22,8 @@ NOT_FASTER = 0.95
 QUICK = BenchRecipe(warmup=5, runs=30, min_time_s=0.3, threads=1, batch_size=1)
 
 
-def _reasons(recipe: QuantizeRecipe, ops: Counter, float_layers: int, float_p50_ms: float) -> list[str]:
+def slow_quantization_reasons(recipe: QuantizeRecipe, ops: Counter, float_layers: int, float_p50_ms: float) -> list[str]:
+    """Why a quantized model may be no faster than its float parent on this machine (may be empty)."""
     from edgecli.stages.bench import machine_info
 
     reasons = []
@@ -44,7 +45,7 @@ def _reasons(recipe: QuantizeRecipe, ops: Counter, float_layers: int, float_p50_
         reasons.append("this CPU has no VNNI/AMX int8 dot-product instructions")
     if float_p50_ms < 0.05:
         reasons.append(f"the float model takes {float_p50_ms * 1000:.0f} us per call: fixed per-call overhead dominates")
-    return reasons or ["unknown: compare with `edgecli bench` over more runs"]
+    return reasons
 
 
 def speed_check(model: ModelFile, artifact: Artifact, recipe: QuantizeRecipe, data: Dataset | None, float_layers: int) -> dict[str, Any]:
@@ -71,7 +72,8 @@ def speed_check(model: ModelFile, artifact: Artifact, recipe: QuantizeRecipe, da
     }
     ops = op_counts(artifact.payload) if artifact.format is Format.ONNX else Counter()
     if not result["faster"]:
-        result["likely_reasons"] = _reasons(recipe, ops, float_layers, float_p50)
+        reasons = slow_quantization_reasons(recipe, ops, float_layers, float_p50)
+        result["likely_reasons"] = reasons or ["unknown: compare with `edgecli bench` over more runs"]
         console.warn(
             f"the quantized model is not faster on this machine: p50 {quant_p50:.3g} ms vs float {float_p50:.3g} ms "
             f"(1 thread, batch 1); likely: {result['likely_reasons'][0]}"
