@@ -3,6 +3,7 @@ sample model, its variants and the tiny integer-input transformer (through the r
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -41,14 +42,28 @@ def fixed_batch_onnx(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def report(sample, sample_int8, sample_tflite, tmp_path_factory):
-    path = tmp_path_factory.mktemp("bench") / "report.json"
-    result = run_cli("bench", sample["onnx"], sample_int8, sample_tflite, sample["pt2"], "-r", "default", *data_args("bench"), *TIMING, "--json", path)
+    folder = tmp_path_factory.mktemp("bench")
+    path = folder / "report.json"
+    result = run_cli("bench", sample["onnx"], sample_int8, sample_tflite, sample["pt2"], "-r", "default", *data_args("bench"), *TIMING,
+                     "--json", path, "--markdown", folder / "report.md", "--csv", folder / "report.csv", "--plot", folder / "report.png")
     assert result.code == 0, result.stderr
-    return json.loads(path.read_text()), result
+    return json.loads(path.read_text()), result, folder
+
+
+def test_one_call_over_float_int8_and_tflite_writes_table_json_markdown_csv_and_plot(report):
+    data, result, folder = report
+    names = [Path(m["path"]).name for m in data["models"]]
+    assert all(name in result.stderr for name in names)  # the table
+    markdown = (folder / "report.md").read_text()
+    assert all(f"`{name}`" in markdown for name in names)
+    rows = list(csv.DictReader((folder / "report.csv").open()))
+    assert [r["model"] for r in rows] == names
+    assert [float(r["p50_ms"]) for r in rows] == pytest.approx([m["latency"][0]["p50_ms"] for m in data["models"]])
+    assert (folder / "report.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_report_has_the_documented_fields(report):
-    data, _ = report
+    data, _, _ = report
     assert data["passed"] is True
     assert {"reference", "data", "models", "gates", "passed", "warnings", "recipe", "machine"} <= set(data)
     assert [m["format"] for m in data["models"]] == ["onnx", "onnx", "tflite", "pt2"]
@@ -71,12 +86,12 @@ def test_report_has_the_documented_fields(report):
 
 
 def test_macs_of_the_sample_are_exact_in_every_format(report):
-    data, _ = report
+    data, _, _ = report
     assert [m["macs"] for m in data["models"]] == [SAMPLE_MACS] * 4  # float ONNX, INT8 ONNX, TFLite, .pt2
 
 
 def test_params_and_sparsity(report):
-    data, _ = report
+    data, _, _ = report
     params = {m["format"]: m["params"] for m in data["models"]}
     assert 352_000 <= params["onnx"] <= 356_000 and 352_000 <= params["pt2"] <= 356_000  # 352,874 trained parameters
     float_onnx, int8, tflite, pt2 = data["models"]
@@ -85,7 +100,7 @@ def test_params_and_sparsity(report):
 
 
 def test_accuracy_and_agreement_are_real(report, sample):
-    data, _ = report
+    data, _, _ = report
     dataset = load_dataset(DataSpec(path=sample["eval"]))
     for model in data["models"]:
         measured = accuracy(open_runner(ModelFile.open(model["path"])).predict(dataset)[0], dataset.labels)
@@ -103,7 +118,7 @@ def test_accuracy_and_agreement_are_real(report, sample):
 
 
 def test_table_on_stderr_lists_every_model(report):
-    _, result = report
+    _, result, _ = report
     for name in ("fashion_cnn.onnx", "fashion.int8.onnx", "fashion.tflite", "fashion_cnn.pt2"):
         assert name in result.stderr
     for header in ("gzip MB", "params", "MACs", "p50 ms ±spread", "/s", "cosine"):
