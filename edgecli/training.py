@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,13 +44,15 @@ def fit(
     description: str,
     after_step: Callable[[], None] | None = None,
     after_epoch: Callable[[int], dict[str, float]] | None = None,
+    stop_when: Callable[[int], bool] | None = None,
 ) -> list[float]:
     """Train `params` of `module` for `epochs` over `count` samples in a seeded shuffled order.
 
     batch_inputs(indices) -> the module's positional inputs; loss_fn(output, indices) (indices: a
     LongTensor) -> scalar loss.
     after_step runs after each optimiser step (e.g. re-applying pruning masks); after_epoch may return
-    figures shown on the progress bar (e.g. validation accuracy). Returns the mean loss of each epoch.
+    figures shown on the progress bar (e.g. validation accuracy); stop_when(epoch) (0-based, after
+    after_epoch) ends training early when it returns True. Returns the mean loss of each epoch run.
     """
     import torch
 
@@ -79,4 +82,140 @@ def fit(
             history.append(total / count)
             if after_epoch is not None:
                 bar.advance(0, epoch=epoch + 1, loss=history[-1], **after_epoch(epoch))
+            if stop_when is not None and stop_when(epoch):
+                break
     return history
+
+
+# ---------------------------------------------------------------- fine-tuning after a transformation
+
+
+@dataclass
+class FinetuneResult:
+    """What `finetune` did. Epoch numbers are 1-based."""
+
+    loss: list[float] = field(default_factory=list)  # mean training loss of each epoch run
+    val_accuracy: list[float] = field(default_factory=list)  # validation accuracy of each epoch (val_split > 0)
+    epochs_run: int = 0
+    best_epoch: int | None = None  # the epoch whose weights were kept (val_split > 0), else None (the last)
+    stopped_early: bool = False
+
+    def metrics(self) -> dict[str, Any]:
+        """Figures for an artifact's metrics (lineage and summary)."""
+        out: dict[str, Any] = {"finetune_epochs": self.epochs_run, "finetune_loss": [round(v, 5) for v in self.loss]}
+        if self.val_accuracy:
+            out.update(val_accuracy=[round(v, 4) for v in self.val_accuracy], best_epoch=self.best_epoch,
+                       stopped_early=self.stopped_early)
+        return out
+
+
+def set_mode(module: Any, training: bool) -> None:
+    """train() / eval() where the module supports them: an eager nn.Module (BatchNorm learns batch
+    statistics while fine-tuning); an ExportedProgram's module raises NotImplementedError and keeps
+    its BatchNorm in inference mode."""
+    try:
+        module.train(training)
+    except NotImplementedError:
+        pass
+
+
+def finetune_train_size(count: int, val_split: float) -> int:
+    """How many of `count` samples `finetune` trains on (the rest validates); steps per epoch are
+    ceil(this / batch_size)."""
+    n_val = int(round(val_split * count)) if val_split else 0
+    return count - n_val if 0 < n_val < count else count
+
+
+def finetune(
+    module: Any,
+    teacher: Any | None,
+    train: tuple[Any, Any],
+    spec: Any,
+    seed: int,
+    after_step: Callable[[], None] | None = None,
+    *,
+    first_eligible_epoch: int = 1,
+    description: str = "fine-tuning",
+) -> FinetuneResult:
+    """Fine-tune `module` in place on labelled data, as a FinetuneSpec (recipes.py) asks.
+
+    module: a torch module taking one input tensor and returning logits (an ExportedProgram's
+        .module() or an nn.Module; all its parameters are trained). An nn.Module trains in train mode
+        and is validated and left in eval mode; an exported module cannot switch (see set_mode).
+    teacher: None, or a module (e.g. a deep copy of the model before the transformation) whose logits
+        become soft targets when spec.distill is true (kd loss: soft_weight * T² * KL + (1 - soft_weight) * CE).
+        Its logits are computed once, up front.
+    train: (inputs, labels) tensors, inputs already in the module's layout, labels int64 class ids.
+    spec: FinetuneSpec — epochs, lr, batch_size, optimizer, schedule, val_split, patience, distill,
+        temperature, soft_weight. val_split holds out the last fraction of a seeded permutation; after
+        each epoch the validation accuracy is measured, the best epoch's weights are restored at the
+        end and `patience` epochs without improvement stop training.
+    after_step: runs after every optimiser step (re-apply pruning masks, raise a sparsity schedule).
+    first_eligible_epoch: epochs before it (1-based) neither count as "best" nor for patience (e.g.
+        while a gradual pruning schedule is still raising sparsity).
+    """
+
+    import torch
+
+    x_all, y_all = train
+    count = len(x_all)
+    generator = torch.Generator().manual_seed(seed + 1)
+    order = torch.randperm(count, generator=generator)
+    n_val = count - finetune_train_size(count, spec.val_split)
+    train_idx, val_idx = order[: count - n_val], order[count - n_val :]
+    train_idx = torch.sort(train_idx).values  # fit shuffles; keep the sample order of the file
+    x_train, y_train = x_all[train_idx], y_all[train_idx]
+    soft = None
+    if spec.distill:
+        if teacher is None:
+            raise ValueError("finetune: spec.distill needs a teacher module")
+        with torch.no_grad():
+            soft = torch.cat([teacher(x_train[i : i + 256]) for i in range(0, len(x_train), 256)])
+
+    def loss_fn(out: Any, idx: Any) -> Any:
+        if soft is None:
+            return torch.nn.functional.cross_entropy(out, y_train[idx])
+        from edgecli.stages.distill import kd_loss
+
+        return kd_loss(out, soft[idx], y_train[idx], spec.temperature, spec.soft_weight)
+
+    result = FinetuneResult()
+    best: dict[str, Any] = {}
+    best_value = [-1.0]
+
+    def validate(epoch: int) -> dict[str, float]:
+        if not n_val:
+            return {}
+        set_mode(module, training=False)
+        with torch.no_grad():
+            preds = torch.cat([module(x_all[val_idx[i : i + 256]]).argmax(1) for i in range(0, n_val, 256)])
+        set_mode(module, training=True)
+        value = float((preds == y_all[val_idx]).float().mean())
+        result.val_accuracy.append(value)
+        if epoch + 1 >= first_eligible_epoch and value > best_value[0]:
+            best_value[0] = value
+            result.best_epoch = epoch + 1
+            best.clear()
+            best.update({k: v.detach().clone() for k, v in module.state_dict().items()})
+        return {"val_acc": value}
+
+    def stop(epoch: int) -> bool:
+        if not n_val or spec.patience is None or result.best_epoch is None:
+            return False
+        return epoch + 1 - result.best_epoch >= spec.patience
+
+    set_mode(module, training=True)
+    result.loss = fit(
+        module, list(module.parameters()), len(x_train), lambda idx: [x_train[idx]], loss_fn,
+        epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, optimizer=spec.optimizer,
+        schedule=spec.schedule, seed=seed, description=description, after_step=after_step,
+        after_epoch=validate, stop_when=stop,
+    )
+    set_mode(module, training=False)
+    result.epochs_run = len(result.loss)
+    result.stopped_early = result.epochs_run < spec.epochs
+    if best and result.best_epoch != result.epochs_run:
+        with torch.no_grad():
+            for name, tensor in module.state_dict().items():
+                tensor.copy_(best[name])
+    return result

@@ -1,11 +1,35 @@
 """edgecli prune"""
 
-from edgecli.cli.flow import model_command
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecli.cli.errors import handle_errors
+from edgecli.cli.flow import run_model_verb
+from edgecli.cli.options import DataOpt, EvalDataOpt, ModelArg, OutputOpt, QuietOpt, RecipeOpt, ReportOpt, SetOpt
 from edgecli.formats.detect import Format
 
-prune = model_command(
-    "prune",
-    "edgecli.stages.prune:prune",
-    lambda _: Format.PT2,
-    "Zero the smallest-magnitude weights of a .pt2 model, optionally fine-tuning on --data.",
-)
+
+def _target(model: str, output: str) -> Format:
+    """The artifact keeps the input's format: ONNX in, ONNX out; .pt2 / state_dict in, .pt2 out."""
+    if Path(model).suffix.lower() == ".onnx" or (model == "-" and Path(output).suffix.lower() == ".onnx"):
+        return Format.ONNX
+    return Format.PT2
+
+
+@handle_errors
+def prune(
+    model: ModelArg,
+    output: OutputOpt,
+    recipe: RecipeOpt = None,
+    data: DataOpt = None,
+    eval_data: EvalDataOpt = None,
+    sets: SetOpt = None,
+    report: ReportOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Prune a model: whole channels (method channel: a smaller, faster .pt2), or zeroed weights
+    (magnitude, 2:4: smaller when compressed; .pt2 with fine-tuning on --data, or ONNX without training)."""
+    from edgecli.stages.prune import prune as stage
+
+    run_model_verb("prune", model, recipe, output, sets, quiet, stage, lambda _: _target(model, output), data, eval_data, report)

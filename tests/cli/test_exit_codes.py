@@ -24,8 +24,8 @@ def test_random_bytes_are_3(tmp_path):
 
 
 def test_wrong_format_for_the_verb_is_2(sample, tmp_path):
-    result = run_cli("prune", sample["onnx"], "-r", "magnitude-50", *data_args("prune"), "-o", tmp_path / "o.pt2")
-    assert result.code == 2 and "prune reads .pt2" in result.lines[-1]
+    result = run_cli("prune", sample["onnx"], "-r", "channels-50", *data_args("prune"), "-o", tmp_path / "o.onnx")
+    assert result.code == 2 and "structured (channel) pruning needs a .pt2" in result.lines[-1]
     assert leftovers(tmp_path) == []
 
 
