@@ -34,6 +34,9 @@ $(OUT):
 $(OUT)/pruned.pt2: $(SAMPLE)/fashion_cnn.pt2 configs/prune/magnitude-50.yaml | $(STAMP) $(OUT)
 	$(EDGECLI) prune $< -r magnitude-50 $(TRAIN) -o $@
 
+$(OUT)/slim.pt2: $(SAMPLE)/fashion_cnn.pt2 configs/prune/macs-2x.yaml | $(STAMP) $(OUT)
+	$(EDGECLI) prune $< -r macs-2x $(TRAIN) -o $@
+
 $(OUT)/student.pt2: $(SAMPLE)/fashion_cnn.onnx configs/distill/kd.yaml | $(STAMP) $(OUT)
 	$(EDGECLI) distill $< -r kd $(TRAIN) -o $@
 
@@ -49,11 +52,11 @@ $(OUT)/student.int8.onnx: $(OUT)/student.onnx configs/quantize/int8-static.yaml 
 $(OUT)/float.tflite: $(SAMPLE)/fashion_cnn.onnx configs/convert/tflite.yaml | $(STAMP) $(OUT)
 	$(EDGECLI) convert $< -r tflite $(EVAL) -o $@
 
-DEMO_MODELS := $(SAMPLE)/fashion_cnn.onnx $(OUT)/pruned.onnx $(OUT)/student.onnx \
+DEMO_MODELS := $(SAMPLE)/fashion_cnn.onnx $(OUT)/pruned.onnx $(OUT)/slim.onnx $(OUT)/student.onnx \
 	$(OUT)/float.int8.onnx $(OUT)/student.int8.onnx $(OUT)/float.tflite
 
 demo: $(DEMO_MODELS) | $(STAMP)
-	$(EDGECLI) bench $(DEMO_MODELS) -r default $(EVAL) --json $(OUT)/bench.json
+	$(EDGECLI) bench $(DEMO_MODELS) -r default $(EVAL) --json $(OUT)/bench.json --markdown $(OUT)/bench.md --plot $(OUT)/bench.png
 
 clean-demo:
 	rm -rf $(OUT)
