@@ -7,14 +7,16 @@ from pathlib import Path
 from edgecli.cli.errors import handle_errors
 from edgecli.cli.flow import run_model_verb
 from edgecli.cli.options import DataOpt, EvalDataOpt, ModelArg, OutputOpt, QuietOpt, RecipeOpt, ReportOpt, SetOpt
-from edgecli.formats.detect import Format
+from edgecli.formats.detect import Format, detect_format
+from edgecli.formats.files import STDIO
 
 
 def _target(model: str, output: str) -> Format:
-    """The artifact keeps the input's format: ONNX in, ONNX out; .pt2 / state_dict in, .pt2 out."""
-    if Path(model).suffix.lower() == ".onnx" or (model == "-" and Path(output).suffix.lower() == ".onnx"):
-        return Format.ONNX
-    return Format.PT2
+    """The artifact keeps the input's format, detected from its bytes: ONNX in, ONNX out; .pt2 or
+    state_dict in, .pt2 out. From stdin (read later), the -o suffix says which is meant."""
+    if model == STDIO:
+        return Format.ONNX if Path(output).suffix.lower() == ".onnx" else Format.PT2
+    return Format.ONNX if detect_format(Path(model)) is Format.ONNX else Format.PT2
 
 
 @handle_errors
