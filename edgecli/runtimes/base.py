@@ -27,6 +27,12 @@ class TensorSpec:
     zero_point: int = 0
     dim_names: tuple[str | None, ...] = ()  # names of symbolic dimensions where the format keeps them (ONNX dim_param)
 
+    def to_float(self, value: np.ndarray) -> np.ndarray:
+        """An integer output of a quantized tensor as float32 (scale, zero point); anything else as is."""
+        if self.scale and np.issubdtype(value.dtype, np.integer):
+            return ((value.astype(np.float32) - self.zero_point) * self.scale).astype(np.float32)
+        return value
+
     def describe(self) -> str:
         dims = ",".join("?" if d is None else str(d) for d in self.shape)
         return f"{self.name} {self.dtype}[{dims}]"
@@ -50,6 +56,13 @@ class Runner(ABC):
     @abstractmethod
     def run_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run prepared feeds (see `feeds`); returns every output as a float or int numpy array."""
+
+    @staticmethod
+    def one_by_one(feeds: dict[str, np.ndarray], invoke) -> list[np.ndarray]:
+        """`invoke` on each sample of a batch in turn (models with a batch of 1), outputs concatenated."""
+        batch = next(iter(feeds.values())).shape[0]
+        parts = [invoke({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(batch)]
+        return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 
     @property
     def dynamic_batch(self) -> bool:

@@ -43,13 +43,8 @@ class MicroRunner(Runner):
         self.interpreter.invoke()
         results = []
         for index, spec in enumerate(self.outputs):
-            value = np.array(self.interpreter.get_output(index), copy=True)
-            if spec.scale and np.issubdtype(value.dtype, np.integer):
-                value = ((value.astype(np.float32) - spec.zero_point) * spec.scale).astype(np.float32)
-            results.append(value)
+            results.append(spec.to_float(np.array(self.interpreter.get_output(index), copy=True)))
         return results
 
     def run_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        batch = next(iter(feeds.values())).shape[0]
-        parts = [self._invoke({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(batch)]
-        return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+        return self.one_by_one(feeds, self._invoke)

@@ -84,15 +84,11 @@ class TfliteRunner(Runner):
         self.interpreter.invoke()
         results = []
         for detail, spec in zip(self._output_details, self.outputs):
-            value = self.interpreter.get_tensor(detail["index"]).copy()
-            if spec.scale and np.issubdtype(value.dtype, np.integer):
-                value = ((value.astype(np.float32) - spec.zero_point) * spec.scale).astype(np.float32)
-            results.append(value)
+            results.append(spec.to_float(self.interpreter.get_tensor(detail["index"]).copy()))
         return results
 
     def run_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         batch = next(iter(feeds.values())).shape[0]
         if batch == 1 or self.dynamic_batch:
             return self._invoke(feeds)
-        parts = [self._invoke({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(batch)]
-        return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+        return self.one_by_one(feeds, self._invoke)
