@@ -20,12 +20,24 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def make_optimizer(name: str, params: Any, lr: float) -> Any:
+def make_optimizer(name: str, params: Any, lr: float, weight_decay: float = 0.0) -> Any:
     import torch
 
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    return torch.optim.Adam(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def make_scheduler(name: str, opt: Any, lr: float, total_steps: int) -> Any | None:
+    import torch
+
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    return None
 
 
 def fit(
@@ -41,34 +53,58 @@ def fit(
     optimizer: str,
     seed: int,
     schedule: str = "constant",
+    weight_decay: float = 0.0,
     description: str,
     after_step: Callable[[], None] | None = None,
+    before_epoch: Callable[[int], None] | None = None,
     after_epoch: Callable[[int], dict[str, float]] | None = None,
     stop_when: Callable[[int], bool] | None = None,
+    resume: dict[str, Any] | None = None,
+    save_state: Callable[[dict[str, Any]], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[float]:
     """Train `params` of `module` for `epochs` over `count` samples in a seeded shuffled order.
 
     batch_inputs(indices) -> the module's positional inputs; loss_fn(output, indices) (indices: a
     LongTensor) -> scalar loss.
+    before_epoch(epoch) runs first in each epoch (e.g. switching to another augmented view);
     after_step runs after each optimiser step (e.g. re-applying pruning masks); after_epoch may return
     figures shown on the progress bar (e.g. validation accuracy); stop_when(epoch) (0-based, after
-    after_epoch) ends training early when it returns True. Returns the mean loss of each epoch run.
+    after_epoch) ends training early when it returns True.
+    save_state(state) gets, after each epoch, what `resume` needs to continue from there (optimiser,
+    schedule, shuffling generator, losses so far) for the caller to store with the module's weights.
+    shard (rank, world): under torchrun each process trains on its slice of every global batch
+    (module wrapped in DistributedDataParallel by the caller, which averages the gradients).
+    Returns the mean loss of each epoch run.
     """
     import torch
 
+    rank, world = shard
     generator = torch.Generator().manual_seed(seed)
-    opt = make_optimizer(optimizer, params, lr)
+    opt = make_optimizer(optimizer, params, lr, weight_decay)
     steps_per_epoch = (count + batch_size - 1) // batch_size
-    scheduler = None
-    if schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    scheduler = make_scheduler(schedule, opt, lr, epochs * steps_per_epoch)
     history: list[float] = []
+    first = 0
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        history, first = list(resume["history"]), int(resume["epoch"])
     with console.progress(description, total=epochs * steps_per_epoch) as bar:
-        for epoch in range(epochs):
+        bar.advance(first * steps_per_epoch)
+        for epoch in range(first, epochs):
+            if before_epoch is not None:
+                before_epoch(epoch)
             order = torch.randperm(count, generator=generator)
             total = 0.0
             for start in range(0, count, batch_size):
                 indices = order[start : start + batch_size]
+                if world > 1:
+                    if len(indices) < world:
+                        continue  # every process needs a share of the batch
+                    indices = indices.tensor_split(world)[rank]
                 loss = loss_fn(module(*batch_inputs(indices)), indices)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -77,14 +113,60 @@ def fit(
                     scheduler.step()
                 if after_step is not None:
                     after_step()
-                total += float(loss.detach()) * len(indices)
+                total += float(loss.detach()) * len(indices) * world
                 bar.advance(epoch=epoch + 1, loss=float(loss.detach()))
             history.append(total / count)
             if after_epoch is not None:
                 bar.advance(0, epoch=epoch + 1, loss=history[-1], **after_epoch(epoch))
+            if save_state is not None:
+                save_state({
+                    "epoch": epoch + 1, "history": history, "optimizer": opt.state_dict(),
+                    "scheduler": None if scheduler is None else scheduler.state_dict(), "generator": generator.get_state(),
+                })
             if stop_when is not None and stop_when(epoch):
                 break
     return history
+
+
+class BestKeeper:
+    """Best-epoch selection and early stopping on a validation score (higher is better).
+
+    Epochs are 1-based; epochs before `first_eligible` neither count as best nor for patience.
+    """
+
+    def __init__(self, module: Any, patience: int | None, first_eligible: int = 1) -> None:
+        self.module, self.patience, self.first_eligible = module, patience, first_eligible
+        self.scores: list[float] = []
+        self.best_epoch: int | None = None
+        self.best_score = float("-inf")
+        self.best_state: dict[str, Any] = {}
+
+    def update(self, epoch: int, score: float) -> None:
+        self.scores.append(score)
+        if epoch >= self.first_eligible and score > self.best_score:
+            self.best_score, self.best_epoch = score, epoch
+            self.best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def should_stop(self, epoch: int) -> bool:
+        if self.patience is None or self.best_epoch is None:
+            return False
+        return epoch - self.best_epoch >= self.patience
+
+    def restore(self, last_epoch: int) -> None:
+        """Put the best epoch's weights back unless the last epoch was the best."""
+        if self.best_state and self.best_epoch != last_epoch:
+            import torch
+
+            with torch.no_grad():
+                for name, tensor in self.module.state_dict().items():
+                    tensor.copy_(self.best_state[name])
+
+    def state(self) -> dict[str, Any]:
+        return {"scores": self.scores, "best_epoch": self.best_epoch, "best_score": self.best_score, "best_state": self.best_state}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.scores, self.best_epoch = list(state["scores"]), state["best_epoch"]
+        self.best_score, self.best_state = float(state["best_score"]), dict(state["best_state"])
 
 
 # ---------------------------------------------------------------- fine-tuning after a transformation
@@ -180,8 +262,7 @@ def finetune(
         return kd_loss(out, soft[idx], y_train[idx], spec.temperature, spec.soft_weight)
 
     result = FinetuneResult()
-    best: dict[str, Any] = {}
-    best_value = [-1.0]
+    keeper = BestKeeper(module, spec.patience, first_eligible_epoch)
 
     def validate(epoch: int) -> dict[str, float]:
         if not n_val:
@@ -191,31 +272,19 @@ def finetune(
             preds = torch.cat([module(x_all[val_idx[i : i + 256]]).argmax(1) for i in range(0, n_val, 256)])
         set_mode(module, training=True)
         value = float((preds == y_all[val_idx]).float().mean())
-        result.val_accuracy.append(value)
-        if epoch + 1 >= first_eligible_epoch and value > best_value[0]:
-            best_value[0] = value
-            result.best_epoch = epoch + 1
-            best.clear()
-            best.update({k: v.detach().clone() for k, v in module.state_dict().items()})
+        keeper.update(epoch + 1, value)
         return {"val_acc": value}
-
-    def stop(epoch: int) -> bool:
-        if not n_val or spec.patience is None or result.best_epoch is None:
-            return False
-        return epoch + 1 - result.best_epoch >= spec.patience
 
     set_mode(module, training=True)
     result.loss = fit(
         module, list(module.parameters()), len(x_train), lambda idx: [x_train[idx]], loss_fn,
         epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, optimizer=spec.optimizer,
         schedule=spec.schedule, seed=seed, description=description, after_step=after_step,
-        after_epoch=validate, stop_when=stop,
+        after_epoch=validate, stop_when=lambda epoch: bool(n_val) and keeper.should_stop(epoch + 1),
     )
     set_mode(module, training=False)
     result.epochs_run = len(result.loss)
     result.stopped_early = result.epochs_run < spec.epochs
-    if best and result.best_epoch != result.epochs_run:
-        with torch.no_grad():
-            for name, tensor in module.state_dict().items():
-                tensor.copy_(best[name])
+    result.val_accuracy, result.best_epoch = keeper.scores, keeper.best_epoch
+    keeper.restore(result.epochs_run)
     return result

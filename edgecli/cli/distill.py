@@ -1,11 +1,52 @@
 """edgecli distill"""
 
-from edgecli.cli.flow import model_command
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgecli.cli.errors import handle_errors
+from edgecli.cli.flow import run_model_verb
+from edgecli.cli.options import DataOpt, EvalDataOpt, ModelArg, OutputOpt, QuietOpt, RecipeOpt, ReportOpt, SetOpt
+from edgecli.errors import UsageError
 from edgecli.formats.detect import Format
 
-distill = model_command(
-    "distill",
-    "edgecli.stages.distill:distill",
-    lambda _: Format.PT2,
-    "Train a small student .pt2 from MODEL (the teacher, any format) on --data.",
-)
+CheckpointOpt = Annotated[
+    Optional[Path],
+    typer.Option("--checkpoint", metavar="PATH", help="Save training state here after every epoch; if the file exists "
+                 "(an interrupted run of the same recipe, teacher and data), resume from it. Removed on success."),
+]
+
+
+@handle_errors
+def distill(
+    model: ModelArg,
+    output: OutputOpt,
+    recipe: RecipeOpt = None,
+    data: DataOpt = None,
+    eval_data: EvalDataOpt = None,
+    sets: SetOpt = None,
+    checkpoint: CheckpointOpt = None,
+    report: ReportOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a small student .pt2 from MODEL (the teacher, any format) on --data: Hinton KD (soft
+    targets at temperature T, plus labels when present), optional hint loss, augmentation, early
+    stopping, resume with --checkpoint, torchrun-ready; reports teacher vs student (vs baseline)."""
+    from edgecli.distributed import is_writer
+    from edgecli.stages.distill import distill as stage
+
+    if checkpoint is not None:
+        if checkpoint.is_dir() or not checkpoint.parent.is_dir():
+            raise UsageError(f"--checkpoint {checkpoint}: not a file path in an existing folder")
+        if output != "-" and checkpoint.resolve() == Path(output).resolve():
+            raise UsageError("--checkpoint and -o name the same file")
+    work = functools.partial(stage, checkpoint_path=checkpoint)
+    run_model_verb("distill", model, recipe, output, sets, quiet, work, lambda _: Format.PT2, data, eval_data, report)
+    if checkpoint is not None and is_writer():
+        with contextlib.suppress(FileNotFoundError):
+            checkpoint.unlink()  # the run finished: a later run starts afresh

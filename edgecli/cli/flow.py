@@ -102,6 +102,8 @@ def run_model_verb(
         if source.format is Format.STATE_DICT:
             model, built = stack.enter_context(model_from_state_dict(source, recipe, train or held_out))
         artifact = stage(model, recipe, train, held_out)
+        if not artifact.write:
+            return
         artifact.metrics.update(built)
         if model is not source and "size_bytes_parent" in artifact.metrics:
             artifact.metrics["size_bytes_parent"] = source.size_bytes

@@ -115,7 +115,7 @@ def import_factory(spec: str) -> Callable[..., Any]:
     return factory
 
 
-def _call(spec: ModelSource) -> Any:
+def call_factory(spec: ModelSource) -> Any:
     """The nn.Module the factory builds with model.kwargs. Raises UsageError."""
     from torch import nn
 
@@ -170,7 +170,7 @@ def state_dict_mismatch(module: Any, tensors: dict[str, Any], strict: bool) -> t
 
 def build_module(spec: ModelSource, tensors: dict[str, Any], path: Path) -> Any:
     """The factory's module with the file's tensors loaded, in eval mode. Raises UsageError/ModelReadError."""
-    module = _call(spec)
+    module = call_factory(spec)
     problem = state_dict_mismatch(module, tensors, spec.strict)
     if problem:
         message, hint = problem

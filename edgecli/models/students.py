@@ -1,22 +1,47 @@
-"""Student architectures: a CNN family and an MLP family with width and depth knobs."""
+"""Students: the built-in CNN and MLP families (width and depth knobs), a .pt2 file, or the user's factory."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from edgecli.errors import RecipeError
 from edgecli.recipes import StudentSpec
 
 
+def scaled(count: int, factor: float) -> int:
+    """A channel / layer count times a width or depth factor, at least 1."""
+    return max(1, int(round(count * factor)))
+
+
+def cnn_stages(spec: StudentSpec) -> list[list[int]]:
+    """The output channels of each conv, stage by stage, after width and depth scaling. A stage's
+    convs are cut from the end (depth < 1) or its last conv repeated (depth > 1)."""
+    stages = []
+    for stage in spec.channels:
+        convs = [stage] if isinstance(stage, int) else list(stage)
+        count = scaled(len(convs), spec.depth)
+        convs = (convs + [convs[-1]] * count)[:count]
+        stages.append([scaled(c, spec.width) for c in convs])
+    return stages
+
+
+def mlp_hidden(spec: StudentSpec) -> list[int]:
+    """The hidden widths after width and depth scaling (depth cuts or repeats the last layer)."""
+    count = scaled(len(spec.hidden), spec.depth) if spec.hidden else 0
+    layers = (spec.hidden + spec.hidden[-1:] * count)[:count]
+    return [scaled(h, spec.width) for h in layers]
+
+
 def build_student(spec: StudentSpec, input_shape: tuple[int, ...], num_classes: int) -> Any:
-    """A fresh student for samples of `input_shape` (no batch dimension) and `num_classes` outputs."""
+    """A fresh built-in student for samples of `input_shape` (no batch axis) and `num_classes` outputs."""
     from torch import nn
 
     if spec.family == "mlp":
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
-        for hidden in spec.hidden:
+        for hidden in mlp_hidden(spec):
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
         layers.append(nn.Linear(width, num_classes))
@@ -27,18 +52,55 @@ def build_student(spec: StudentSpec, input_shape: tuple[int, ...], num_classes: 
             hint="use student.family: mlp",
         )
     channels, height, width = input_shape
+    stages = cnn_stages(spec)
     blocks: list[nn.Module] = []
-    for index, out_channels in enumerate(spec.channels):
-        blocks += [nn.Conv2d(channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU()]
-        if index < len(spec.channels) - 1 and min(height, width) >= 4:
+    for index, convs in enumerate(stages):
+        for out_channels in convs:
+            blocks += [nn.Conv2d(channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU()]
+            channels = out_channels
+        if index < len(stages) - 1 and min(height, width) >= 4:
             blocks.append(nn.MaxPool2d(2))
             height, width = height // 2, width // 2
-        channels = out_channels
     if spec.head == "avgpool":
         blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
     else:
         blocks += [nn.Flatten(), nn.Linear(channels * height * width, num_classes)]
     return nn.Sequential(*blocks)
+
+
+def student_from_pt2(path: Path) -> Any:
+    """A trainable eager module from a .pt2 file: its conv/linear/BatchNorm nodes lifted back into
+    nn modules, so that train()/eval() switch BatchNorm (an exported module's cannot)."""
+    from edgecli.formats import pt2_file
+    from edgecli.formats.model_file import ModelFile
+    from edgecli.stages.prune_lift import lift
+
+    model = ModelFile.open(path)
+    if model.format.value != "pt2":
+        raise RecipeError(f"student.path {path} is {model.format.value}, not a .pt2 file")
+    return lift(pt2_file.load(model.path).module())
+
+
+def student_from_factory(spec: StudentSpec) -> Any:
+    """The user's nn.Module, with optional starting weights (weights_only=True)."""
+    from edgecli.formats.state_dict_file import build_module, call_factory, load_state_dict
+    from edgecli.recipes import ModelSource
+
+    source = ModelSource(factory=spec.factory, kwargs=spec.kwargs)
+    if spec.weights is None:
+        return call_factory(source)
+    return build_module(source, load_state_dict(Path(spec.weights)), Path(spec.weights))
+
+
+def make_student(spec: StudentSpec, input_shape: tuple[int, ...], num_classes: int) -> tuple[Any, str]:
+    """The student module and a short description of where it came from."""
+    if spec.path is not None:
+        return student_from_pt2(Path(spec.path)), f"{spec.path}"
+    if spec.factory is not None:
+        return student_from_factory(spec), spec.factory
+    if spec.family == "mlp":
+        return build_student(spec, input_shape, num_classes), f"mlp {mlp_hidden(spec)}"
+    return build_student(spec, input_shape, num_classes), f"cnn {cnn_stages(spec)} {spec.head}"
 
 
 def count_params(module: Any) -> int:

@@ -22,6 +22,7 @@ class Artifact:
     io: hints for later steps, e.g. {"input_layout": "NHWC"}.
     gate_failures: recipe targets that were missed; the artifact is still written, then exit 1.
     report: details for `--report` (per-layer errors, search steps, timings): never in the lineage.
+    write: False in the other processes of a torchrun job (only rank 0 writes files).
     """
 
     format: Format
@@ -30,6 +31,7 @@ class Artifact:
     io: dict[str, Any] = field(default_factory=dict)
     gate_failures: list[str] = field(default_factory=list)
     report: dict[str, Any] | None = None
+    write: bool = True
 
     def to_bytes(self, lineage: dict[str, Any] | None) -> bytes:
         if self.format is Format.ONNX:

@@ -1,22 +1,34 @@
-"""distill: train a built-in student .pt2 from a teacher of any format (Hinton KD + label loss)."""
+"""distill: train a student .pt2 from a teacher of any format (Hinton KD + label loss + optional hint).
+
+The teacher runs through the shared runtimes; its outputs on every augmented view of the training
+set are cached on disk (distill_teacher.py). The student trains with a seeded, deterministic loop
+(training.fit) that checkpoints after every epoch, validates on a held-out split to keep the best
+epoch, and runs under torchrun with DistributedDataParallel. The report compares teacher, student
+and (baseline: true) the same student trained on the labels alone.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgecli import console, distributed
+from edgecli.checkpoint import Checkpoint
 from edgecli.data import Dataset
-from edgecli.errors import TransformError, UsageError
+from edgecli.errors import DataError, RecipeError, TransformError, UsageError
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.metrics import accuracy, is_classifier_output
-from edgecli.model_stats import param_count
-from edgecli.models.students import build_student, count_params
+from edgecli.models.students import count_params, make_student
 from edgecli.recipes import DistillRecipe
-from edgecli.runtimes import open_runner
 from edgecli.stages.artifact import Artifact
-from edgecli.training import fit, seed_everything
+from edgecli.stages.distill_teacher import TeacherTargets, array_digest, teacher_runner
+from edgecli.training import BestKeeper, fit, seed_everything
 
 
 def kd_loss(student_logits: Any, teacher_logits: Any, labels: Any | None, temperature: float, soft_weight: float) -> Any:
@@ -36,66 +48,275 @@ def kd_loss(student_logits: Any, teacher_logits: Any, labels: Any | None, temper
     return soft_weight * soft + (1.0 - soft_weight) * F.cross_entropy(student_logits, labels)
 
 
-def _student_accuracy(student: Any, x: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> float:
+def hint_loss(adapted: Any, teacher_features: Any) -> Any:
+    """Mean squared error between the adapted student features and the teacher's; feature maps of
+    different sizes are average-pooled to the smaller one first."""
+    import torch.nn.functional as F
+
+    if adapted.ndim == 4 and adapted.shape[-2:] != teacher_features.shape[-2:]:
+        size = (min(adapted.shape[-2], teacher_features.shape[-2]), min(adapted.shape[-1], teacher_features.shape[-1]))
+        adapted, teacher_features = F.adaptive_avg_pool2d(adapted, size), F.adaptive_avg_pool2d(teacher_features, size)
+    return F.mse_loss(adapted, teacher_features)
+
+
+def hint_adapter(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> Any:
+    """The learned map from the student's hint features to the teacher's: a 1x1 conv for feature
+    maps [N,C,H,W], a linear layer for vectors [N,D]. Trained with the student, not exported."""
+    from torch import nn
+
+    if len(student_shape) == len(teacher_shape) == 4:
+        return nn.Conv2d(student_shape[1], teacher_shape[1], 1)
+    if len(student_shape) == len(teacher_shape) == 2:
+        return nn.Linear(student_shape[1], teacher_shape[1])
+    raise RecipeError(
+        f"hint layers do not match: the student's gives {list(student_shape)}, the teacher's {list(teacher_shape)}",
+        hint="pick two feature maps [N,C,H,W] or two vectors [N,D]",
+    )
+
+
+class FeatureTap:
+    """Keeps the output of a named student submodule from the last forward pass."""
+
+    def __init__(self, module: Any, name: str) -> None:
+        modules = dict(module.named_modules())
+        if name not in modules or not name:
+            names = [n for n in modules if n]
+            raise RecipeError(f"hint.student_layer '{name}' is not a module of the student",
+                              hint=f"its modules: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
+        self.value: Any = None
+        self.handle = modules[name].register_forward_hook(self._keep)
+
+    def _keep(self, _module: Any, _inputs: Any, output: Any) -> None:
+        self.value = output
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def split_indices(count: int, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) sample indices: the last val_split of a seeded permutation validates."""
+    n_val = int(round(val_split * count)) if val_split else 0
+    if not 0 < n_val < count:
+        return np.arange(count), np.arange(0)
+    order = np.random.default_rng([seed, 1]).permutation(count)
+    return np.sort(order[: count - n_val]), np.sort(order[count - n_val :])
+
+
+@dataclass
+class Trained:
+    """A finished training phase."""
+
+    loss: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    resumed_at: int = 0
+    hint_loss: list[float] = field(default_factory=list)  # mean hint term of each epoch
+
+    def metrics(self, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {f"{prefix}epochs_run": len(self.loss), f"{prefix}loss": [round(v, 5) for v in self.loss]}
+        if self.scores:
+            out[f"{prefix}val_score"] = [round(v, 4) for v in self.scores]
+            out[f"{prefix}best_epoch"] = self.best_epoch
+        if self.hint_loss:
+            out[f"{prefix}hint_loss"] = [round(v, 5) for v in self.hint_loss]
+        return out
+
+
+@dataclass
+class Setup:
+    """What both training phases share."""
+
+    recipe: DistillRecipe
+    targets: TeacherTargets
+    train_idx: np.ndarray
+    labels: Any | None  # LongTensor of all samples, or None
+    val_x: Any | None  # FloatTensor of the held-out samples
+    val_target: Any | None  # LongTensor: labels, else the teacher's top-1 on the held-out samples
+    checkpoint: Checkpoint
+    shard: tuple[int, int]
+
+
+def train_phase(setup: Setup, student: Any, phase: str, distil: bool) -> Trained:
+    """Train `student` in place: with the teacher's soft targets (and hint) when `distil`, else on the
+    labels alone. Validation keeps the best epoch; the checkpoint resumes an interrupted phase."""
     import torch
 
-    with torch.no_grad():
-        logits = torch.cat([student(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
-    return accuracy(logits.numpy(), labels)
+    recipe = setup.recipe
+    hint = recipe.hint if distil else None
+    tap, adapter = None, None
+    if hint is not None:
+        tap = FeatureTap(student, hint.student_layer)
+        student.eval()
+        with torch.no_grad():
+            student(torch.from_numpy(setup.targets.x[:2]))
+        teacher_features = setup.targets.view(0).features
+        adapter = hint_adapter(tuple(tap.value.shape), tuple(teacher_features.shape))
+    params = list(student.parameters()) + (list(adapter.parameters()) if adapter is not None else [])
+    keeper = BestKeeper(student, recipe.patience)
+    saved = setup.checkpoint.phase(phase)
+    if saved is not None:
+        student.load_state_dict(saved["student"])
+        if adapter is not None:
+            adapter.load_state_dict(saved["adapter"])
+        keeper.load(saved["keeper"])
+    model = distributed.wrap(student)
+    current: dict[str, Any] = {}
+    hint_sums: list[float] = list(saved["hint_sums"]) if saved is not None else []
+    train_idx = torch.from_numpy(setup.train_idx)
+
+    def before_epoch(epoch: int) -> None:
+        view = setup.targets.view(epoch) if (distil or recipe.augment is not None) else None
+        inputs = view.inputs if view is not None else setup.targets.x
+        current["x"] = torch.from_numpy(inputs)[train_idx]
+        current["logits"] = torch.from_numpy(view.logits)[train_idx] if distil else None
+        current["features"] = torch.from_numpy(view.features)[train_idx] if hint is not None else None
+        current["labels"] = setup.labels[train_idx] if setup.labels is not None else None
+        hint_sums.append(0.0)
+
+    def loss_fn(out: Any, idx: Any) -> Any:
+        labels = None if current["labels"] is None else current["labels"][idx]
+        if not distil:
+            return torch.nn.functional.cross_entropy(out, labels)
+        loss = kd_loss(out, current["logits"][idx], labels, recipe.temperature, recipe.soft_weight)
+        if hint is not None:
+            term = hint_loss(adapter(tap.value), current["features"][idx])
+            hint_sums[-1] += float(term.detach()) * len(idx)
+            loss = loss + hint.weight * term
+        return loss
+
+    def validate(epoch: int) -> dict[str, float]:
+        if setup.val_x is None:
+            return {}
+        student.eval()
+        with torch.no_grad():
+            preds = torch.cat([student(setup.val_x[i : i + 256]).argmax(1) for i in range(0, len(setup.val_x), 256)])
+        student.train()
+        score = float((preds == setup.val_target).float().mean())
+        keeper.update(epoch + 1, score)
+        return {"val_acc" if setup.labels is not None else "val_agree": score}
+
+    def save_state(state: dict[str, Any]) -> None:
+        if distributed.is_writer():
+            setup.checkpoint.save(phase, {
+                "fit": state, "student": student.state_dict(), "keeper": keeper.state(),
+                "adapter": adapter.state_dict() if adapter is not None else {}, "hint_sums": hint_sums,
+            })
+
+    student.train()
+    loss = fit(
+        model, params, len(setup.train_idx), lambda idx: [current["x"][idx]], loss_fn,
+        epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,
+        weight_decay=recipe.weight_decay, seed=recipe.seed, schedule=recipe.schedule,
+        description="distilling" if distil else "baseline (labels only)", before_epoch=before_epoch,
+        after_epoch=validate, stop_when=lambda epoch: keeper.should_stop(epoch + 1),
+        resume=None if saved is None else saved["fit"], save_state=save_state, shard=setup.shard,
+    )
+    student.eval()
+    keeper.restore(len(loss))
+    if tap is not None:
+        tap.remove()
+    hints = [total / len(setup.train_idx) for total in hint_sums] if hint is not None else []
+    return Trained(loss, keeper.scores, keeper.best_epoch, 0 if saved is None else int(saved["fit"]["epoch"]), hints)
 
 
-def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, eval_data: Dataset | None) -> Artifact:
+def export_student(student: Any, x: np.ndarray) -> Any:
+    """The trained student as a .pt2 program with a dynamic batch dimension."""
+    import torch
+
+    # A batch of 2 (Dim("batch") fails on 1), copied: the program stores its example inputs.
+    example = torch.from_numpy(np.ascontiguousarray(x[[0, 0]] if len(x) < 2 else x[:2])).clone()
+    try:
+        return torch.export.export(student, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    except Exception as exc:
+        raise TransformError(f"cannot export the student: {str(exc).splitlines()[0][:200]}") from None
+
+
+def fingerprint(recipe: DistillRecipe, teacher: ModelFile, x: np.ndarray, labels: np.ndarray | None) -> str:
+    """What a checkpoint must match to be resumed: the recipe, the teacher and the data."""
+    parts = [json.dumps(recipe.model_dump(mode="json", exclude={"data", "eval_data", "latency_runs"}), sort_keys=True),
+             teacher.sha256, array_digest(x), "" if labels is None else array_digest(labels)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def _check_student(student: Any, x: np.ndarray, classes: int, source: str) -> None:
+    import torch
+
+    student.eval()
+    try:
+        with torch.no_grad():
+            out = student(torch.from_numpy(x[:2]))
+    except Exception as exc:
+        raise RecipeError(f"the student ({source}) cannot run on the data: {str(exc).splitlines()[0][:160]}") from None
+    shape = list(getattr(out, "shape", []))
+    if shape != [min(2, len(x)), classes]:
+        raise RecipeError(f"the student ({source}) outputs {shape} but the teacher's logits are [N, {classes}]",
+                          hint="the student needs one output with as many classes as the teacher")
+
+
+def _check_labels(labels: np.ndarray | None, classes: int, source: str) -> None:
+    if labels is None:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        raise DataError(f"{source}: labels run from {low} to {high} but the teacher has {classes} classes (0-{classes - 1})")
+
+
+def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, eval_data: Dataset | None,
+            checkpoint_path: Path | None = None) -> Artifact:
     """Train the recipe's student on the teacher's soft targets (and labels when present)."""
     import torch
 
+    from edgecli.stages.distill_report import compare
+
     if train is None:
         raise UsageError("distill needs training data", hint="pass --data train.npz or set data.path")
+    if len(train.inputs) != 1:
+        raise UsageError("distill supports single-input models for now")
+    if recipe.baseline and train.labels is None:
+        raise RecipeError("baseline: true needs labels ('y') in the training data", hint="or set baseline: false")
     seed_everything(recipe.seed)
-    teacher_runner = open_runner(teacher)
-    if len(teacher_runner.inputs) != 1 or len(train.inputs) != 1:
-        raise UsageError("distill supports single-input teachers for now")
-    teacher_logits = teacher_runner.predict(train, description="teacher outputs")[0].astype(np.float32)
-    if not is_classifier_output(teacher_logits):
-        raise TransformError(f"the teacher's output has shape {list(teacher_logits.shape)}; distill needs [N, classes] logits")
-    x = next(iter(train.inputs.values())).astype(np.float32)
-    student = build_student(recipe.student, tuple(x.shape[1:]), teacher_logits.shape[1])
-    x_all, t_all = torch.from_numpy(x), torch.from_numpy(teacher_logits)
-    y_all = torch.from_numpy(train.labels) if train.labels is not None else None
-    eval_x = None
-    if eval_data is not None and eval_data.labels is not None:
-        eval_x = next(iter(eval_data.inputs.values())).astype(np.float32)
-
-    def validate(_epoch: int) -> dict[str, float]:
-        if eval_x is None:
-            return {}
-        student.eval()
-        result = {"val_acc": _student_accuracy(student, eval_x, eval_data.labels)}
-        student.train()
-        return result
-
-    student.train()
-    history = fit(
-        student, list(student.parameters()), len(train), lambda idx: [x_all[idx]],
-        lambda out, idx: kd_loss(out, t_all[idx], None if y_all is None else y_all[idx], recipe.temperature, recipe.soft_weight),
-        epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,
-        seed=recipe.seed, schedule=recipe.schedule, description="distilling", after_epoch=validate,
-    )
-    student.eval()
-    # A batch of 2 (Dim("batch") fails on 1), copied: the program stores its example inputs.
-    example = (x_all[[0, 0]] if len(x_all) < 2 else x_all[:2]).clone()
-    try:
-        program = torch.export.export(student, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    except Exception as exc:
-        raise TransformError(f"cannot export the student: {str(exc).splitlines()[0][:200]}") from None
-    metrics: dict[str, Any] = {
-        "student_params": count_params(student),
-        "teacher_params": param_count(teacher),
-        "loss": [round(v, 5) for v in history],
-        "train_samples": len(train),
-    }
-    if eval_x is not None:
-        teacher_eval = teacher_runner.predict(eval_data)[0]
-        metrics["teacher_accuracy"] = accuracy(teacher_eval, eval_data.labels)
-        metrics["accuracy"] = _student_accuracy(student, eval_x, eval_data.labels)
-        metrics["accuracy_ratio"] = metrics["accuracy"] / max(metrics["teacher_accuracy"], 1e-12)
-    return Artifact(Format.PT2, program, metrics)
+    name, x = next(iter(train.inputs.items()))
+    x = np.ascontiguousarray(x.astype(np.float32))
+    hint_layer = recipe.hint.teacher_layer if recipe.hint else None
+    with distributed.process_group() as shard, teacher_runner(teacher, hint_layer) as runner:
+        if len(runner.inputs) != 1:
+            raise UsageError(f"distill supports single-input teachers for now; {teacher.path} has {len(runner.inputs)} inputs")
+        targets = TeacherTargets(teacher, runner, runner.inputs[0].name, x, recipe.augment, recipe.seed, hint_layer,
+                                 recipe.teacher_cache)
+        if distributed.is_writer():
+            first = targets.view(0)
+        distributed.barrier()  # the other processes read what rank 0 computed and cached
+        first = targets.view(0)
+        if not is_classifier_output(first.logits):
+            raise TransformError(f"the teacher's output has shape {list(first.logits.shape)}; distill needs [N, classes] logits")
+        classes = first.logits.shape[1]
+        _check_labels(train.labels, classes, train.source)
+        if eval_data is not None:
+            _check_labels(eval_data.labels, classes, eval_data.source)
+        train_idx, val_idx = split_indices(len(x), recipe.val_split, recipe.seed)
+        labels = torch.from_numpy(train.labels) if train.labels is not None else None
+        val_x = torch.from_numpy(x[val_idx]) if len(val_idx) else None
+        val_target = None
+        if val_x is not None:
+            val_target = labels[val_idx] if labels is not None else torch.from_numpy(
+                first.logits[val_idx] if recipe.augment is None else runner.predict(Dataset({targets.input_name: x[val_idx]}, None, "val"), 256)[0]
+            ).argmax(1)
+        setup = Setup(recipe, targets, train_idx, labels, val_x, val_target,
+                      Checkpoint(checkpoint_path, fingerprint(recipe, teacher, x, train.labels), distributed.is_writer()), shard)
+        student, source = make_student(recipe.student, tuple(x.shape[1:]), classes)
+        _check_student(student, x, classes, source)
+        trained = train_phase(setup, student, "student", distil=True)
+        baseline = None
+        if recipe.baseline:
+            seed_everything(recipe.seed)
+            baseline_student, _ = make_student(recipe.student, tuple(x.shape[1:]), classes)
+            baseline = (baseline_student, train_phase(setup, baseline_student, "baseline", distil=False))
+        program = export_student(student, x)
+        metrics: dict[str, Any] = {"student": source, "student_params": count_params(student), "train_samples": len(train_idx),
+                                   "val_samples": len(val_idx), **trained.metrics()}
+        artifact = Artifact(Format.PT2, program, metrics, write=distributed.is_writer())
+        artifact.report = {"teacher_cache": {"views": targets.views, "computed": targets.computed, "read": targets.read},
+                           "resumed_from_epoch": trained.resumed_at, "processes": shard[1]}
+        if artifact.write:
+            compare(teacher, artifact, student, x[:1], eval_data, baseline, recipe)
+    return artifact
