@@ -22,9 +22,12 @@ FORMAT = "edgecli-checkpoint-1"
 
 
 class Checkpoint:
-    def __init__(self, path: Path | None, fingerprint: str, enabled: bool = True) -> None:
-        self.path = path if enabled else None
+    def __init__(self, path: Path | None, fingerprint: str, writer: bool = True) -> None:
+        """writer: False in the other processes of a torchrun job, which read the checkpoint but leave
+        saving it to rank 0."""
+        self.path = path
         self.fingerprint = fingerprint
+        self.writer = writer
         self.phases: dict[str, Any] = {}
         if self.path is not None and self.path.exists():
             self._load()
@@ -52,7 +55,7 @@ class Checkpoint:
         return self.phases.get(name)
 
     def save(self, name: str, state: dict[str, Any]) -> None:
-        if self.path is None:
+        if self.path is None or not self.writer:
             return
         import torch
 
@@ -62,6 +65,6 @@ class Checkpoint:
         write_bytes_atomic(self.path, buffer.getvalue())
 
     def remove(self) -> None:
-        if self.path is not None:
+        if self.path is not None and self.writer:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,8 @@ def fit(
             scheduler.load_state_dict(resume["scheduler"])
         generator.set_state(resume["generator"])
         history, first = list(resume["history"]), int(resume["epoch"])
+        if first and stop_when is not None and stop_when(first - 1):
+            return history  # the interrupted run had already stopped early
     with console.progress(description, total=epochs * steps_per_epoch) as bar:
         bar.advance(first * steps_per_epoch)
         for epoch in range(first, epochs):
@@ -132,25 +135,42 @@ class BestKeeper:
     """Best-epoch selection and early stopping on a validation score (higher is better).
 
     Epochs are 1-based; epochs before `first_eligible` neither count as best nor for patience.
+    With `samples` (the validation set's size, for an accuracy-like score), the kept epoch follows
+    the one-standard-error rule: the latest epoch scoring within one standard error
+    (sqrt(p(1-p)/samples)) of the best score so far, so that a lucky spike on a small validation
+    set does not beat a later, better-trained epoch. Without it, the highest score is kept.
+    Patience counts epochs since the highest score.
     """
 
-    def __init__(self, module: Any, patience: int | None, first_eligible: int = 1) -> None:
-        self.module, self.patience, self.first_eligible = module, patience, first_eligible
+    def __init__(self, module: Any, patience: int | None, first_eligible: int = 1, samples: int | None = None) -> None:
+        self.module, self.patience, self.first_eligible, self.samples = module, patience, first_eligible, samples
         self.scores: list[float] = []
-        self.best_epoch: int | None = None
-        self.best_score = float("-inf")
+        self.best_epoch: int | None = None  # the epoch whose weights are kept
+        self.top_epoch: int | None = None  # the epoch with the highest score
+        self.best_score = float("-inf")  # the highest score
         self.best_state: dict[str, Any] = {}
+
+    def tolerance(self) -> float:
+        if not self.samples:
+            return 0.0
+        p = min(max(self.best_score, 0.0), 1.0)
+        return math.sqrt(p * (1 - p) / self.samples)
 
     def update(self, epoch: int, score: float) -> None:
         self.scores.append(score)
-        if epoch >= self.first_eligible and score > self.best_score:
-            self.best_score, self.best_epoch = score, epoch
+        if epoch < self.first_eligible:
+            return
+        if score > self.best_score:
+            self.best_score, self.top_epoch = score, epoch
+        keep = score >= self.best_score - self.tolerance() if self.samples else epoch == self.top_epoch
+        if keep:
+            self.best_epoch = epoch
             self.best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
 
     def should_stop(self, epoch: int) -> bool:
-        if self.patience is None or self.best_epoch is None:
+        if self.patience is None or self.top_epoch is None:
             return False
-        return epoch - self.best_epoch >= self.patience
+        return epoch - self.top_epoch >= self.patience
 
     def restore(self, last_epoch: int) -> None:
         """Put the best epoch's weights back unless the last epoch was the best."""
@@ -162,10 +182,11 @@ class BestKeeper:
                     tensor.copy_(self.best_state[name])
 
     def state(self) -> dict[str, Any]:
-        return {"scores": self.scores, "best_epoch": self.best_epoch, "best_score": self.best_score, "best_state": self.best_state}
+        return {"scores": self.scores, "best_epoch": self.best_epoch, "top_epoch": self.top_epoch, "best_score": self.best_score,
+                "best_state": self.best_state}
 
     def load(self, state: dict[str, Any]) -> None:
-        self.scores, self.best_epoch = list(state["scores"]), state["best_epoch"]
+        self.scores, self.best_epoch, self.top_epoch = list(state["scores"]), state["best_epoch"], state["top_epoch"]
         self.best_score, self.best_state = float(state["best_score"]), dict(state["best_state"])
 
 

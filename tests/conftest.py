@@ -61,6 +61,12 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Teacher-output caches go to a folder of this test session, never to the user's ~/.cache."""
+    os.environ["EDGECLI_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgecli-cache"))
+
+
 @pytest.fixture(scope="session")
 def sample() -> dict[str, Path]:
     paths = {

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from edgecli import console, distributed
+from edgecli import distributed
 from edgecli.checkpoint import Checkpoint
 from edgecli.data import Dataset
 from edgecli.errors import DataError, RecipeError, TransformError, UsageError
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
-from edgecli.metrics import accuracy, is_classifier_output
+from edgecli.metrics import is_classifier_output
 from edgecli.models.students import count_params, make_student
 from edgecli.recipes import DistillRecipe
 from edgecli.stages.artifact import Artifact
@@ -152,7 +152,7 @@ def train_phase(setup: Setup, student: Any, phase: str, distil: bool) -> Trained
         teacher_features = setup.targets.view(0).features
         adapter = hint_adapter(tuple(tap.value.shape), tuple(teacher_features.shape))
     params = list(student.parameters()) + (list(adapter.parameters()) if adapter is not None else [])
-    keeper = BestKeeper(student, recipe.patience)
+    keeper = BestKeeper(student, recipe.patience, samples=None if setup.val_x is None else len(setup.val_x))
     saved = setup.checkpoint.phase(phase)
     if saved is not None:
         student.load_state_dict(saved["student"])
@@ -196,11 +196,10 @@ def train_phase(setup: Setup, student: Any, phase: str, distil: bool) -> Trained
         return {"val_acc" if setup.labels is not None else "val_agree": score}
 
     def save_state(state: dict[str, Any]) -> None:
-        if distributed.is_writer():
-            setup.checkpoint.save(phase, {
-                "fit": state, "student": student.state_dict(), "keeper": keeper.state(),
-                "adapter": adapter.state_dict() if adapter is not None else {}, "hint_sums": hint_sums,
-            })
+        setup.checkpoint.save(phase, {
+            "fit": state, "student": student.state_dict(), "keeper": keeper.state(),
+            "adapter": adapter.state_dict() if adapter is not None else {}, "hint_sums": hint_sums,
+        })
 
     student.train()
     loss = fit(
@@ -284,7 +283,7 @@ def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, ev
         targets = TeacherTargets(teacher, runner, runner.inputs[0].name, x, recipe.augment, recipe.seed, hint_layer,
                                  recipe.teacher_cache)
         if distributed.is_writer():
-            first = targets.view(0)
+            targets.view(0)
         distributed.barrier()  # the other processes read what rank 0 computed and cached
         first = targets.view(0)
         if not is_classifier_output(first.logits):

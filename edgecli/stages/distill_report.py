@@ -15,7 +15,6 @@ from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.metrics import accuracy
 from edgecli.model_stats import param_count
-from edgecli.models.students import count_params
 from edgecli.recipes import BenchRecipe, DistillRecipe
 from edgecli.runtimes import open_runner
 from edgecli.stages.artifact import Artifact, staged
