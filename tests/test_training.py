@@ -27,12 +27,12 @@ def test_one_standard_error_rule_keeps_the_latest_epoch_within_noise():
     assert keeper.top_epoch == 11 and keeper.best_epoch == 30
     assert abs(keeper.tolerance() - (0.924 * 0.076 / 500) ** 0.5) < 1e-12
     keeper.restore(last_epoch=30)
-    assert float(module.weight) == 30
+    assert float(module.weight.detach()) == 30
 
     strict = BestKeeper(module, patience=None)
     _run(strict, module, SCORES)
     strict.restore(last_epoch=30)
-    assert strict.best_epoch == 11 and float(module.weight) == 11  # the weights of epoch 11 come back
+    assert strict.best_epoch == 11 and float(module.weight.detach()) == 11  # the weights of epoch 11 come back
 
 
 def test_patience_counts_from_the_highest_score():
