@@ -11,6 +11,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# With one pytest-xdist worker per core, a PyTorch process with a thread per core oversubscribes the
+# machine: measured 220 s against 46 s for the same fine-tuning test under `-n 2`. Commands the tests
+# start inherit this (results stay deterministic: the same settings give the same bytes).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 SAMPLE = ROOT / "sample_models" / "fashion"
 
 

@@ -15,7 +15,9 @@ from edgecli.stages.prune_unstructured import cubic_sparsity, two_four_mask
 from edgecli.training import finetune
 from tests.conftest import data_args, run_cli
 
-FAST = ["--set", "data.limit=1000", "--set", "eval_data.limit=300", "-q"]
+# 400 training images (was 1000): 2 epochs still lift accuracy far above one-shot pruning's, measured
+# on the first 300 eval images: 2:4 0.62 -> 0.877, gradual 80% 0.177 (one-shot) -> 0.453
+FAST = ["--set", "data.limit=400", "--set", "eval_data.limit=300", "-q"]
 REPORT_FIELDS = ("method", "sparsity", "layers", "params", "nonzero_params", "prunable_params", "gzip_bytes",
                  "gzip_bytes_parent", "gzip_ratio", "macs", "accuracy_before", "accuracy")
 
