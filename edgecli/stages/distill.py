@@ -232,7 +232,7 @@ def export_student(student: Any, x: np.ndarray) -> Any:
 
 def fingerprint(recipe: DistillRecipe, teacher: ModelFile, x: np.ndarray, labels: np.ndarray | None) -> str:
     """What a checkpoint must match to be resumed: the recipe, the teacher and the data."""
-    parts = [json.dumps(recipe.model_dump(mode="json", exclude={"data", "eval_data", "latency_runs"}), sort_keys=True),
+    parts = [json.dumps(recipe.model_dump(mode="json", exclude={"data", "eval_data", "latency_runs", "teacher_cache"}), sort_keys=True),
              teacher.sha256, array_digest(x), "" if labels is None else array_digest(labels)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
