@@ -9,7 +9,6 @@ to a different run.
 
 from __future__ import annotations
 
-import contextlib
 import io
 from pathlib import Path
 from typing import Any
@@ -63,8 +62,3 @@ class Checkpoint:
         buffer = io.BytesIO()
         torch.save({"format": FORMAT, "fingerprint": self.fingerprint, "phases": self.phases}, buffer)
         write_bytes_atomic(self.path, buffer.getvalue())
-
-    def remove(self) -> None:
-        if self.path is not None and self.writer:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()

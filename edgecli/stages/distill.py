@@ -274,8 +274,7 @@ def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, ev
     if recipe.baseline and train.labels is None:
         raise RecipeError("baseline: true needs labels ('y') in the training data", hint="or set baseline: false")
     seed_everything(recipe.seed)
-    name, x = next(iter(train.inputs.items()))
-    x = np.ascontiguousarray(x.astype(np.float32))
+    x = np.ascontiguousarray(next(iter(train.inputs.values())).astype(np.float32))
     hint_layer = recipe.hint.teacher_layer if recipe.hint else None
     with distributed.process_group() as shard, teacher_runner(teacher, hint_layer) as runner:
         if len(runner.inputs) != 1:

@@ -51,7 +51,6 @@ class View:
     inputs: np.ndarray
     logits: np.ndarray
     features: np.ndarray | None
-    cached: bool  # read from the cache, not computed
 
 
 def _close_names(name: str, names: list[str]) -> str:
@@ -149,14 +148,13 @@ class TeacherTargets:
         if index not in self._memory:
             inputs = self.inputs(index)
             found = self._read(index, len(inputs))
-            cached = found is not None
             if found is None:
                 found = self._compute(inputs, index)
                 self._write(index, *found)
                 self.computed += 1
             else:
                 self.read += 1
-            self._memory[index] = View(inputs, found[0], found[1], cached)
+            self._memory[index] = View(inputs, found[0], found[1])
         return self._memory[index]
 
     def _compute(self, inputs: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray | None]:
