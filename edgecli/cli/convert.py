@@ -27,6 +27,6 @@ def convert(
     run_model_verb("convert", model, recipe, output, sets, quiet, stage, written_format, data)
 
 
-def written_format(recipe) -> Format:
+def written_format(recipe, _source: Format | None = None) -> Format:
     """The format a convert recipe writes: its target's, a TFLite flatbuffer for tflite-micro."""
     return Format.TFLITE if recipe.target == "tflite-micro" else Format(recipe.target)

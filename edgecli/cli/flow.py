@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,8 +11,6 @@ from typing import Any
 from rich.table import Table
 
 from edgecli import console
-from edgecli.cli.errors import handle_errors
-from edgecli.cli.options import DataOpt, EvalDataOpt, ModelArg, OutputOpt, QuietOpt, RecipeOpt, SetOpt
 from edgecli.data import Dataset, load_dataset
 from edgecli.errors import GateFailed, UsageError
 from edgecli.formats import lineage as lin
@@ -24,6 +21,7 @@ from edgecli.recipes import DataSpec, ParitySpec, Strict, load_recipe
 from edgecli.stages.artifact import Artifact
 
 Stage = Callable[[ModelFile, Any, Dataset | None, Dataset | None], Artifact]
+Target = Callable[[Any, Format], Format]  # (recipe, format of the input model) -> format written
 KNOWN_SUFFIXES = {".onnx", ".pt2", ".tflite", ".keras", ".pt", ".pth"}
 
 
@@ -81,19 +79,19 @@ def run_model_verb(
     sets: list[str] | None,
     quiet: bool,
     stage: Stage,
-    target: Callable[[Any], Format],
+    target: Target,
     data: Path | None = None,
     eval_data: Path | None = None,
     report: str | None = None,
 ) -> None:
     console.set_quiet(quiet)
     recipe, _ = load_recipe(verb, recipe_arg, sets)
-    check_output_suffix(output, target(recipe))
     check_output_differs(model_arg, output)
     if report is not None:
         check_report_path(report, output)
     with materialize(model_arg) as path, contextlib.ExitStack() as stack:
-        source = ModelFile.open(path)
+        source = ModelFile.open(path)  # the format comes from the bytes, also for a model piped in
+        check_output_suffix(output, target(recipe, source.format))
         check_model_source(source, recipe)
         train = optional_dataset(getattr(recipe, "data", None), data, "data")
         held_out = optional_dataset(getattr(recipe, "eval_data", None), eval_data, "eval data")
@@ -156,25 +154,3 @@ def _record_overrides(recipe: Strict, data: Path | None, eval_data: Path | None)
         recipe.data.path = data
     if eval_data is not None and hasattr(recipe, "eval_data"):
         recipe.eval_data = (recipe.eval_data or DataSpec()).model_copy(update={"path": eval_data})
-
-
-def model_command(verb: str, stage: str, target: Callable[[Any], Format], doc: str) -> Callable[..., None]:
-    """A Typer command for a verb that reads MODEL and writes one artifact with `stage`
-    ("module:function", imported only when the command runs, so --help stays fast)."""
-
-    def command(
-        model: ModelArg,
-        output: OutputOpt,
-        recipe: RecipeOpt = None,
-        data: DataOpt = None,
-        eval_data: EvalDataOpt = None,
-        sets: SetOpt = None,
-        quiet: QuietOpt = False,
-    ) -> None:
-        module, _, name = stage.partition(":")
-        work = getattr(importlib.import_module(module), name)
-        run_model_verb(verb, model, recipe, output, sets, quiet, work, target, data, eval_data)
-
-    command.__name__ = verb
-    command.__doc__ = doc
-    return handle_errors(command)

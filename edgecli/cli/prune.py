@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from edgecli.cli.errors import handle_errors
 from edgecli.cli.flow import run_model_verb
 from edgecli.cli.options import DataOpt, EvalDataOpt, ModelArg, OutputOpt, QuietOpt, RecipeOpt, ReportOpt, SetOpt
-from edgecli.formats.detect import Format, detect_format
-from edgecli.formats.files import STDIO
+from edgecli.formats.detect import Format
 
 
-def _target(model: str, output: str) -> Format:
-    """The artifact keeps the input's format, detected from its bytes: ONNX in, ONNX out; .pt2 or
-    state_dict in, .pt2 out. From stdin (read later), the -o suffix says which is meant."""
-    if model == STDIO:
-        return Format.ONNX if Path(output).suffix.lower() == ".onnx" else Format.PT2
-    return Format.ONNX if detect_format(Path(model)) is Format.ONNX else Format.PT2
+def _target(_recipe: object, source: Format) -> Format:
+    """The artifact keeps the input's format, detected from its bytes (also from stdin): ONNX in,
+    ONNX out; .pt2 or state_dict in, .pt2 out."""
+    return Format.ONNX if source is Format.ONNX else Format.PT2
 
 
 @handle_errors
@@ -34,4 +29,4 @@ def prune(
     (magnitude, 2:4: smaller when compressed; .pt2 with fine-tuning on --data, or ONNX without training)."""
     from edgecli.stages.prune import prune as stage
 
-    run_model_verb("prune", model, recipe, output, sets, quiet, stage, lambda _: _target(model, output), data, eval_data, report)
+    run_model_verb("prune", model, recipe, output, sets, quiet, stage, _target, data, eval_data, report)

@@ -27,5 +27,5 @@ def quantize(
 
     run_model_verb(
         "quantize", model, recipe, output, sets, quiet, partial(stage, diagnose=report is not None),
-        lambda r: Format(r.format), data, eval_data, report,
+        lambda r, _source: Format(r.format), data, eval_data, report,
     )
