@@ -27,6 +27,12 @@ class Dataset:
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
 
+    @property
+    def name(self) -> str:
+        """The source without its folder (e.g. 'eval.npz[512:]'): what artifact metrics record, so that
+        the same data gives the same bytes from any folder."""
+        return self.source.replace("\\", "/").rsplit("/", 1)[-1]
+
     def take(self, count: int) -> Dataset:
         """The first `count` samples."""
         labels = None if self.labels is None else self.labels[:count]

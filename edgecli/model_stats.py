@@ -148,6 +148,22 @@ def sparsity(model: ModelFile) -> float | None:
     return sum(int(np.count_nonzero(a == 0)) for a in arrays) / total
 
 
+def weight_state(model: ModelFile) -> dict[str, Any] | None:
+    """What later steps must keep: the fraction of zero weights and the dtype most weight values are
+    stored in (int8 after quantization); None where the weights cannot be read."""
+    arrays = weight_arrays(model)
+    total = sum(a.size for a in arrays or [])
+    if not total:
+        return None
+    by_dtype: dict[str, int] = {}
+    for array in arrays:
+        by_dtype[array.dtype.name] = by_dtype.get(array.dtype.name, 0) + array.size
+    return {
+        "weight_sparsity": round(sum(int(np.count_nonzero(a == 0)) for a in arrays) / total, 4),
+        "weight_dtype": max(sorted(by_dtype), key=by_dtype.__getitem__),
+    }
+
+
 # ---------------------------------------------------------------- MACs
 
 

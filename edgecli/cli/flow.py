@@ -85,7 +85,7 @@ def run_model_verb(
     report: str | None = None,
 ) -> None:
     console.set_quiet(quiet)
-    recipe, _ = load_recipe(verb, recipe_arg, sets)
+    recipe, recipe_path = load_recipe(verb, recipe_arg, sets)
     check_output_differs(model_arg, output)
     if report is not None:
         check_report_path(report, output)
@@ -105,16 +105,21 @@ def run_model_verb(
         artifact.metrics.update(built)
         if model is not source and "size_bytes_parent" in artifact.metrics:
             artifact.metrics["size_bytes_parent"] = source.size_bytes
+        ancestor = artifact.weights_from or source
+        portable, files = lin.portable_recipe(recipe)
         lineage = lin.extend(  # the parent is the file the user gave, also when a .pt2 was built from it
-            source.lineage,
+            ancestor.lineage,
             verb=verb,
-            recipe=recipe.model_dump(mode="json"),
+            recipe=portable,
+            recipe_name=recipe_path.stem if recipe_path is not None else None,
             parent_sha256=source.sha256,
             parent_format=source.format.value,
+            files=files,
             metrics=artifact.metrics,
             io=artifact.io,
+            state=carried_state(verb, ancestor if not artifact.new_weights else None, artifact),
         )
-        payload = artifact.to_bytes(lineage)
+    payload = artifact.to_bytes(lineage)
     write_output(output, payload)
     if report is not None:
         document = {"verb": verb, "input": model_arg, "output": output, "metrics": artifact.metrics, **(artifact.report or {})}
@@ -123,6 +128,24 @@ def run_model_verb(
     console.info(f"wrote {output if output != STDIO else 'stdout'}: {artifact.format.value}, {len(payload):,} bytes")
     if artifact.gate_failures:
         raise GateFailed("; ".join(artifact.gate_failures), hint="the artifact was written anyway")
+
+
+def carried_state(verb: str, ancestor: ModelFile | None, artifact: Artifact) -> dict[str, Any] | None:
+    """The artifact's weight state, with what the model it continues had and it lost (warned about:
+    sparsity or quantization is never dropped silently)."""
+    from edgecli.model_stats import weight_state
+
+    state = artifact.weight_state()
+    if state is None:
+        return None
+    before = None
+    if ancestor is not None:
+        before = lin.last_state(ancestor.lineage) or (weight_state(ancestor) if ancestor.format is not Format.STATE_DICT else None)
+    lost = lin.lost_state(before, state)
+    if lost:
+        console.warn(f"{verb} did not keep what its input had: {'; '.join(lost)} (recorded in the lineage)")
+        state["lost"] = lost
+    return state
 
 
 def check_model_source(model: ModelFile, recipe: Strict) -> None:

@@ -95,7 +95,7 @@ def student_from_factory(spec: StudentSpec) -> Any:
 def make_student(spec: StudentSpec, input_shape: tuple[int, ...], num_classes: int) -> tuple[Any, str]:
     """The student module and a short description of where it came from."""
     if spec.path is not None:
-        return student_from_pt2(Path(spec.path)), f"{spec.path}"
+        return student_from_pt2(Path(spec.path)), Path(spec.path).name  # a name, not a path: the lineage stays portable
     if spec.factory is not None:
         return student_from_factory(spec), spec.factory
     if spec.family == "mlp":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,10 @@ class Artifact:
     gate_failures: recipe targets that were missed; the artifact is still written, then exit 1.
     report: details for `--report` (per-layer errors, search steps, timings): never in the lineage.
     write: False in the other processes of a torchrun job (only rank 0 writes files).
+    weights_from: the model whose weights this one continues when that is not the input (distill's
+        student.path): its lineage is the one extended, and what it had (sparsity, int8) is checked.
+    new_weights: True when the weights start afresh (a distilled student built from scratch): no
+        state of the input can have been lost.
     """
 
     format: Format
@@ -32,6 +36,16 @@ class Artifact:
     gate_failures: list[str] = field(default_factory=list)
     report: dict[str, Any] | None = None
     write: bool = True
+    weights_from: ModelFile | None = None
+    new_weights: bool = False
+
+    def weight_state(self) -> dict[str, Any] | None:
+        """Weight sparsity and dtype of the serialized artifact (an ORT file is measured as its ONNX)."""
+        from edgecli.model_stats import weight_state
+
+        measured = replace(self, format=Format.ONNX) if self.format is Format.ORT else self
+        with staged(measured) as model:
+            return weight_state(model)
 
     def to_bytes(self, lineage: dict[str, Any] | None) -> bytes:
         if self.format is Format.ONNX:

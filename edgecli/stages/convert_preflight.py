@@ -246,6 +246,15 @@ def tflite_findings(proto: Any, micro: bool) -> Findings:
     return Findings(problems, dynamic_shape_warnings(proto))
 
 
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                           "MatMulInteger", "ConvInteger"})
+
+
+def is_quantized_onnx(proto: Any) -> bool:
+    """Whether the graph holds INT8 quantization ops (QDQ or QOperator format)."""
+    return any(node.op_type in QUANTIZED_OPS for node in proto.graph.node)
+
+
 def require_onnx2tf_support(proto: Any, what: str) -> None:
     """Raise TransformError listing every op onnx2tf cannot convert (called before onnx2tf runs, so
     that .pt2 models are checked after their ONNX export too). Silent when all is well."""
@@ -319,6 +328,12 @@ def preflight(model: ModelFile, recipe: Any) -> None:
     what = f"{model.path.name} -> {recipe.target}"
     if recipe.target in TFLITE_TARGETS:
         proto = onnx_file.load(model.path, check=False)
+        if is_quantized_onnx(proto):
+            raise TransformError(
+                f"{what}: the model is already quantized (QuantizeLinear/DequantizeLinear or QLinear ops); "
+                "onnx2tf converts float graphs only",
+                hint="convert the float model, then quantize to TFLite: edgecli quantize FLOAT -r tflite-int8",
+            )
         report(tflite_findings(proto, micro=recipe.target == "tflite-micro"), what)
     elif recipe.target == "ort":
         report(Findings(ort_problems(model.path)), what)

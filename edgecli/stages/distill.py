@@ -313,6 +313,10 @@ def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, ev
         metrics: dict[str, Any] = {"student": source, "student_params": count_params(student), "train_samples": len(train_idx),
                                    "val_samples": len(val_idx), **trained.metrics()}
         artifact = Artifact(Format.PT2, program, metrics, write=distributed.is_writer())
+        if recipe.student.path is not None:
+            artifact.weights_from = ModelFile.open(Path(recipe.student.path))
+        else:
+            artifact.new_weights = True
         artifact.report = {"teacher_cache": {"views": targets.views, "computed": targets.computed, "read": targets.read},
                            "resumed_from_epoch": trained.resumed_at, "processes": shard[1]}
         if artifact.write:

@@ -149,7 +149,7 @@ def _quantize(
         "float_layers": result.float_nodes,
     }
     if check is not None:
-        artifact.metrics["eval_data"] = check.source
+        artifact.metrics["eval_data"] = check.name
     if target.is_set:
         artifact.gate_failures.extend(target.failures(artifact.metrics))
     if layers:
