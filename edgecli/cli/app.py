@@ -15,6 +15,7 @@ from edgecli.cli.distill import distill
 from edgecli.cli.inspect_cmd import inspect
 from edgecli.cli.prune import prune
 from edgecli.cli.quantize import quantize
+from edgecli.cli.recipe_cmd import recipe_app
 
 app = typer.Typer(
     name="edgecli",
@@ -29,6 +30,7 @@ app = typer.Typer(
 for command in (prune, distill, quantize, convert, bench):
     app.command()(command)
 app.command("inspect")(inspect)
+app.add_typer(recipe_app, name="recipe")
 
 
 def _version(value: bool) -> None:
@@ -54,4 +56,4 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     signal.signal(signal.SIGTERM, _terminate)
-    app()
+    app(prog_name="edgecli")  # also under `python -m edgecli`: completion scripts and usage lines name the command users type

@@ -7,9 +7,18 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgecli.cli.catalog import complete_recipe
+
 ModelArg = Annotated[str, typer.Argument(metavar="MODEL", help="Model file (.pt2, .onnx, .tflite, .keras, SavedModel folder); - reads stdin.")]
 RecipeOpt = Annotated[
-    Optional[str], typer.Option("-r", "--recipe", metavar="RECIPE", help="Recipe YAML path, or the name of a recipe in configs/<verb>/.")
+    Optional[str],
+    typer.Option(
+        "-r",
+        "--recipe",
+        metavar="RECIPE",
+        autocompletion=complete_recipe,
+        help="Recipe YAML path, or the name of a recipe in configs/<verb>/ (edgecli recipe list).",
+    ),
 ]
 OutputOpt = Annotated[str, typer.Option("-o", "--output", metavar="PATH", help="Output model path; - writes the bytes to stdout.")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", metavar="NPZ", help="Dataset .npz (inputs 'x', labels 'y'); overrides the recipe's.")]
