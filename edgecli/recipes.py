@@ -607,13 +607,31 @@ def _explain(exc: ValidationError, model: type[BaseModel], source: str) -> Recip
     return RecipeError(f"'{key}' in {source}: {err['msg']} (got {given!r}){more}")
 
 
-def validate_recipe(verb: str, raw: dict[str, Any], source: str) -> Strict:
-    """Validate a raw recipe dict for `verb`."""
-    model = RECIPES[verb]
+def validate_recipe(verb: str, raw: dict[str, Any], source: str, model: type[Strict] | None = None) -> Strict:
+    """Validate a raw recipe dict for `verb` (or against `model`)."""
+    model = model or RECIPES[verb]
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise _explain(exc, model, source) from None
+
+
+def read_yaml_mapping(path: Path, what: str, folder: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping, read with the safe loader (duplicate keys refused).
+    Raises RecipeError naming the file (and line) for unreadable, invalid, empty or non-mapping files."""
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"{path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read {what} {path}: {exc}") from None
+    if raw is None:
+        raise RecipeError(f"{what} {path} is empty", hint=f"see configs/{folder}/ for examples")
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{what} {path} must be a mapping of keys to values, not {type(raw).__name__}")
+    return raw
 
 
 def load_recipe(verb: str, name_or_path: str | None, overrides: list[str] | None = None) -> tuple[Strict, Path | None]:
@@ -622,18 +640,7 @@ def load_recipe(verb: str, name_or_path: str | None, overrides: list[str] | None
     path: Path | None = None
     if name_or_path is not None:
         path = resolve_recipe_path(verb, name_or_path)
-        try:
-            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise RecipeError(f"{path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RecipeError(f"cannot read recipe {path}: {exc}") from None
-        if raw is None:
-            raise RecipeError(f"recipe {path} is empty", hint=f"see configs/{verb}/ for examples")
-        if not isinstance(raw, dict):
-            raise RecipeError(f"recipe {path} must be a mapping of keys to values, not {type(raw).__name__}")
+        raw = read_yaml_mapping(path, "recipe", verb)
     for key_path, value in parse_set(overrides or []):
         _apply_set(raw, key_path, value)
     source = str(path) if path is not None else f"the {verb} recipe"

@@ -15,6 +15,7 @@ from edgecli.cli.distill import distill
 from edgecli.cli.inspect_cmd import inspect
 from edgecli.cli.prune import prune
 from edgecli.cli.quantize import quantize
+from edgecli.cli.run_cmd import run
 from edgecli.cli.recipe_cmd import recipe_app
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app = typer.Typer(
 for command in (prune, distill, quantize, convert, bench):
     app.command()(command)
 app.command("inspect")(inspect)
+app.command("run")(run)
 app.add_typer(recipe_app, name="recipe")
 
 

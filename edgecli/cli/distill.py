@@ -46,7 +46,12 @@ def distill(
         if output != "-" and checkpoint.resolve() == Path(output).resolve():
             raise UsageError("--checkpoint and -o name the same file")
     work = functools.partial(stage, checkpoint_path=checkpoint)
-    run_model_verb("distill", model, recipe, output, sets, quiet, work, lambda _recipe, _source: Format.PT2, data, eval_data, report)
+    run_model_verb("distill", model, recipe, output, sets, quiet, work, written_format, data, eval_data, report)
     if checkpoint is not None and is_writer():
         with contextlib.suppress(FileNotFoundError):
             checkpoint.unlink()  # the run finished: a later run starts afresh
+
+
+def written_format(_recipe: object = None, _source: Format | None = None) -> Format:
+    """distill always writes the student as a .pt2 program."""
+    return Format.PT2

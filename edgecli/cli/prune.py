@@ -8,7 +8,7 @@ from edgecli.cli.options import DataOpt, EvalDataOpt, ModelArg, OutputOpt, Quiet
 from edgecli.formats.detect import Format
 
 
-def _target(_recipe: object, source: Format) -> Format:
+def written_format(_recipe: object, source: Format) -> Format:
     """The artifact keeps the input's format, detected from its bytes (also from stdin): ONNX in,
     ONNX out; .pt2 or state_dict in, .pt2 out."""
     return Format.ONNX if source is Format.ONNX else Format.PT2
@@ -29,4 +29,4 @@ def prune(
     (magnitude, 2:4: smaller when compressed; .pt2 with fine-tuning on --data, or ONNX without training)."""
     from edgecli.stages.prune import prune as stage
 
-    run_model_verb("prune", model, recipe, output, sets, quiet, stage, _target, data, eval_data, report)
+    run_model_verb("prune", model, recipe, output, sets, quiet, stage, written_format, data, eval_data, report)

@@ -27,5 +27,10 @@ def quantize(
 
     run_model_verb(
         "quantize", model, recipe, output, sets, quiet, partial(stage, diagnose=report is not None),
-        lambda r, _source: Format(r.format), data, eval_data, report,
+        written_format, data, eval_data, report,
     )
+
+
+def written_format(recipe: object, _source: Format | None = None) -> Format:
+    """The format a quantize recipe writes: its `format` (onnx or tflite)."""
+    return Format(recipe.format)

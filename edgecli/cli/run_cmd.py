@@ -1,0 +1,73 @@
+"""edgecli run"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from edgecli import console
+from edgecli.cli.errors import handle_errors
+from edgecli.cli.options import JsonOpt, QuietOpt, SetOpt
+from edgecli.formats.files import write_output
+
+PipelineArg = Annotated[str, typer.Argument(metavar="PIPELINE", help="Pipeline YAML path, or the name of one in configs/pipelines/.")]
+OutOpt = Annotated[
+    Optional[Path], typer.Option("--out", metavar="DIR", help="Folder for every artifact; default: the file's `out`, else ./<pipeline name>-out.")
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Run every step, also those that are up to date.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the edgecli commands (stdout) and what is up to date; run nothing.")]
+
+
+def _summary(outcomes: list) -> Table:
+    table = Table(title="edgecli run", title_justify="left")
+    for name in ("step", "verb", "status", "output", "seconds"):
+        table.add_column(name)
+    for outcome in outcomes:
+        table.add_row(outcome.name, outcome.verb, outcome.status, ", ".join(outcome.outputs), f"{outcome.seconds:.1f}")
+    return table
+
+
+@handle_errors
+def run(
+    pipeline: PipelineArg,
+    out: OutOpt = None,
+    sets: SetOpt = None,
+    force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
+    json_out: JsonOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run a pipeline: steps (prune, distill, quantize, convert) chained through files in one folder,
+    then a bench over all of them. A step whose input, recipe, data and tools have not changed since
+    it last succeeded is skipped. --set STEP.key=value overrides a step's recipe value."""
+    from edgecli.pipeline.plan import Planner, load_pipeline, resolve_pipeline, shown
+    from edgecli.pipeline.runner import STATE_FILE, State, StepFailed, locked, run_commands, step_key
+
+    console.set_quiet(quiet)
+    path = resolve_pipeline(pipeline)
+    spec = load_pipeline(path)
+    folder = out if out is not None else (path.parent / spec.out if spec.out else Path(f"{path.stem}-out"))
+    commands = Planner(spec, path.parent.resolve(), folder.resolve(), sets).commands()
+    if dry_run:
+        state, stale = State(folder), False
+        for command in commands:
+            stale = stale or not state.up_to_date(command, step_key(command))  # after a step that runs, all may change
+            typer.echo(f"{command.shell()}{'' if stale else '   # up to date'}")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with locked(folder):
+        try:
+            outcomes = run_commands(commands, folder, quiet, force)
+        except StepFailed as failed:
+            console.error_line(f"run {path.stem}: step '{failed.command.name}' failed (exit {failed.code}); later steps did not run")
+            raise typer.Exit(failed.code) from None
+    console.show(_summary(outcomes))
+    ran = sum(outcome.status == "ran" for outcome in outcomes)
+    console.info(f"{ran} of {len(outcomes)} steps ran; artifacts in {shown(folder)} (record: {STATE_FILE})")
+    if json_out:
+        document = {"pipeline": str(path), "out": str(folder), "steps": [vars(outcome) for outcome in outcomes]}
+        write_output(json_out, (json.dumps(document, indent=2) + "\n").encode())

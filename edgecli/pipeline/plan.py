@@ -1,0 +1,180 @@
+"""A pipeline turned into edgecli command lines, each with the files its result depends on.
+
+Every step is exactly the command a user could type (`edgecli run --dry-run` prints them), so a
+pipeline, a Makefile and a shell pipe of the same commands make the same bytes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgecli.errors import RecipeError, UsageError
+from edgecli.formats.detect import Format, detect_format
+from edgecli.pipeline.spec import REFERENCE, SOURCE, PipelineSpec, StepSpec
+from edgecli.recipes import load_recipe, parse_set, resolve_recipe_path
+
+WRITERS = {verb: f"edgecli.cli.{verb}" for verb in ("prune", "distill", "quantize", "convert")}
+
+
+@dataclass
+class Command:
+    """One edgecli invocation: argv (without the program name), the file it writes, and the files
+    whose bytes decide its result (input model, recipe, data, referenced outputs)."""
+
+    name: str
+    verb: str
+    argv: list[str]
+    outputs: list[Path]
+    depends_on: list[Path] = field(default_factory=list)
+    settings: list[str] = field(default_factory=list)
+
+    def shell(self) -> str:
+        return shlex.join(["edgecli", *self.argv])
+
+
+def shown(path: Path) -> str:
+    """A path as short as it can be said from the current folder."""
+    text = os.path.relpath(path)
+    return text if not text.startswith("..") else str(Path(path).resolve())
+
+
+def _setting(key: str, value: Any) -> str:
+    """key=value for --set, the value written so that --set reads it back as the same YAML value."""
+    if isinstance(value, str):
+        try:
+            reads_back = not value or yaml.safe_load(value) == value  # 'true', '1.0' or '[a]' would not
+        except yaml.YAMLError:
+            reads_back = False
+        return f"{key}={value if reads_back else json.dumps(value)}"
+    return f"{key}={json.dumps(value)}"
+
+
+class Planner:
+    """Resolves names, references and paths of a pipeline file into Commands."""
+
+    def __init__(self, spec: PipelineSpec, base: Path, out: Path, overrides: list[str] | None = None) -> None:
+        self.spec, self.base, self.out = spec, base, out
+        self.paths: dict[str, Path] = {SOURCE: self._file(spec.model, "model")}
+        self.formats: dict[Path, Format] = {self.paths[SOURCE]: detect_format(self.paths[SOURCE])}
+        self.overrides = self._overrides(overrides or [])
+
+    def _file(self, text: str, what: str) -> Path:
+        path = (self.base / text).resolve()
+        if not path.exists():
+            raise UsageError(f"{what} {text} does not exist (paths in a pipeline are relative to {shown(self.base)})")
+        return path
+
+    def _overrides(self, items: list[str]) -> dict[str, list[tuple[str, Any]]]:
+        """`edgecli run --set STEP.key=value`: per step (or 'bench'), the extra settings."""
+        names = [step.name for step in self.spec.steps] + ["bench"]
+        found: dict[str, list[tuple[str, Any]]] = {}
+        for path, value in parse_set(items):
+            if len(path) < 2 or path[0] not in names:
+                raise UsageError(f"--set {'.'.join(path)}: expected STEP.key=value with STEP one of {', '.join(names)}")
+            found.setdefault(path[0], []).append((".".join(path[1:]), value))
+        return found
+
+    def _data(self, text: str | None) -> Path | None:
+        if text is None:
+            return None
+        if text in self.spec.datasets:
+            return self._file(self.spec.datasets[text], f"dataset '{text}'")
+        return self._file(text, "data")
+
+    def _resolve(self, text: str) -> tuple[str, list[Path]]:
+        """${name} references replaced by paths; the referenced files."""
+        used: list[Path] = []
+
+        def swap(found: Any) -> str:
+            used.append(self.paths[found.group(1)])
+            return shown(self.paths[found.group(1)])
+
+        return REFERENCE.sub(swap, text), used
+
+    def _recipe(self, verb: str, name: str | None) -> tuple[str | None, list[Path]]:
+        """The -r argument (a shipped recipe's name, or a file relative to the pipeline) and its file."""
+        if name is None:
+            return None, []
+        local = self.base / name
+        if local.is_file():
+            return shown(local), [local.resolve()]
+        return name, [resolve_recipe_path(verb, name)]
+
+    def _input(self, index: int, step: StepSpec) -> Path:
+        if step.input is None:
+            return self.paths[self.spec.steps[index - 1].name if index else SOURCE]
+        found = REFERENCE.fullmatch(step.input)
+        return self.paths[found.group(1)] if found else self._file(step.input, f"step '{step.name}' input")
+
+    def step(self, index: int, step: StepSpec) -> Command:
+        source = self._input(index, step)
+        depends = [source]
+        recipe_arg, recipe_files = self._recipe(step.verb, step.recipe)
+        settings = []
+        for key, value in [*step.set.items(), *self.overrides.get(step.name, [])]:
+            text, used = self._resolve(value) if isinstance(value, str) else (value, [])
+            settings.append(_setting(key, text))
+            depends += used
+        recipe, _ = load_recipe(step.verb, recipe_arg, settings)
+        written = importlib.import_module(WRITERS[step.verb]).written_format(recipe, self.formats[source])
+        output = self.out / f"{step.name}{written.suffix}"
+        self.paths[step.name], self.formats[output] = output, written
+        argv = [step.verb, shown(source)]
+        argv += ["-r", recipe_arg] if recipe_arg else []
+        for option, text in (("--data", step.data), ("--eval-data", step.eval_data)):
+            path = self._data(text)
+            if path is not None:
+                argv += [option, shown(path)]
+                depends.append(path)
+        for setting in settings:
+            argv += ["--set", setting]
+        argv += ["-o", shown(output)]
+        return Command(step.name, step.verb, argv, [output], depends + recipe_files, settings)
+
+    def bench(self) -> Command | None:
+        bench = self.spec.bench
+        if bench is None:
+            return None
+        names = [REFERENCE.fullmatch(item).group(1) for item in bench.models] if bench.models else list(self.paths)
+        models = [self.paths[name] for name in names]
+        argv = ["bench", *map(shown, models)]
+        recipe_arg, recipe_files = self._recipe("bench", bench.recipe)
+        argv += ["-r", recipe_arg] if recipe_arg else []
+        data = self._data(bench.data)
+        argv += ["--data", shown(data)] if data else []
+        settings = [_setting(key, value) for key, value in [*bench.set.items(), *self.overrides.get("bench", [])]]
+        for setting in settings:
+            argv += ["--set", setting]
+        report, markdown = self.out / "bench.json", self.out / "bench.md"
+        argv += ["--json", shown(report), "--markdown", shown(markdown)]
+        return Command("bench", "bench", argv, [report, markdown], models + recipe_files + ([data] if data else []), settings)
+
+    def commands(self) -> list[Command]:
+        planned = [self.step(index, step) for index, step in enumerate(self.spec.steps)]
+        closing = self.bench()
+        return planned + ([closing] if closing else [])
+
+
+def load_pipeline(path: Path) -> PipelineSpec:
+    from edgecli.recipes import read_yaml_mapping, validate_recipe
+
+    raw = read_yaml_mapping(path, "pipeline", "pipelines")
+    spec = validate_recipe("pipeline", raw, str(path), PipelineSpec)
+    assert isinstance(spec, PipelineSpec)
+    return spec
+
+
+def resolve_pipeline(name_or_path: str) -> Path:
+    """A pipeline file path, or the name of one shipped in configs/pipelines/."""
+    try:
+        return resolve_recipe_path("pipelines", name_or_path)
+    except RecipeError as exc:
+        raise UsageError(f"no pipeline file '{name_or_path}' and no shipped pipeline of that name", hint=exc.hint) from None
