@@ -54,20 +54,53 @@ def describe_model(model: ModelFile) -> dict[str, Any]:
     }
 
 
+KEY_METRICS = ("sparsity", "macs_ratio", "params_ratio", "accuracy", "accuracy_drop", "agreement", "size_ratio",
+               "parity_max_abs_diff", "parity_agreement", "student_params", "best_epoch")
+
+
+def _metrics_text(metrics: dict[str, Any]) -> str:
+    shown = [(k, metrics[k]) for k in KEY_METRICS if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics.get(k), bool)]
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v:,}" for k, v in shown)
+
+
+def _state_text(state: dict[str, Any] | None) -> str:
+    if not state:
+        return "-"
+    text = f"{state.get('weight_dtype', '?')}, {state.get('weight_sparsity', 0):.0%} zeros"
+    return text + "".join(f"\n[red]lost: {item}[/red]" for item in state.get("lost", []))
+
+
+def _tools_text(tools: dict[str, str], previous: dict[str, str] | None) -> str:
+    """edgecli's version, and every tool the first step used or whose version differs from the step before."""
+    changed = {k: v for k, v in tools.items() if k != "edgecli" and (previous is None or previous.get(k) != v)}
+    return ", ".join([f"edgecli {tools.get('edgecli', '?')}"] + [f"{k} {v}" for k, v in changed.items()])
+
+
 def _lineage_table(lineage: dict[str, Any]) -> Table:
     table = Table(title="lineage (oldest first)", title_justify="left")
-    for name in ("#", "verb", "parent", "key metrics", "io"):
+    for name in ("#", "verb", "recipe", "parent", "files", "state", "key metrics", "tools"):
         table.add_column(name)
+    previous_tools = None
     for index, step in enumerate(lineage.get("steps", []), 1):
-        metrics = step.get("metrics", {})
-        shown = ", ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-            for k, v in metrics.items()
-            if isinstance(v, (int, float, str)) and not isinstance(v, bool)
-        )
         parent = step.get("parent", {})
-        table.add_row(str(index), step.get("verb", "?"), f"{parent.get('format', '?')} {parent.get('sha256', '')[:12]}", shown, json.dumps(step.get("io", {})))
+        files = "\n".join(f"{f.get('name')} {f.get('sha256', '')[:8]}" for f in (step.get("files") or {}).values())
+        tools = step.get("tools") or {}
+        table.add_row(
+            str(index), step.get("verb", "?"), step.get("recipe_name") or "(inline)",
+            f"{parent.get('format', '?')} {parent.get('sha256', '')[:12]}", files or "-", _state_text(step.get("state")),
+            _metrics_text(step.get("metrics") or {}), _tools_text(tools, previous_tools),
+        )
+        previous_tools = tools
     return table
+
+
+def lost_lines(lineage: dict[str, Any] | None) -> list[str]:
+    """One line per step that lost what an earlier step made (sparsity, int8 weights)."""
+    return [
+        f"step {index} ({step.get('verb')}) lost {item}"
+        for index, step in enumerate((lineage or {}).get("steps", []), 1)
+        for item in (step.get("state") or {}).get("lost", [])
+    ]
 
 
 @handle_errors
@@ -94,5 +127,7 @@ def inspect(model: ModelArg, json_out: JsonOpt = None) -> None:
     console.get_console().print(table)
     if info["lineage"]:
         console.get_console().print(_lineage_table(info["lineage"]))
+        for line in lost_lines(info["lineage"]):
+            console.get_console().print(f"[yellow]warning:[/yellow] {line}")
     else:
         console.get_console().print("lineage: none (this model was not written by edgecli)")

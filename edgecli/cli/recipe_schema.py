@@ -11,8 +11,15 @@ from edgecli.recipes import RECIPES
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
-# Kind -> its recipe model. Another kind is one line: SCHEMAS["pipeline"] = lambda: PipelineRecipe
+def _pipeline() -> type[BaseModel]:
+    from edgecli.pipeline.spec import PipelineSpec
+
+    return PipelineSpec
+
+
+# Kind -> its recipe model.
 SCHEMAS: dict[str, Callable[[], type[BaseModel]]] = {verb: (lambda model=model: model) for verb, model in RECIPES.items()}
+SCHEMAS["pipeline"] = _pipeline
 
 
 def _one_or_many(prop: dict[str, Any]) -> dict[str, Any]:
