@@ -256,3 +256,48 @@ def test_tflite_read_lineage_of_garbage_is_none(tmp_path: Path) -> None:
         path = tmp_path / f"{name}.tflite"
         path.write_bytes(content)
         assert tflite_file.read_lineage(path) is None
+
+
+# --- portable recipes and carried state ---------------------------------------------------------
+
+
+def test_portable_recipe_keeps_file_names_and_hashes_not_folders(tmp_path: Path) -> None:
+    from edgecli.formats.files import sha256_of
+    from edgecli.recipes import DistillRecipe
+
+    data = tmp_path / "deep" / "train.npz"
+    data.parent.mkdir()
+    data.write_bytes(b"npz bytes")
+    recipe = DistillRecipe.model_validate({"data": {"path": str(data)}, "student": {"path": "nowhere/init.pt2"}})
+    portable, files = lin.portable_recipe(recipe)
+    assert portable["data"]["path"] == "train.npz" and portable["student"]["path"] == "init.pt2"
+    assert files == {"data.path": {"name": "train.npz", "sha256": sha256_of(data)},
+                     "student.path": {"name": "init.pt2", "sha256": "missing"}}
+    moved = tmp_path / "elsewhere" / "train.npz"
+    moved.parent.mkdir()
+    moved.write_bytes(b"npz bytes")
+    again = DistillRecipe.model_validate({"data": {"path": str(moved)}, "student": {"path": "nowhere/init.pt2"}})
+    assert lin.portable_recipe(again) == (portable, files)  # same content from another folder: same record
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "lost"),
+    [
+        ({"weight_sparsity": 0.5, "weight_dtype": "float32"}, {"weight_sparsity": 0.49, "weight_dtype": "int8"}, []),
+        ({"weight_sparsity": 0.5, "weight_dtype": "float32"}, {"weight_sparsity": 0.2, "weight_dtype": "float32"},
+         ["weight sparsity 50% -> 20%"]),
+        ({"weight_sparsity": 0.05, "weight_dtype": "float32"}, {"weight_sparsity": 0.0, "weight_dtype": "float32"}, []),
+        ({"weight_sparsity": 0.0, "weight_dtype": "int8"}, {"weight_sparsity": 0.0, "weight_dtype": "float32"},
+         ["weights int8 -> float32"]),
+        ({"weight_sparsity": 0.0, "weight_dtype": "float16"}, {"weight_sparsity": 0.0, "weight_dtype": "int8"}, []),
+        (None, {"weight_sparsity": 0.0, "weight_dtype": "float32"}, []),
+    ],
+)
+def test_lost_state(before, after, lost) -> None:
+    assert lin.lost_state(before, after) == lost
+
+
+def test_last_state_drops_the_lost_list() -> None:
+    lineage = {"steps": [{"state": {"weight_sparsity": 0.1, "weight_dtype": "int8", "lost": ["x"]}}]}
+    assert lin.last_state(lineage) == {"weight_sparsity": 0.1, "weight_dtype": "int8"}
+    assert lin.last_state(None) is None and lin.last_state({"steps": [{}]}) is None
