@@ -35,75 +35,99 @@ def from_onnx_bytes(onnx_bytes: bytes, optimization: str = "basic") -> bytes:
         return canonical(target.read_bytes())
 
 
-# The ORT flatbuffer (onnxruntime/core/flatbuffers/schema/ort.fbs) as far as canonical() reads it:
-# InferenceSession {ort_version, model, (deprecated session_state), kernel_type_str_resolver}
-# KernelTypeStrResolver {op_kernel_type_str_args: [OpIdKernelTypeStrArgsEntry {op_id, kernel_type_str_args:
-#   [KernelTypeStrArgsEntry {kernel_type_str, args: [ArgTypeAndIndex {arg_type: int8, index: uint32}]}]}]}
+# The part of the ORT flatbuffer (onnxruntime/core/flatbuffers/schema/ort.fbs) canonical() rewrites:
+#   InferenceSession {0 ort_version: string, 1 model: Model, 2 (deprecated), 3 kernel_type_str_resolver}
+#   KernelTypeStrResolver {0 op_kernel_type_str_args: [OpIdKernelTypeStrArgsEntry]}
+#   OpIdKernelTypeStrArgsEntry {0 op_id: string, 1 kernel_type_str_args: [KernelTypeStrArgsEntry]}
+#   KernelTypeStrArgsEntry {0 kernel_type_str: string, 1 args: [ArgTypeAndIndex]}
+#   ArgTypeAndIndex {0 arg_type: int8, 1 index: uint32}
 Resolver = list[tuple[str, list[tuple[str, list[tuple[int, int]]]]]]
 
 
 def canonical(data: bytes) -> bytes:
-    """The ORT file with its kernel type string resolver sorted by op and type-string name.
+    """The ORT file with its kernel type string resolver in sorted order, so that the same model gives
+    the same bytes in every process.
 
-    onnxruntime writes that table by iterating hash maps seeded per process (absl, from an address, so
-    ASLR moves it): the same model gives differently ordered bytes in every process. onnxruntime builds
-    the file back to front: the version string and the model first (the file's tail, deterministic), then
-    the resolver and the root table (its head). The tail is kept byte for byte, the head rebuilt in order.
-    A file of another layout is returned as it is."""
+    onnxruntime writes that table from hash maps whose seed is an address (absl), which ASLR moves:
+    each process orders it differently. It builds the file back to front, the version string and the
+    model first (the file's tail), then the resolver and the root table (its head). The tail is kept
+    byte for byte, at the same distance from the end, so its offsets stay valid; the head is rebuilt.
+    A file of another layout is returned unchanged."""
     import flatbuffers
     from flatbuffers import encode, packer
-    from flatbuffers.table import Table
 
     buf = bytearray(data)
-    root = Table(buf, encode.Get(packer.uoffset, buf, 0))
-    if root.Offset(8) or not (root.Offset(4) and root.Offset(6) and root.Offset(10)):
-        return data  # a deprecated session_state, or a part missing: not the layout this knows
-
-    def child(table: Table, slot: int) -> Table:
-        return Table(buf, table.Indirect(table.Pos + table.Offset(4 + 2 * slot)))
-
-    def items(table: Table, slot: int) -> list[Table]:
-        offset = table.Offset(4 + 2 * slot)
-        if not offset:
-            return []
-        start = table.Vector(offset)
-        return [Table(buf, table.Indirect(start + 4 * i)) for i in range(table.VectorLen(offset))]
-
-    def text(table: Table, slot: int) -> str:
-        return table.String(table.Pos + table.Offset(4 + 2 * slot)).decode()
-
-    def scalar(table: Table, slot: int, flags: Any) -> int:
-        offset = table.Offset(4 + 2 * slot)
-        return table.Get(flags, table.Pos + offset) if offset else 0
-
-    resolver: Resolver = sorted(
-        (text(op, 0), sorted(
-            (text(entry, 0), [(scalar(arg, 0, flatbuffers.number_types.Int8Flags), scalar(arg, 1, flatbuffers.number_types.Uint32Flags))
-                              for arg in items(entry, 1)])
-            for entry in items(op, 1)))
-        for op in items(child(root, 3), 0)
-    )
-    version = root.Indirect(root.Pos + root.Offset(4))
-    model = root.Indirect(root.Pos + root.Offset(6))
-    tail = min(model, model - encode.Get(packer.soffset, buf, model))  # the model table or its vtable, written last
+    root = _Table(buf, encode.Get(packer.uoffset, buf, 0))
+    if root.has(2) or not all(root.has(slot) for slot in (0, 1, 3)):
+        return data
+    version, model = root.position(0), root.position(1)
+    tail = min(model, model - encode.Get(packer.soffset, buf, model))  # the model table or its vtable: written last
     if version < tail:
         return data
-
+    resolver: Resolver = sorted(
+        (op.text(0), sorted(
+            (entry.text(0), [(arg.number(0, flatbuffers.number_types.Int8Flags), arg.number(1, flatbuffers.number_types.Uint32Flags))
+                             for arg in entry.tables(1)])
+            for entry in op.tables(1)))
+        for op in root.table(3).tables(0)
+    )
     builder = flatbuffers.Builder(len(data))
-    builder.head -= len(data) - tail  # the tail at the end of the buffer: its offsets from the end stay valid
+    builder.head -= len(data) - tail
     builder.Bytes[builder.head:] = data[tail:]
     builder.minalign = 8  # the largest alignment in the schema
     resolver_offset = _write_resolver(builder, resolver)
     builder.StartObject(4)
-    builder.PrependUOffsetTRelativeSlot(0, len(data) - version, 0)
+    builder.PrependUOffsetTRelativeSlot(0, len(data) - version, 0)  # builder offsets count from the end
     builder.PrependUOffsetTRelativeSlot(1, len(data) - model, 0)
     builder.PrependUOffsetTRelativeSlot(3, resolver_offset, 0)
     builder.Finish(builder.EndObject(), file_identifier=b"ORTM")
     return bytes(builder.Output())
 
 
+class _Table:
+    """A flatbuffer table read by field slot."""
+
+    def __init__(self, buf: bytearray, pos: int) -> None:
+        from flatbuffers.table import Table
+
+        self.fb = Table(buf, pos)
+
+    def _field(self, slot: int) -> int:
+        return self.fb.Offset(4 + 2 * slot)
+
+    def has(self, slot: int) -> bool:
+        return self._field(slot) != 0
+
+    def position(self, slot: int) -> int:
+        """Where the table, vector or string the field refers to starts."""
+        return self.fb.Indirect(self.fb.Pos + self._field(slot))
+
+    def table(self, slot: int) -> _Table:
+        return _Table(self.fb.Bytes, self.position(slot))
+
+    def tables(self, slot: int) -> list[_Table]:
+        field = self._field(slot)
+        if not field:
+            return []
+        start = self.fb.Vector(field)
+        return [_Table(self.fb.Bytes, self.fb.Indirect(start + 4 * i)) for i in range(self.fb.VectorLen(field))]
+
+    def text(self, slot: int) -> str:
+        return self.fb.String(self.fb.Pos + self._field(slot)).decode()
+
+    def number(self, slot: int, flags: Any) -> int:
+        field = self._field(slot)
+        return self.fb.Get(flags, self.fb.Pos + field) if field else 0
+
+
 def _write_resolver(builder: Any, resolver: Resolver) -> int:
-    def table_vector(offsets: list[int]) -> int:
+    def table(fields: list[tuple[int, int]]) -> int:  # (slot, offset of a string, vector or table)
+        builder.StartObject(len(fields))
+        for slot, offset in reversed(fields):
+            builder.PrependUOffsetTRelativeSlot(slot, offset, 0)
+        return builder.EndObject()
+
+    def vector(offsets: list[int]) -> int:
         builder.StartVector(4, len(offsets), 4)
         for offset in reversed(offsets):
             builder.PrependUOffsetTRelative(offset)
@@ -113,26 +137,17 @@ def _write_resolver(builder: Any, resolver: Resolver) -> int:
     for op_id, entries in resolver:
         written = []
         for type_str, args in entries:
-            arg_offsets = []
+            arg_tables = []
             for arg_type, index in args:
                 builder.StartObject(2)
                 builder.PrependUint32Slot(1, index, 0)
                 builder.PrependInt8Slot(0, arg_type, 0)
-                arg_offsets.append(builder.EndObject())
-            args_vector, name = table_vector(arg_offsets), builder.CreateString(type_str)
-            builder.StartObject(2)
-            builder.PrependUOffsetTRelativeSlot(1, args_vector, 0)
-            builder.PrependUOffsetTRelativeSlot(0, name, 0)
-            written.append(builder.EndObject())
-        entries_vector, name = table_vector(written), builder.CreateString(op_id)
-        builder.StartObject(2)
-        builder.PrependUOffsetTRelativeSlot(1, entries_vector, 0)
-        builder.PrependUOffsetTRelativeSlot(0, name, 0)
-        ops.append(builder.EndObject())
-    ops_vector = table_vector(ops)
-    builder.StartObject(1)
-    builder.PrependUOffsetTRelativeSlot(0, ops_vector, 0)
-    return builder.EndObject()
+                arg_tables.append(builder.EndObject())
+            args_vector = vector(arg_tables)
+            written.append(table([(0, builder.CreateString(type_str)), (1, args_vector)]))
+        entries_vector = vector(written)
+        ops.append(table([(0, builder.CreateString(op_id)), (1, entries_vector)]))
+    return table([(0, vector(ops))])
 
 
 def load_options(options: Any) -> Any:
