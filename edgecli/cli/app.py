@@ -46,8 +46,16 @@ def root(
     version: Annotated[
         Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = None,
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", help="Allow unpickling (it runs code from the file): whole pickled nn.Modules "
+                           "(torch.save(model)) and Keras Lambda layers. Only for files you trust.")
+    ] = False,
 ) -> None:
     """edgecli: model compression for edge AI."""
+    if trust_pickle:
+        from edgecli.security import allow_pickle
+
+        allow_pickle()
 
 
 def _terminate(signum: int, _frame: object) -> None:

@@ -149,14 +149,9 @@ def carried_state(verb: str, ancestor: ModelFile | None, artifact: Artifact) -> 
 
 
 def check_model_source(model: ModelFile, recipe: Strict) -> None:
-    """A state_dict needs the recipe's model.factory; any other model makes that section moot."""
-    spec = getattr(recipe, "model", None)
-    if model.format is Format.STATE_DICT and spec is None:
-        raise UsageError(
-            "MODEL is a state_dict: the recipe needs model.factory (the code that builds the nn.Module)",
-            hint="--set model.factory=package.module:function, or a model: section in the recipe",
-        )
-    if spec is not None and model.format is not Format.STATE_DICT:
+    """A model.factory is moot for any model but a state_dict (built_pt2 requires it for a state_dict,
+    after reading the file: a pickled module is refused, or with --trust-pickle used without one)."""
+    if getattr(recipe, "model", None) is not None and model.format is not Format.STATE_DICT:
         console.warn(f"model.factory is ignored: {model.path} is {model.format.value}, not a state_dict")
 
 

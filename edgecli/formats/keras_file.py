@@ -19,7 +19,9 @@ def import_tensorflow() -> Any:
 
 
 def load_keras(path: Path) -> Any:
-    """A Keras model, loaded with safe_mode (no arbitrary code from lambda layers)."""
+    """A Keras model, loaded with safe_mode (no arbitrary code from Lambda layers) unless --trust-pickle."""
+    from edgecli.security import trust_pickle
+
     import_tensorflow()
     import keras
 
@@ -29,6 +31,6 @@ def load_keras(path: Path) -> Any:
             source = Path(folder) / "model.keras"
             shutil.copyfile(path, source)
         try:
-            return keras.saving.load_model(str(source), safe_mode=True, compile=False)
+            return keras.saving.load_model(str(source), safe_mode=not trust_pickle(), compile=False)
         except Exception as exc:
             raise ModelReadError(f"{path} is not a loadable Keras model ({str(exc).splitlines()[0][:200]})") from None

@@ -2,8 +2,9 @@
 
 A state_dict holds tensors only; the module they belong to comes from the user's own code, named in
 the recipe as `model.factory`. Files are read with `torch.load(weights_only=True)`: a pickled whole
-module (or any other Python object) is refused, never unpickled. `built_pt2` turns file + factory
-into the .pt2 ExportedProgram every verb reads.
+module (or any other Python object) is refused, never unpickled, unless the user passes
+`--trust-pickle` (see edgecli/security.py): then a pickled nn.Module is used as it is, without a
+factory. `built_pt2` turns file + factory (or the trusted module) into the .pt2 every verb reads.
 """
 
 from __future__ import annotations
@@ -62,19 +63,24 @@ def _is_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
 
-def load_state_dict(path: Path) -> dict[str, Any]:
-    """The file's {name: tensor}, loaded with weights_only=True (no code runs). Raises ModelReadError."""
+def load_state_dict_or_module(path: Path) -> Any:
+    """The file's {name: tensor}, loaded with weights_only=True (no code runs); or, only with
+    --trust-pickle, the pickled nn.Module it holds. Raises ModelReadError."""
     import pickle
 
     import torch
 
+    from edgecli.security import trust_pickle
+
     try:
         loaded = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
+        if trust_pickle():
+            return _trusted_module(path)
         raise ModelReadError(
             f"{path} is a pickled module or other Python object ({_refused_global(exc)}), not a state_dict; "
-            "edgecli does not unpickle it",
-            hint="save model.state_dict() with torch.save instead",
+            "edgecli does not unpickle it (unpickling runs code the file chooses)",
+            hint="save model.state_dict() with torch.save instead, or pass --trust-pickle if you trust this file",
         ) from None
     except Exception as exc:  # a damaged archive: torch raises RuntimeError, EOFError, ...
         raise ModelReadError(f"{path} cannot be read as a torch.save file ({_first_line(exc)})") from None
@@ -88,6 +94,26 @@ def load_state_dict(path: Path) -> dict[str, Any]:
                 hint="save model.state_dict() with torch.save",
             )
     return dict(tensors)
+
+
+def _trusted_module(path: Path) -> Any:
+    """The nn.Module pickled in `path` (the user passed --trust-pickle: its code runs)."""
+    import torch
+
+    try:
+        loaded = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as exc:  # a class the pickle names may not be importable here
+        raise ModelReadError(f"{path}: unpickling failed ({type(exc).__name__}: {_first_line(exc)})",
+                             hint="the module's class must be importable from the working folder") from None
+    if not isinstance(loaded, torch.nn.Module):
+        raise ModelReadError(f"{path} holds a pickled {type(loaded).__name__}, not an nn.Module or a state_dict")
+    return loaded.eval()
+
+
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """The file's {name: tensor} (a trusted pickled module's own state_dict). Raises ModelReadError."""
+    loaded = load_state_dict_or_module(path)
+    return loaded if isinstance(loaded, dict) else dict(loaded.state_dict())
 
 
 # --- the user's model code --------------------------------------------------------------------
@@ -253,20 +279,26 @@ def export_difference(module: Any, program: Any, inputs: Any) -> float:
 
 @contextlib.contextmanager
 def built_pt2(
-    state_dict: ModelFile, spec: ModelSource, data: Dataset | None, dynamic_batch: bool = True, atol: float = 1e-4
+    state_dict: ModelFile, spec: ModelSource | None, data: Dataset | None, dynamic_batch: bool = True, atol: float = 1e-4
 ) -> Iterator[tuple[ModelFile, dict[str, Any]]]:
     """The state_dict file built with model.factory and exported to a temporary .pt2, and the export's
     figures (eager vs exported max abs diff, dynamic batch). Raises UsageError, ModelReadError,
     TransformError or ParityError."""
+    from edgecli.formats import pt2_file
+
+    loaded = load_state_dict_or_module(state_dict.path)
+    if isinstance(loaded, dict) and spec is None:
+        raise UsageError(
+            "MODEL is a state_dict: the recipe needs model.factory (the code that builds the nn.Module)",
+            hint="--set model.factory=package.module:function, or a model: section in the recipe",
+        )
+    spec = spec or ModelSource.model_construct(factory="(pickled module)", kwargs={}, input_shape=None, input_dtype="float32", strict=True)
     if spec.input_shape is None and data is None:
         raise UsageError(
             f"{state_dict.path} is a state_dict: torch.export needs an example input",
             hint="give model.input_shape or --data",
         )
-    from edgecli.formats import pt2_file
-
-    tensors = load_state_dict(state_dict.path)
-    module = build_module(spec, tensors, state_dict.path)
+    module = build_module(spec, loaded, state_dict.path) if isinstance(loaded, dict) else loaded
     example = example_batch(spec, data)
     program, dynamic = export_program(module, example, dynamic_batch)
     difference = export_difference(module, program, _check_inputs(example, data, dynamic))
