@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -12,6 +13,7 @@ import edgecli
 from edgecli.cli.bench import bench
 from edgecli.cli.convert import convert
 from edgecli.cli.distill import distill
+from edgecli.cli.errors import INTERRUPTED
 from edgecli.cli.inspect_cmd import inspect
 from edgecli.cli.prune import prune
 from edgecli.cli.quantize import quantize
@@ -66,4 +68,12 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     signal.signal(signal.SIGTERM, _terminate)
-    app(prog_name="edgecli")  # also under `python -m edgecli`: completion scripts and usage lines name the command users type
+    try:
+        app(prog_name="edgecli")  # also under `python -m edgecli`: completion scripts and usage lines name the command users type
+    except KeyboardInterrupt:
+        # The command already said "interrupted" and its outputs are gone; this is the same interrupt
+        # raised again while the stack unwinds (seen under load in torch training: exit -2 instead of
+        # 130). Leave with the documented code, quietly.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sys.exit(INTERRUPTED)
