@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgecli.errors import RecipeError, UsageError
+from edgecli.errors import RecipeError, UsageError, one_line
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -514,7 +514,14 @@ RECIPES: dict[str, type[Strict]] = {
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe YAML loading that refuses a key given twice (YAML would silently keep the last one)."""
+    """Safe YAML loading that refuses a key given twice (YAML would silently keep the last one) and
+    aliases (*name): a recipe never needs them, and nested aliases expand without bound ("billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in recipes", event.start_mark)
+        return super().compose_node(parent, index)
 
 
 def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -553,13 +560,21 @@ def parse_set(assignments: list[str]) -> list[tuple[list[str], Any]]:
     for item in assignments:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"--set expects key.sub=value, got '{item}'")
+            raise UsageError(f"--set expects key.sub=value, got {one_line(repr(item))}")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise UsageError(f"--set {key}: value '{raw}' is not valid YAML: {exc.problem}") from None
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise UsageError(one_line(f"--set {key}: value {raw!r} is not valid YAML: {_yaml_problem(exc)}")) from None
         parsed.append((key.strip().split("."), value))
     return parsed
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """What is wrong with a YAML text, on one line (a reader error has no `problem`, only lines)."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    text = getattr(exc, "problem", None) or str(exc).strip().split("\n")[0] or type(exc).__name__
+    return " ".join(str(text).split())
 
 
 def _apply_set(raw: dict[str, Any], path: list[str], value: Any) -> None:
@@ -569,7 +584,7 @@ def _apply_set(raw: dict[str, Any], path: list[str], value: Any) -> None:
         if child is None:
             child = node[part] = {}
         elif not isinstance(child, dict):
-            raise UsageError(f"--set {'.'.join(path)}: '{part}' is not a section")
+            raise UsageError(one_line(f"--set {'.'.join(path)}: '{part}' is not a section"))
         node = child
     node[path[-1]] = value
 
@@ -594,17 +609,19 @@ def _explain(exc: ValidationError, model: type[BaseModel], source: str) -> Recip
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    hint = None
     if err["type"] == "extra_forbidden":
         valid = _fields_at(model, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
         hint = f"did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else f"valid keys: {', '.join(valid)}"
-        return RecipeError(f"unknown key '{key}' in {source}{more}", hint=hint)
-    if err["type"] == "value_error" and not loc:
-        return RecipeError(f"{source}: {err['msg'].removeprefix('Value error, ')}{more}")
-    if err["type"] == "missing":
-        return RecipeError(f"'{key}' is required in {source}{more}")
-    given = err.get("input")
-    return RecipeError(f"'{key}' in {source}: {err['msg']} (got {given!r}){more}")
+        message = f"unknown key '{key}' in {source}{more}"
+    elif err["type"] == "value_error" and not loc:
+        message = f"{source}: {err['msg'].removeprefix('Value error, ')}{more}"
+    elif err["type"] == "missing":
+        message = f"'{key}' is required in {source}{more}"
+    else:
+        message = f"'{key}' in {source}: {err['msg']} (got {err.get('input')!r}){more}"
+    return RecipeError(one_line(message), hint=hint and one_line(hint))
 
 
 def validate_recipe(verb: str, raw: dict[str, Any], source: str, model: type[Strict] | None = None) -> Strict:
@@ -621,10 +638,10 @@ def read_yaml_mapping(path: Path, what: str, folder: str) -> dict[str, Any]:
     Raises RecipeError naming the file (and line) for unreadable, invalid, empty or non-mapping files."""
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise RecipeError(f"{path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise RecipeError(f"{path}{where} is not valid YAML: {_yaml_problem(exc)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"cannot read {what} {path}: {exc}") from None
     if raw is None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -225,7 +227,7 @@ def test_inputs_of_different_lengths(tmp_path: Path) -> None:
 
 
 def test_scalar_input_has_no_length(tmp_path: Path) -> None:
-    assert "different lengths" in data_error(npz(tmp_path, x=np.float32(1.0))).message
+    assert "'x' is a single value, not an array of samples" in data_error(npz(tmp_path, x=np.float32(1.0))).message
 
 
 def test_zero_samples(tmp_path: Path) -> None:
@@ -294,3 +296,50 @@ def test_synthetic_dataset_is_seeded() -> None:
     first = synthetic_dataset(specs, count=3, seed=0).inputs["x"]
     np.testing.assert_array_equal(first, synthetic_dataset(specs, count=3, seed=0).inputs["x"])
     assert not np.array_equal(first, synthetic_dataset(specs, count=3, seed=1).inputs["x"])
+
+
+# --- reading only what is needed, and refusing what cannot fit ---------------------------------
+
+
+def test_limit_reads_the_first_samples_of_compressed_and_fortran_arrays(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).random((100, 3, 4)).astype(np.float32)
+    y = np.arange(100)
+    np.savez_compressed(tmp_path / "c.npz", x=x, y=y)
+    np.savez(tmp_path / "f.npz", x=np.asfortranarray(x), y=y)
+    for name in ("c.npz", "f.npz"):
+        dataset = load_dataset(DataSpec(limit=7), override=tmp_path / name)
+        np.testing.assert_array_equal(dataset.inputs["x"], x[:7])
+        np.testing.assert_array_equal(dataset.labels, y[:7])
+        assert dataset.inputs["x"].flags.writeable
+
+
+def test_a_dataset_that_cannot_fit_in_memory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = npz(tmp_path, x=np.zeros((1000, 256), np.uint8), y=np.zeros(1000, np.int64))
+    # uint8 scaled to float32: (256 kB read + 1024 kB of float32 + 8 kB of labels) x 1.2 = 1.47 MiB.
+    monkeypatch.setenv("EDGECLI_MEMORY_LIMIT_BYTES", "1000000")
+    exc = data_error(path, DataSpec(scale=1 / 255))
+    assert exc.message == f"data {path} needs ~1.47 MiB of memory, 0.95 MiB available"
+    assert exc.hint == "set data.limit to use fewer samples"
+    assert len(load_dataset(DataSpec(scale=1 / 255, limit=500), override=path)) == 500  # the first half fits
+
+
+def test_a_bad_memory_limit_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGECLI_MEMORY_LIMIT_BYTES", "lots")
+    with pytest.raises(UsageError, match="EDGECLI_MEMORY_LIMIT_BYTES='lots' is not a number of bytes"):
+        load_dataset(DataSpec(), override=npz(tmp_path, x=np.zeros((2, 2), np.float32)))
+
+
+def test_a_member_that_is_not_an_array(tmp_path: Path) -> None:
+    path = npz(tmp_path, x=np.zeros((2, 2), np.float32))
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("notes.txt", "hello")
+    assert data_error(path).message == f"{path}: member 'notes.txt' is not a numpy array"
+
+
+def test_a_member_shorter_than_its_header_says(tmp_path: Path) -> None:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (1000, 4)})
+    path = tmp_path / "short.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", header.getvalue() + np.zeros(40, np.float32).tobytes())
+    assert "'x' is truncated" in data_error(path).message

@@ -21,7 +21,7 @@ from edgecli.recipes import (
     resolve_recipe_path,
 )
 
-SHIPPED = sorted(CONFIGS_DIR.glob("*/*.yaml"))
+SHIPPED = sorted(p for p in CONFIGS_DIR.glob("*/*.yaml") if p.parent.name != "pipelines")  # pipelines: tests/pipeline
 
 
 def write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:
@@ -334,3 +334,11 @@ def test_bad_gate_in_recipe_names_gates_key(tmp_path: Path) -> None:
     assert "did you mean 'p99_ms'" in exc.message
 
 
+
+
+def test_yaml_aliases_are_refused(tmp_path):
+    """Nested aliases expand without bound ("billion laughs"); a recipe never needs them."""
+    path = tmp_path / "laughs.yaml"
+    path.write_text("a: &a [x, x]\nb: &b [*a, *a]\nmodel:\n  kwargs: {c: [*b, *b]}\n")
+    with pytest.raises(RecipeError, match="line 2 is not valid YAML: aliases"):
+        load_recipe("quantize", str(path))
