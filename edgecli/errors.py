@@ -64,6 +64,12 @@ class ModelReadError(InputError):
     label = "cannot read model"
 
 
+class ModelTooLarge(InputError):
+    """A model file too large for the memory available to load and transform it."""
+
+    label = "out of memory"
+
+
 class DataError(InputError):
     """A dataset that is missing, unreadable or does not fit the model."""
 
@@ -88,6 +94,21 @@ class BackendMissing(EdgecliError):
 
     exit_code = 5
     label = "missing backend"
+
+
+# What runtimes say when a file's structure is broken (onnxruntime for ONNX and ORT files, LiteRT)
+DAMAGED_SIGNS = ("verification failed", "not a valid flatbuffer", "protobuf parsing failed")
+
+
+def damaged_hint(text: str) -> str | None:
+    """A hint for a runtime's load error that means the file itself is damaged, else None."""
+    return "the file is corrupt or truncated" if any(sign in text.lower() for sign in DAMAGED_SIGNS) else None
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped: for names and values from files
+    and command lines that a one-line message quotes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def last_line(exc: BaseException, limit: int = 300) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Iterable
 from math import prod
 from typing import Any
 
@@ -25,9 +26,9 @@ def param_count(model: ModelFile) -> int | None:
         program = pt2_file.load(model.path)
         return sum(t.numel() for t in program.state_dict.values())
     if model.format is Format.TFLITE:
-        from edgecli.formats.tflite_file import _model
+        from edgecli.formats import tflite_file
 
-        flat = _model(model.path.read_bytes())
+        _, flat = tflite_file.load(model.path)
         graph = flat.Subgraphs(0)
         total = 0
         for i in range(graph.TensorsLength()):
@@ -56,10 +57,10 @@ def op_histogram(model: ModelFile) -> dict[str, int]:
     if model.format is Format.TFLITE:
         from ai_edge_litert import schema_py_generated as schema
 
-        from edgecli.formats.tflite_file import _model
+        from edgecli.formats import tflite_file
 
         names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-        flat = _model(model.path.read_bytes())
+        _, flat = tflite_file.load(model.path)
         codes = [max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode())
                  for i in range(flat.OperatorCodesLength())]
         graph = flat.Subgraphs(0)
@@ -121,21 +122,25 @@ def _tflite_buffer_bytes(raw: bytes, flat: Any, index: int) -> bytes:
 
 
 def _tflite_weights(model: ModelFile) -> list[np.ndarray]:
-    from edgecli.formats.tflite_file import _model
+    from edgecli.formats import tflite_file
 
-    raw = model.path.read_bytes()
-    flat = _model(raw)
+    raw, flat = tflite_file.load(model.path)
+    return [array for _, array in _tflite_constants(raw, flat, WEIGHT_MIN_RANK).values()]
+
+
+def _tflite_constants(raw: bytes, flat: Any, min_rank: int) -> dict[int, tuple[str, np.ndarray]]:
+    """Tensor index -> (name, values) of the main subgraph's constant tensors of rank >= min_rank."""
     graph = flat.Subgraphs(0)
     types = _tflite_numpy_types()
-    arrays = []
+    arrays = {}
     for i in range(graph.TensorsLength()):
         tensor = graph.Tensors(i)
-        if tensor.ShapeLength() < WEIGHT_MIN_RANK or tensor.Type() not in types or tensor.Buffer() >= flat.BuffersLength():
+        if tensor.ShapeLength() < min_rank or tensor.Type() not in types or tensor.Buffer() >= flat.BuffersLength():
             continue
         data = _tflite_buffer_bytes(raw, flat, tensor.Buffer())
         dtype = types[tensor.Type()]
         if data and len(data) == prod(tensor.ShapeAsNumpy()) * dtype.itemsize:
-            arrays.append(np.frombuffer(data, dtype=dtype))
+            arrays[i] = ((tensor.Name() or b"").decode("utf-8", "replace"), np.frombuffer(data, dtype=dtype))
     return arrays
 
 
@@ -162,6 +167,122 @@ def weight_state(model: ModelFile) -> dict[str, Any] | None:
         "weight_sparsity": round(sum(int(np.count_nonzero(a == 0)) for a in arrays) / total, 4),
         "weight_dtype": max(sorted(by_dtype), key=by_dtype.__getitem__),
     }
+
+
+# ---------------------------------------------------------------- NaN / Inf weights
+# NaN has no use in a stored tensor; -Inf has (attention masks), so Inf is refused only in layer
+# weights: trainable parameters, or the weight and bias inputs of conv, dense and matmul ops.
+
+Tensor = tuple[str, np.ndarray, bool]  # (name, values, is a layer weight)
+ONNX_WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# torch.export's serialized ScalarType codes (torch/_export/serde/schema.py) of the float types
+PT2_FLOAT_TYPES = {6: np.float16, 7: np.float32, 8: np.float64, 13: "bfloat16"}
+
+
+def _pt2_floats(path: Any) -> list[Tensor] | None:
+    """A .pt2's float tensors (state_dict and constants) read from the archive without torch: the raw
+    storage of each; None for an archive laid out another way."""
+    import json
+    import zipfile
+
+    from edgecli.errors import ModelReadError
+
+    found: list[Tensor] = []
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            configs = sorted(n for n in names if n.endswith(("_weights_config.json", "_constants_config.json")))
+            for config_name in configs:
+                folder = config_name.rsplit("/", 1)[0]
+                for fqn, meta in json.loads(archive.read(config_name)).get("config", {}).items():
+                    dtype = PT2_FLOAT_TYPES.get(meta.get("tensor_meta", {}).get("dtype"))
+                    member = f"{folder}/{meta.get('path_name')}"
+                    if dtype is None or meta.get("use_pickle") or member not in names:
+                        continue
+                    raw = archive.read(member)
+                    if dtype == "bfloat16":  # the upper half of a float32
+                        values = (np.frombuffer(raw[: len(raw) // 2 * 2], np.uint16).astype(np.uint32) << 16).view(np.float32)
+                    else:
+                        values = np.frombuffer(raw[: len(raw) // np.dtype(dtype).itemsize * np.dtype(dtype).itemsize], dtype)
+                    found.append((fqn, values, bool(meta.get("is_param"))))
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as exc:  # a damaged member, bad JSON
+        raise ModelReadError(f"{path} is a damaged .pt2 archive ({str(exc)[:160]})") from None
+    return found if configs else None
+
+
+def stored_floats(model: ModelFile) -> list[Tensor] | None:
+    """Every stored float tensor of the model, or None where they cannot be read cheaply (Keras,
+    SavedModel, ORT)."""
+    if model.format is Format.ONNX:
+        from onnx import numpy_helper
+
+        from edgecli.formats import onnx_file
+
+        graph = onnx_file.load(model.path, check=False).graph
+        weights = {n.input[i] for n in graph.node if n.op_type in ONNX_WEIGHT_OPS for i in (1, 2) if i < len(n.input)}
+        arrays = ((t.name, numpy_helper.to_array(t)) for t in graph.initializer)
+        return [(name, array, name in weights) for name, array in arrays if array.dtype.kind == "f"]
+    if model.format is Format.PT2:
+        found = _pt2_floats(model.path)
+        if found is None:
+            from edgecli.formats import pt2_file
+
+            program = pt2_file.load(model.path)
+            params = set(program.graph_signature.parameters)
+            tensors = {**program.state_dict, **program.constants}
+            found = [(k, t.detach().float().numpy(), k in params) for k, t in tensors.items()
+                     if hasattr(t, "is_floating_point") and t.is_floating_point()]
+        return found
+    if model.format is Format.TFLITE:
+        from edgecli.formats import tflite_file
+
+        raw, flat = tflite_file.load(model.path)
+        graph = flat.Subgraphs(0)
+        names = _tflite_op_names(flat)
+        ops = [graph.Operators(o) for o in range(graph.OperatorsLength())]
+        weights = {int(i) for op in ops if op.OpcodeIndex() < len(names) and names[op.OpcodeIndex()] in TFLITE_MAC_OPS
+                   for i in op.InputsAsNumpy()[1:]}
+        return [(name, array, index in weights) for index, (name, array) in _tflite_constants(raw, flat, 0).items()
+                if array.dtype.kind == "f"]
+    return None
+
+
+def _tflite_op_names(flat: Any) -> list[str]:
+    """The builtin operator name of each operator code."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode())
+             for i in range(flat.OperatorCodesLength())]
+    return [names.get(code, "CUSTOM") for code in codes]
+
+
+def non_finite(tensors: Iterable[Tensor]) -> str | None:
+    """"tensor 'x' holds 3 NaN and 1 Inf values" for the first tensor with a NaN (or, in a layer
+    weight, an Inf); None if there is none."""
+    bad = [(name, int(np.isnan(a).sum()), int(np.isinf(a).sum())) for name, a, weight in tensors
+           if np.isnan(a).any() or (weight and np.isinf(a).any())]
+    if not bad:
+        return None
+    name, nans, infs = bad[0]
+    return f"tensor '{name}' holds {nans} NaN and {infs} Inf values" + (f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else "")
+
+
+def refuse_non_finite(path: Any, tensors: Iterable[Tensor]) -> None:
+    """Refuse NaN/Inf weights (a diverged training run): every output would be NaN, and calibrating,
+    pruning or checking parity on them means nothing. Raises ModelReadError."""
+    from edgecli.errors import ModelReadError
+
+    found = non_finite(tensors)
+    if found:
+        raise ModelReadError(
+            f"{path} has non-finite weights: {found}", hint="export the model again from a checkpoint taken before training diverged"
+        )
+
+
+def check_finite_weights(model: ModelFile) -> None:
+    """refuse_non_finite on the model's stored float tensors (where they can be read cheaply)."""
+    refuse_non_finite(model.path, stored_floats(model) or [])
 
 
 # ---------------------------------------------------------------- MACs
@@ -339,10 +460,10 @@ def tflite_macs(model: ModelFile) -> int:
     """MACs of the main subgraph from the tensor shapes stored in the flatbuffer."""
     from ai_edge_litert import schema_py_generated as schema
 
-    from edgecli.formats.tflite_file import _model
+    from edgecli.formats import tflite_file
 
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    flat = _model(model.path.read_bytes())
+    _, flat = tflite_file.load(model.path)
     codes = [max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode())
              for i in range(flat.OperatorCodesLength())]
     graph = flat.Subgraphs(0)

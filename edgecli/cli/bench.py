@@ -81,8 +81,6 @@ def bench(
     files, reference_index = with_reference(files, reference)
     _refuse_state_dicts(files)
     dataset = optional_dataset(spec.data, data, "data")
-    if dataset is None:
-        console.warn("no --data given: latency only, on random inputs; no accuracy or agreement")
     report = run_bench(files, spec, dataset, reference=reference_index)
     console.show(report_table(report))
     for line in report["warnings"]:

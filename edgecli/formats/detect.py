@@ -30,7 +30,7 @@ def _zip_names(path: Path) -> list[str]:
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:  # e.g. "zip file version 6.4"
         raise ModelReadError(f"{path} looks like a zip archive but cannot be opened ({exc}); truncated?") from None
     # zipfile finds the last end-of-directory record it can: in a truncated .pt2 that is the one of the
     # zip stored inside it (sample_inputs/model.pt). The real directory lists an entry at byte 0.

@@ -6,8 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgecli.errors import ModelTooLarge
 from edgecli.formats.detect import Format, detect_format
 from edgecli.formats.files import sha256_of
+from edgecli.resources import MEMORY_LIMIT_ENV, check_fits
+
+# A model takes about 3x its file size in memory while a verb works on it: the parsed model, the
+# working copy a transformation makes (or the runtime's session) and the serialized result.
+MEMORY_FACTOR = 3
 
 
 @dataclass
@@ -25,6 +31,7 @@ class ModelFile:
         path = Path(path)
         fmt = detect_format(path)
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+        check_memory(path, size)
         return cls(path=path, format=fmt, sha256=sha256_of(path), size_bytes=size)
 
     @property
@@ -33,6 +40,14 @@ class ModelFile:
             self._lineage = read_lineage(self)
             self._lineage_read = True
         return self._lineage
+
+
+def check_memory(path: Path, size: int) -> None:
+    """Refuse, before loading it, a model that needs more memory than is available. Raises ModelTooLarge."""
+    check_fits(
+        size, f"{path} ({size:,} bytes, ~{MEMORY_FACTOR}x that while loaded and transformed)", factor=MEMORY_FACTOR,
+        error=ModelTooLarge, hint=f"free memory or use a larger machine; {MEMORY_LIMIT_ENV} sets the memory edgecli assumes",
+    )
 
 
 def read_lineage(model: ModelFile) -> dict[str, Any] | None:

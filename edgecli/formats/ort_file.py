@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgecli.errors import ModelReadError, TransformError
+from edgecli.errors import ModelReadError, TransformError, damaged_hint
 from edgecli.formats import lineage as lin
 
 def from_onnx_bytes(onnx_bytes: bytes, optimization: str = "basic") -> bytes:
@@ -164,6 +164,7 @@ def read_lineage(path: Path) -> dict[str, Any] | None:
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelReadError(f"onnxruntime cannot load {path} as ORT format: {str(exc).strip().splitlines()[0][:200]}") from None
+        first = str(exc).strip().splitlines()[0][:200]
+        raise ModelReadError(f"onnxruntime cannot load {path} as ORT format: {first}", hint=damaged_hint(first)) from None
     text = session.get_modelmeta().custom_metadata_map.get(lin.LINEAGE_KEY)
     return json.loads(text) if text else None

@@ -285,6 +285,7 @@ def built_pt2(
     figures (eager vs exported max abs diff, dynamic batch). Raises UsageError, ModelReadError,
     TransformError or ParityError."""
     from edgecli.formats import pt2_file
+    from edgecli.model_stats import refuse_non_finite
 
     loaded = load_state_dict_or_module(state_dict.path)
     if isinstance(loaded, dict) and spec is None:
@@ -299,6 +300,9 @@ def built_pt2(
             hint="give model.input_shape or --data",
         )
     module = build_module(spec, loaded, state_dict.path) if isinstance(loaded, dict) else loaded
+    params = {name for name, _ in module.named_parameters()}
+    refuse_non_finite(state_dict.path, [(k, t.detach().float().numpy(), k in params) for k, t in module.state_dict().items()
+                                        if t.is_floating_point()])
     example = example_batch(spec, data)
     program, dynamic = export_program(module, example, dynamic_batch)
     difference = export_difference(module, program, _check_inputs(example, data, dynamic))

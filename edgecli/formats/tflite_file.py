@@ -20,14 +20,43 @@ def _schema() -> Any:
     return schema
 
 
-def _model(data: bytes) -> Any:
+def _model(data: bytes, source: object = "the model") -> Any:
+    """The flatbuffer's root Model table, every table and vector it refers to checked to lie inside
+    `data` (flatbuffers reads lazily: a truncated file would otherwise fail in whichever reader
+    touches its end first). Raises ModelReadError."""
     schema = _schema()
     if data[4:8] != b"TFL3":
-        raise ModelReadError("not a TFLite flatbuffer (no TFL3 identifier)")
+        raise ModelReadError(f"{source} is not a TFLite flatbuffer (no TFL3 identifier)")
     try:
-        return schema.Model.GetRootAsModel(data, 0)
-    except Exception as exc:
-        raise ModelReadError(f"corrupt TFLite flatbuffer ({exc})") from None
+        model = schema.Model.GetRootAsModel(data, 0)
+        _touch(model)
+    except Exception as exc:  # struct.error, ValueError (numpy views past the end), IndexError, ...
+        raise ModelReadError(f"{source} is a corrupt or truncated TFLite flatbuffer ({str(exc)[:160]})") from None
+    return model
+
+
+def _touch(model: Any) -> None:
+    """Read every offset the readers follow (no copies: numpy views of the buffers)."""
+    for i in range(model.OperatorCodesLength()):
+        model.OperatorCodes(i).BuiltinCode()
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for t in range(graph.TensorsLength()):
+            tensor = graph.Tensors(t)
+            tensor.Name(), tensor.ShapeAsNumpy(), tensor.Buffer()
+        for o in range(graph.OperatorsLength()):
+            op = graph.Operators(o)
+            op.InputsAsNumpy(), op.OutputsAsNumpy()
+    for b in range(model.BuffersLength()):
+        model.Buffers(b).DataAsNumpy()
+    for m in range(model.MetadataLength()):
+        model.Metadata(m).Name()
+
+
+def load(path: Path) -> tuple[bytes, Any]:
+    """(the file's bytes, its checked root Model table). Raises ModelReadError."""
+    data = path.read_bytes()
+    return data, _model(data, path)
 
 
 def read_lineage(path: Path) -> dict[str, Any] | None:

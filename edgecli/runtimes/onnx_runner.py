@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecli.errors import ModelReadError
+from edgecli.errors import ModelReadError, damaged_hint
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.runtimes.base import Runner, TensorSpec
@@ -56,7 +56,7 @@ class OnnxRunner(Runner):
             self.session = ort.InferenceSession(str(model.path), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             first = str(exc).strip().splitlines()[0][:240]
-            raise ModelReadError(f"onnxruntime cannot load {model.path}: {first}") from None
+            raise ModelReadError(f"onnxruntime cannot load {model.path}: {first}", hint=damaged_hint(first)) from None
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
 

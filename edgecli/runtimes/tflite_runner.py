@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from edgecli import console
-from edgecli.errors import BackendMissing, ModelReadError
+from edgecli.errors import BackendMissing, ModelReadError, damaged_hint
 from edgecli.formats.model_file import ModelFile
 from edgecli.runtimes.base import Runner, TensorSpec
 
@@ -58,7 +58,8 @@ class TfliteRunner(Runner):
                 check_quantization_scales(self.interpreter, model.path)
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ModelReadError(f"LiteRT cannot load {model.path}: {str(exc).splitlines()[0][:240]}") from None
+            first = str(exc).splitlines()[0][:240]
+            raise ModelReadError(f"LiteRT cannot load {model.path}: {first}", hint=damaged_hint(first)) from None
         self._input_details = self.interpreter.get_input_details()
         self._output_details = self.interpreter.get_output_details()
         self.inputs = [_spec(d) for d in self._input_details]

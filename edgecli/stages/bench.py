@@ -210,6 +210,15 @@ def quality(
 # ---------------------------------------------------------------- the report
 
 
+def non_finite_warnings(models: list[ModelFile]) -> list[str]:
+    """A model with NaN/Inf weights is measured (bench does not change it), with a warning."""
+    from edgecli.model_stats import non_finite, stored_floats
+
+    found = [(model, non_finite(stored_floats(model) or [])) for model in models]
+    return [f"{m.path.name} has non-finite weights ({text}): its outputs are NaN and its accuracy means nothing"
+            for m, text in found if text]
+
+
 def static_facts(model: ModelFile) -> dict[str, Any]:
     """What the file says without running it: size, download size, parameters, sparsity."""
     from edgecli.model_stats import param_count, sparsity
@@ -326,6 +335,8 @@ def bench(models: list[ModelFile], recipe: BenchRecipe, data: Dataset | None, re
         runners = [open_runner(model, threads=threads) for model in models]  # torch's thread count is global: open per group
         if group == 0:
             check_input_names(runners, recipe)
+            if data is None:  # said once every model has opened, so that an unreadable model's error is the only line
+                console.warn("no --data given: latency only, on random inputs; no accuracy or agreement")
             for row, facts in zip(rows, first_group_facts(models, runners, data, recipe)):
                 row.update(facts)
             scores = [dict.fromkeys(QUALITY_KEYS) for _ in models]
@@ -344,7 +355,7 @@ def bench(models: list[ModelFile], recipe: BenchRecipe, data: Dataset | None, re
             row["peak_mib"], row["model_mib"] = memory["peak_mib"], memory["model_mib"]
     for row in rows:
         headline(row, rows[reference])
-    warnings += honesty_warnings(models, rows, reference, recipe)
+    warnings += honesty_warnings(models, rows, reference, recipe) + non_finite_warnings(models)
     gates = evaluate_gates(rows, recipe.gates, reference)
     return {
         "reference": rows[reference]["path"],

@@ -10,6 +10,7 @@ from edgecli.errors import TransformError, UsageError
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
+from edgecli.model_stats import check_finite_weights
 from edgecli.recipes import ConvertRecipe
 from edgecli.runtimes import open_runner
 from edgecli.stages.artifact import Artifact, staged
@@ -94,6 +95,12 @@ def split_calibration(recipe: ConvertRecipe, data: Dataset | None) -> tuple[Data
 
 def convert(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None) -> Artifact:
     """Convert `model` to recipe.target and prove parity on `data` (random inputs if None)."""
+    if model.format in (Format.TFLITE, Format.ORT):
+        raise UsageError(
+            f"convert reads .pt2, ONNX, Keras, SavedModel or a state_dict; {model.path} is {model.format.value}",
+            hint="convert the model it was made from",
+        )
+    check_finite_weights(model)
     preflight(model, recipe)
     calibration, data = split_calibration(recipe, data)
     if recipe.target == "onnx":

@@ -24,6 +24,7 @@ from edgecli.errors import DataError, RecipeError, TransformError, UsageError
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.metrics import is_classifier_output
+from edgecli.model_stats import check_finite_weights
 from edgecli.models.students import count_params, make_student
 from edgecli.recipes import DistillRecipe
 from edgecli.stages.artifact import Artifact
@@ -225,9 +226,14 @@ def export_student(student: Any, x: np.ndarray) -> Any:
     # A batch of 2 (Dim("batch") fails on 1), copied: the program stores its example inputs.
     example = torch.from_numpy(np.ascontiguousarray(x[[0, 0]] if len(x) < 2 else x[:2])).clone()
     try:
-        return torch.export.export(student, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        program = torch.export.export(student, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     except Exception as exc:
         raise TransformError(f"cannot export the student: {str(exc).splitlines()[0][:200]}") from None
+    # A student loaded from a .pt2 (student.path) is a graph module: the export's provenance records
+    # the id()s of in-memory graphs, which differ in every process: not reproducible bytes.
+    for node in program.graph.nodes:
+        node.meta.pop("from_node", None)
+    return program
 
 
 def fingerprint(recipe: DistillRecipe, teacher: ModelFile, x: np.ndarray, labels: np.ndarray | None) -> str:
@@ -263,6 +269,7 @@ def _check_labels(labels: np.ndarray | None, classes: int, source: str) -> None:
 def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, eval_data: Dataset | None,
             checkpoint_path: Path | None = None) -> Artifact:
     """Train the recipe's student on the teacher's soft targets (and labels when present)."""
+    check_finite_weights(teacher)  # also refuses a damaged teacher before torch is even imported
     import torch
 
     from edgecli.stages.distill_report import compare

@@ -7,6 +7,7 @@ from edgecli.data import Dataset
 from edgecli.errors import UsageError
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
+from edgecli.model_stats import check_finite_weights
 from edgecli.recipes import PruneRecipe
 from edgecli.stages.artifact import Artifact
 from edgecli.stages.prune_unstructured import apply_masks, magnitude_masks, prunable_weights, two_four_masks
@@ -16,12 +17,15 @@ __all__ = ["prune", "apply_masks", "magnitude_masks", "prunable_weights", "two_f
 
 def prune(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval_data: Dataset | None) -> Artifact:
     """Prune MODEL as the recipe's method says; the artifact keeps the input's format (.pt2 or ONNX)."""
+    if recipe.method == "channel" and model.format is not Format.PT2:
+        raise UsageError(
+            f"structured (channel) pruning needs a .pt2 or a state_dict + model.factory; {model.path} is {model.format.value}",
+            hint="prune the PyTorch model and convert the result, or use method magnitude / 2of4 on ONNX",
+        )
+    if model.format not in (Format.PT2, Format.ONNX):
+        raise UsageError(f"prune reads .pt2, a state_dict + model.factory, or ONNX; {model.path} is {model.format.value}")
+    check_finite_weights(model)
     if recipe.method == "channel":
-        if model.format is not Format.PT2:
-            raise UsageError(
-                f"structured (channel) pruning needs a .pt2 or a state_dict + model.factory; {model.path} is {model.format.value}",
-                hint="prune the PyTorch model and convert the result, or use method magnitude / 2of4 on ONNX",
-            )
         from edgecli.stages.prune_structured import structured_prune
 
         return structured_prune(model, recipe, train, eval_data)
@@ -29,8 +33,6 @@ def prune(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval_dat
         from edgecli.stages.prune_unstructured import prune_pt2
 
         return prune_pt2(model, recipe, train, eval_data)
-    if model.format is Format.ONNX:
-        from edgecli.stages.prune_onnx import prune_onnx
+    from edgecli.stages.prune_onnx import prune_onnx
 
-        return prune_onnx(model, recipe, train, eval_data)
-    raise UsageError(f"prune reads .pt2, a state_dict + model.factory, or ONNX; {model.path} is {model.format.value}")
+    return prune_onnx(model, recipe, train, eval_data)

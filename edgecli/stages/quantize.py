@@ -15,6 +15,7 @@ from edgecli.errors import UsageError
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.metrics import accuracy, agreement
+from edgecli.model_stats import check_finite_weights
 from edgecli.recipes import QuantizeRecipe
 from edgecli.runtimes import open_runner
 from edgecli.runtimes.base import Runner
@@ -108,6 +109,7 @@ def quantize(
     is missed, keep the most sensitive layers in float until it holds (or give the best found)."""
     check = eval_data if eval_data is not None else calib
     _check_request(model, recipe, calib, check)
+    check_finite_weights(model)
     if recipe.format == "onnx" and model.format is Format.PT2:
         from edgecli.stages.convert_onnx import checked_onnx_file
 

@@ -47,5 +47,5 @@ def test_ort_file_is_benchmarked_and_inspected(sample, tmp_path):
 
 def test_ort_from_tflite_is_refused_with_exit_2(sample_tflite, tmp_path):
     result = run_cli("convert", sample_tflite, "-r", "ort-mobile", "-o", tmp_path / "x.ort")
-    assert result.code == 2 and "ORT format is made from ONNX or .pt2" in result.lines[-1]
+    assert result.code == 2 and "convert reads .pt2, ONNX, Keras, SavedModel or a state_dict" in result.lines[-1]
     assert leftovers(tmp_path) == []
