@@ -34,7 +34,7 @@ class Command:
     argv: list[str]
     outputs: list[Path]
     depends_on: list[Path] = field(default_factory=list)
-    settings: list[str] = field(default_factory=list)
+    settings: list[str] = field(default_factory=list)  # as written in the pipeline (${name}, not a path): the run key
 
     def shell(self) -> str:
         return shlex.join(["edgecli", *self.argv])
@@ -118,10 +118,11 @@ class Planner:
         source = self._input(index, step)
         depends = [source]
         recipe_arg, recipe_files = self._recipe(step.verb, step.recipe)
-        settings = []
+        settings, written = [], []
         for key, value in [*step.set.items(), *self.overrides.get(step.name, [])]:
             text, used = self._resolve(value) if isinstance(value, str) else (value, [])
             settings.append(_setting(key, text))
+            written.append(_setting(key, value))
             depends += used
         recipe, _ = load_recipe(step.verb, recipe_arg, settings)
         written = importlib.import_module(WRITERS[step.verb]).written_format(recipe, self.formats[source])
@@ -137,7 +138,7 @@ class Planner:
         for setting in settings:
             argv += ["--set", setting]
         argv += ["-o", shown(output)]
-        return Command(step.name, step.verb, argv, [output], depends + recipe_files, settings)
+        return Command(step.name, step.verb, argv, [output], depends + recipe_files, written)
 
     def bench(self) -> Command | None:
         bench = self.spec.bench

@@ -46,7 +46,7 @@ def step_key(command: Command) -> str:
         "depends_on": [sha256_of(path) for path in command.depends_on],
         "settings": command.settings,
         "outputs": [path.name for path in command.outputs],
-        "options": [arg for arg in command.argv if arg.startswith("-")],
+        "options": [arg for arg in command.argv if arg.startswith("-")],  # paths are in depends_on, by content
         "tools": lin.tool_versions(),
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
