@@ -137,6 +137,12 @@ def progress(description: str, total: int) -> Iterator[Tracker]:
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
     )
-    with Progress(*columns, console=get_console(), transient=False) as bar:
+    terminal = get_console().is_terminal
+    with Progress(*columns, console=get_console(), transient=False, disable=not terminal) as bar:
         task_id = bar.add_task(description, total=total, status="")
         yield _Task(bar, task_id)
+    if not terminal:  # a log (CI, a pipe): one line when the work is done, none when it failed
+        task = bar.tasks[0]
+        status = f"  {task.fields['status']}" if task.fields.get("status") else ""
+        get_console().print(f"{description}: {task.completed:g}/{total} in {task.finished_time or task.elapsed or 0:.1f} s{status}",
+                            markup=False, highlight=False)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from edgecli.errors import RecipeError, UsageError
+from edgecli.errors import DataError, EdgecliError, ModelReadError, RecipeError, UsageError
 from edgecli.formats.detect import Format, detect_format
 from edgecli.pipeline.spec import REFERENCE, SOURCE, PipelineSpec, StepSpec
 from edgecli.recipes import load_recipe, parse_set, resolve_recipe_path
@@ -66,10 +66,11 @@ class Planner:
         self.formats: dict[Path, Format] = {self.paths[SOURCE]: detect_format(self.paths[SOURCE])}
         self.overrides = self._overrides(overrides or [])
 
-    def _file(self, text: str, what: str) -> Path:
+    def _file(self, text: str, what: str, missing: type[EdgecliError] = ModelReadError) -> Path:
+        """A path of the pipeline file, relative to its folder; a missing file is unreadable input (exit 3)."""
         path = (self.base / text).resolve()
         if not path.exists():
-            raise UsageError(f"{what} {text} does not exist (paths in a pipeline are relative to {shown(self.base)})")
+            raise missing(f"{what} {text} does not exist (paths in a pipeline are relative to {shown(self.base)})")
         return path
 
     def _overrides(self, items: list[str]) -> dict[str, list[tuple[str, Any]]]:
@@ -86,8 +87,8 @@ class Planner:
         if text is None:
             return None
         if text in self.spec.datasets:
-            return self._file(self.spec.datasets[text], f"dataset '{text}'")
-        return self._file(text, "data")
+            return self._file(self.spec.datasets[text], f"dataset '{text}'", DataError)
+        return self._file(text, "data", DataError)
 
     def _resolve(self, text: str) -> tuple[str, list[Path]]:
         """${name} references replaced by paths; the referenced files."""

@@ -236,6 +236,15 @@ def export_student(student: Any, x: np.ndarray) -> Any:
     return program
 
 
+def _single_input(data: Dataset, name: str) -> np.ndarray:
+    """The training array for the teacher's one input: the only array, or the one under its name."""
+    if len(data.inputs) == 1:
+        return next(iter(data.inputs.values()))
+    if name not in data.inputs:
+        raise DataError(f"{data.source}: the data has no array for input(s) {name}; it holds {', '.join(data.inputs)}")
+    return data.inputs[name]
+
+
 def fingerprint(recipe: DistillRecipe, teacher: ModelFile, x: np.ndarray, labels: np.ndarray | None) -> str:
     """What a checkpoint must match to be resumed: the recipe, the teacher and the data."""
     parts = [json.dumps(recipe.model_dump(mode="json", exclude={"data", "eval_data", "latency_runs", "teacher_cache"}), sort_keys=True),
@@ -276,16 +285,14 @@ def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, ev
 
     if train is None:
         raise UsageError("distill needs training data", hint="pass --data train.npz or set data.path")
-    if len(train.inputs) != 1:
-        raise UsageError("distill supports single-input models for now")
     if recipe.baseline and train.labels is None:
         raise RecipeError("baseline: true needs labels ('y') in the training data", hint="or set baseline: false")
     seed_everything(recipe.seed)
-    x = np.ascontiguousarray(next(iter(train.inputs.values())).astype(np.float32))
     hint_layer = recipe.hint.teacher_layer if recipe.hint else None
     with distributed.process_group() as shard, teacher_runner(teacher, hint_layer) as runner:
         if len(runner.inputs) != 1:
             raise UsageError(f"distill supports single-input teachers for now; {teacher.path} has {len(runner.inputs)} inputs")
+        x = np.ascontiguousarray(_single_input(train, runner.inputs[0].name).astype(np.float32))
         targets = TeacherTargets(teacher, runner, runner.inputs[0].name, x, recipe.augment, recipe.seed, hint_layer,
                                  recipe.teacher_cache)
         if distributed.is_writer():

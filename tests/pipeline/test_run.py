@@ -126,7 +126,6 @@ def test_a_failing_step_stops_the_run_leaves_no_output_and_runs_again(tmp_path, 
         ({"steps": [{"name": "a", "verb": "convert", "input": "${later}"}]}, "refers to ${later}, which is not an earlier step"),
         ({"steps": [{"name": "a", "verb": "convert"}, {"name": "a", "verb": "convert"}]}, "step name 'a' is used twice"),
         ({"steps": [{"name": "a", "verb": "compress"}]}, "'steps.0.verb'"),
-        ({"model": "missing.pt2"}, "model missing.pt2 does not exist"),
         ({"steps": [{"name": "a", "verb": "convert", "recipe": "no-such-recipe"}]}, "no shipped convert recipe"),
         ({"steps": [{"name": "a", "verb": "convert", "recipe": "onnx", "set": {"opset": "high"}}]}, "'opset'"),
         ({"bench": {"models": ["${nothing}"]}}, "bench.models"),
@@ -137,6 +136,13 @@ def test_bad_pipelines_are_refused_before_any_work(tmp_path, change, message):
     result = run_cli("run", pipeline, "--out", tmp_path / "out")
     assert result.code == 2, result.stderr
     assert len(result.lines) == 1 and message in result.lines[0], result.lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_model_is_unreadable_input(tmp_path):
+    pipeline = write_pipeline(tmp_path, {**QUICK, "model": "missing.pt2"})
+    result = run_cli("run", pipeline, "--out", tmp_path / "out")
+    assert result.code == 3 and len(result.lines) == 1 and "model missing.pt2 does not exist" in result.lines[0]
     assert not (tmp_path / "out").exists()
 
 
