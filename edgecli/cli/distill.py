@@ -45,6 +45,8 @@ def distill(
             raise UsageError(f"--checkpoint {checkpoint}: not a file path in an existing folder")
         if output != "-" and checkpoint.resolve() == Path(output).resolve():
             raise UsageError("--checkpoint and -o name the same file")
+        if model != "-" and checkpoint.resolve() == Path(model).resolve():
+            raise UsageError(f"--checkpoint {checkpoint} is the teacher model; choose another path")
     work = functools.partial(stage, checkpoint_path=checkpoint)
     run_model_verb("distill", model, recipe, output, sets, quiet, work, written_format, data, eval_data, report)
     if checkpoint is not None and is_writer():

@@ -109,6 +109,13 @@ class Planner:
             return shown(local), [local.resolve()]
         return name, [resolve_recipe_path(verb, name)]
 
+    def _check_not_an_input(self, name: str, output: Path) -> None:
+        """A step's output must not overwrite the source model or a dataset (an --out folder holding them)."""
+        inputs = [self.paths[SOURCE], *((self.base / path).resolve() for path in self.spec.datasets.values())]
+        if output.resolve() in inputs:
+            raise UsageError(f"step '{name}' would write {shown(output)}, which is an input of the pipeline",
+                             hint="rename the step or choose another --out")
+
     def _input(self, index: int, step: StepSpec) -> Path:
         if step.input is None:
             return self.paths[self.spec.steps[index - 1].name if index else SOURCE]
@@ -128,6 +135,7 @@ class Planner:
         recipe, _ = load_recipe(step.verb, recipe_arg, settings)
         written = importlib.import_module(WRITERS[step.verb]).written_format(recipe, self.formats[source])
         output = self.out / f"{step.name}{written.suffix}"
+        self._check_not_an_input(step.name, output)
         self.paths[step.name], self.formats[output] = output, written
         argv = [step.verb, shown(source)]
         argv += ["-r", recipe_arg] if recipe_arg else []

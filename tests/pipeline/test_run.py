@@ -139,6 +139,15 @@ def test_bad_pipelines_are_refused_before_any_work(tmp_path, change, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_step_output_never_overwrites_an_input(tmp_path, sample):
+    model = tmp_path / "fashion_cnn.onnx"
+    model.write_bytes(sample["onnx"].read_bytes())
+    spec = {**QUICK, "model": str(model), "steps": [{"name": "fashion_cnn", "verb": "quantize", "recipe": "int8-dynamic"}]}
+    result = run_cli("run", write_pipeline(tmp_path, spec), "--out", tmp_path)
+    assert result.code == 2 and "step 'fashion_cnn' would write" in result.lines[0] and "an input of the pipeline" in result.lines[0]
+    assert model.read_bytes() == sample["onnx"].read_bytes()
+
+
 def test_a_missing_model_is_unreadable_input(tmp_path):
     pipeline = write_pipeline(tmp_path, {**QUICK, "model": "missing.pt2"})
     result = run_cli("run", pipeline, "--out", tmp_path / "out")

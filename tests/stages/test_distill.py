@@ -199,6 +199,7 @@ def test_baseline_and_bad_inputs(sample, tmp_path, cache):
         (["--set", "student={family: mlp, path: x.pt2}"], 2, "give one of student.family, student.path, student.factory"),
         (["--set", "hint={teacher_layer: x, student_layer: '1'}"], 2, "is not a tensor of the ONNX teacher"),
         (["--set", "augment={views: 0}"], 2, "augment.views"),
+        (["--checkpoint", sample["onnx"]], 2, "is the teacher model"),  # never written over the input
     ]
     for extra, code, message in cases:
         bad_out = tmp_path / "bad.pt2"
