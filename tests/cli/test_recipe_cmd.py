@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
+from edgecli.cli.recipe_schema import SCHEMAS
 from edgecli.recipes import CONFIGS_DIR, RECIPES, load_recipe, validate_recipe
 from tests.conftest import ROOT, leftovers, run_cli
 
@@ -181,7 +182,7 @@ def test_completion_of_recipe_names_per_verb():
 
 def test_completion_of_recipe_commands():
     assert complete("edgecli recipe ") == ["list", "show", "schema"]
-    assert complete("edgecli recipe schema ") == list(RECIPES)
+    assert complete("edgecli recipe schema ") == list(SCHEMAS)  # every verb, and pipeline
     names = complete("edgecli recipe show tflite-")
     assert "tflite-int8" in names and "tflite-dynamic" in names and "kd" not in names
     assert complete("edgecli recipe show --verb convert tflite-") == ["tflite-int8", "tflite-micro"]

@@ -51,11 +51,11 @@ STEPS = ["pruned", "student", "int8", "mobile", "litert", "bench"]
 # runs, no per-model memory processes in the bench. (Pruning has no fine-tuning in the pipeline itself.)
 CHEAP: dict[str, list[str]] = {
     "pruned": [],
-    "student": ["epochs=1", "data.limit=1000", "augment.views=1", "latency_runs=0"],
+    "student": ["epochs=1", "data.limit=500", "augment.views=1", "latency_runs=0"],
     "int8": ["calibration.samples=64"],
     "mobile": [],
     "litert": ["calibration.samples=64"],
-    "bench": ["runs=20", "min_time_s=0.1", "memory=false"],
+    "bench": ["runs=20", "warmup=1", "min_time_s=0.1", "memory=false", "data.limit=500"],
 }
 GATE_TIMING = "--set runs=50 --set min_time_s=0.2"
 

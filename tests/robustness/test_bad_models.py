@@ -118,7 +118,11 @@ def cut(data: bytes, fraction: float | None) -> bytes:
     return data[:1] if fraction is None else data[: int(len(data) * fraction)]
 
 
-TRUNCATED = [(verb, fmt, name) for verb, formats in READS.items() for fmt in formats for name in CUTS]
+# inspect (the cheapest reader) sees every format cut at every point; each other verb and format pair
+# one cut, taken in turn, so that every reader meets every kind of cut without 4x the processes
+_PAIRS = [(verb, fmt) for verb, formats in READS.items() if verb != "inspect" for fmt in formats]
+TRUNCATED = [(verb, fmt, list(CUTS)[index % len(CUTS)]) for index, (verb, fmt) in enumerate(_PAIRS)]
+TRUNCATED += [("inspect", fmt, name) for fmt in READS.get("inspect", []) for name in CUTS]
 
 
 @pytest.mark.parametrize(("verb", "fmt", "damage"), TRUNCATED, ids=[f"{v}-{f}-{d}" for v, f, d in TRUNCATED])
