@@ -76,9 +76,6 @@ class State:
         write_bytes_atomic(self.path, (json.dumps({"edgecli_run": 1, "steps": self.steps}, indent=2, sort_keys=True) + "\n").encode())
         return outputs
 
-    def forget(self, command: Command) -> None:
-        self.steps.pop(command.name, None)
-
 
 @contextlib.contextmanager
 def locked(folder: Path) -> Iterator[None]:
@@ -122,7 +119,6 @@ def run_commands(commands: list[Command], folder: Path, quiet: bool, force: bool
             outcomes.append(Outcome(command.name, command.verb, "up to date", state.steps[command.name]["outputs"], 0.0, command.shell()))
             continue
         console.info(f"[{index}/{len(commands)}] {command.name}: {command.shell()}")
-        state.forget(command)
         started = time.perf_counter()
         code = execute(command, quiet)
         if code != 0:

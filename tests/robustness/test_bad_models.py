@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE, CliResult, data_args, leftovers, run_cli
+from tests.conftest import SAMPLE, data_args, leftovers, run_cli
+from tests.robustness.conftest import assert_refused
 
 SUFFIX = {"pt2": ".pt2", "onnx": ".onnx", "pt": ".pt", "tflite": ".tflite", "keras": ".keras", "ort": ".ort"}
 # The formats each verb reads (README, "Formats and lineage"; prune also reads ONNX, without fine-tuning).
@@ -49,25 +50,6 @@ def command(verb: str, model: Path, fmt: str, out: Path) -> list[object]:
         "convert": (["tflite"], "out.tflite") if tflite else (["onnx"], "out.onnx"),
     }[verb]
     return [verb, model, "-r", *recipe, *data_args(verb), *(FACTORY if fmt == "pt" else []), "-o", out / output]
-
-
-def assert_refused(result: CliResult, code: int, phrase: str, out: Path) -> str:
-    """The contract of a failure: exit code, one stderr line with `phrase`, no traceback, nothing on
-    stdout, nothing (not even a temporary file) in the output folder. Returns the line."""
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.code == code, result.stderr
-    assert len(result.lines) == 1, result.stderr
-    assert phrase in result.lines[0], result.lines[0]
-    assert result.stdout == b""
-    assert leftovers(out) == []
-    return result.lines[0]
-
-
-@pytest.fixture
-def out(tmp_path: Path) -> Path:
-    folder = tmp_path / "out"
-    folder.mkdir()
-    return folder
 
 
 # --- the real models ---------------------------------------------------------------------------

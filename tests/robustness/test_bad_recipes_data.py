@@ -17,6 +17,7 @@ import pytest
 
 from edgecli.pipeline.runner import LOCK_FILE
 from tests.conftest import SAMPLE, CliResult, leftovers, run_cli
+from tests.robustness.conftest import assert_refused
 
 PT2, ONNX = SAMPLE / "fashion_cnn.pt2", SAMPLE / "fashion_cnn.onnx"
 
@@ -42,25 +43,6 @@ def run_verb(verb: str, out: Path, *args: object, model: Path | None = None) -> 
     output = spec.output if model is None or verb != "prune" else f"out{model.suffix}"  # prune writes its input's format
     target = ["--json", out / output] if verb == "bench" else ["-o", out / output]
     return run_cli(verb, model or spec.model, *args, *target)
-
-
-def assert_refused(result: CliResult, code: int, phrase: str, out: Path, ignore: tuple[str, ...] = ()) -> str:
-    """The contract of a failure: exit code, one stderr line with `phrase`, no traceback, nothing
-    on stdout, nothing in the output folder. Returns the line."""
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.code == code, result.stderr
-    assert len(result.lines) == 1, result.stderr
-    assert phrase in result.lines[0], result.lines[0]
-    assert result.stdout == b""
-    assert [name for name in leftovers(out) if name not in ignore] == []
-    return result.lines[0]
-
-
-@pytest.fixture
-def out(tmp_path: Path) -> Path:
-    folder = tmp_path / "out"
-    folder.mkdir()
-    return folder
 
 
 # --- recipes ---------------------------------------------------------------------------------
