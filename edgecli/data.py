@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
+from edgecli.data_rows import RowArray, Spill, sub_rows
 from edgecli.errors import DataError, UsageError, one_line
 from edgecli.recipes import DEFAULT_DYNAMIC_DIM, DEFAULT_INT_RANGE, DataSpec
 from edgecli.resources import check_fits
@@ -22,7 +25,7 @@ SINGLE_INPUT_KEY = "x"
 class Dataset:
     """Named input arrays of equal length, and optional integer labels."""
 
-    inputs: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray | RowArray]  # RowArray: on disk, read by slicing or indexing
     labels: np.ndarray | None
     source: str
 
@@ -38,15 +41,20 @@ class Dataset:
     def take(self, count: int) -> Dataset:
         """The first `count` samples."""
         labels = None if self.labels is None else self.labels[:count]
-        return Dataset({k: v[:count] for k, v in self.inputs.items()}, labels, self.source)
+        return Dataset({k: sub_rows(v, 0, count) for k, v in self.inputs.items()}, labels, self.source)
 
     def skip(self, count: int) -> Dataset:
         """The samples after the first `count`."""
         labels = None if self.labels is None else self.labels[count:]
-        return Dataset({k: v[count:] for k, v in self.inputs.items()}, labels, f"{self.source}[{count}:]")
+        return Dataset({k: sub_rows(v, count, len(v)) for k, v in self.inputs.items()}, labels, f"{self.source}[{count}:]")
 
     def batch(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Samples [start, stop) of every input, in memory."""
         return {k: v[start:stop] for k, v in self.inputs.items()}
+
+    def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The samples at `indices` of every input, in memory."""
+        return {k: v[indices] for k, v in self.inputs.items()}
 
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -54,7 +62,7 @@ ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # an archive with members; an empty
 # A dataset is refused before loading when the arrays it reads plus their float32 copies, times this
 # factor (headroom for batches, the model and its runtime), exceed the available memory.
 MEMORY_FACTOR = 1.2
-_CHUNK = 16 * 1024 * 1024
+_CHUNK = 4 * 1024 * 1024  # bytes read from an archive member at a time
 
 
 @dataclass
@@ -105,8 +113,8 @@ def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> _Me
 
 
 def _read(archive: zipfile.ZipFile, member: _Member, limit: int | None, source: str) -> np.ndarray:
-    """The array, or only its first `limit` samples: read straight from the member stream (compressed
-    or not), so a limited dataset never holds the rest in memory."""
+    """The whole array (or its first `limit` samples) in memory, read from the member stream. Used for
+    labels and Fortran-ordered arrays, whose first rows are not stored together."""
     shape = member.shape[::-1] if member.fortran else (member.rows(limit), *member.shape[1:])
     out = np.empty(shape, member.dtype)
     view = out.reshape(-1).view(np.uint8)
@@ -122,9 +130,81 @@ def _read(archive: zipfile.ZipFile, member: _Member, limit: int | None, source: 
     return out.T[: member.rows(limit)] if member.fortran else out
 
 
+def _row_blocks(archive: zipfile.ZipFile, member: _Member, limit: int | None, source: str) -> Iterator[np.ndarray]:
+    """The first `limit` samples of a C-ordered member in blocks of rows (about _CHUNK bytes each),
+    decompressed as they are read."""
+    rows, per_block = member.rows(limit), _block_rows(member)
+    with archive.open(member.info) as stream:
+        stream.read(member.offset)
+        for start in range(0, rows, per_block):
+            count = min(per_block, rows - start)
+            block = np.empty((count, *member.shape[1:]), member.dtype)
+            view = block.reshape(-1).view(np.uint8)
+            filled = 0
+            while filled < view.size:
+                chunk = stream.read(view.size - filled)
+                if not chunk:
+                    raise DataError(f"{source}: '{_key(member.info)}' is truncated")
+                view[filled : filled + len(chunk)] = np.frombuffer(chunk, np.uint8)
+                filled += len(chunk)
+            yield block
+
+
+def _block_rows(member: _Member) -> int:
+    """Rows per block when streaming a member: about _CHUNK bytes as read or as float32, the larger."""
+    row_values = math.prod(member.shape[1:])
+    return max(1, _CHUNK // max(1, row_values * max(member.dtype.itemsize, 4)))
+
+
+def _is_scaled(spec: DataSpec) -> bool:
+    return spec.scale != 1.0 or spec.mean is not None or spec.std is not None
+
+
+def _kept_as_stored(member: _Member, spec: DataSpec) -> bool:
+    """Whether normalisation leaves the values and dtype as stored (float32 or integers, unscaled)."""
+    return not _is_scaled(spec) and (member.dtype == np.float32 or np.issubdtype(member.dtype, np.integer))
+
+
+def _data_offset(handle: IO[bytes], info: zipfile.ZipInfo) -> int:
+    """Where a stored member's bytes start in the archive: after its local header (whose extra field
+    may differ from the central directory's)."""
+    handle.seek(info.header_offset)
+    local = handle.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise DataError(f"'{_key(info)}' has a damaged zip header")
+    name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+    return info.header_offset + 30 + name_length + extra_length
+
+
+def _on_disk(archive: zipfile.ZipFile, handle: IO[bytes], member: _Member, spec: DataSpec, name: str,
+             source: str) -> RowArray:
+    """The member's first `spec.limit` samples, normalised, as rows on disk: read in place from an
+    uncompressed archive when normalisation changes nothing, else streamed block by block into a
+    temporary spill file. Every value is checked finite on the way."""
+    rows = member.rows(spec.limit)
+    label = f"{source}:{name}"
+    if member.info.compress_type == zipfile.ZIP_STORED and not member.fortran and _kept_as_stored(member, spec):
+        start = _data_offset(handle, member.info) + member.offset
+        stored = RowArray(handle, start, (rows, *member.shape[1:]), member.dtype, label)
+        for block in stored.chunks():
+            _normalise(block, spec, name, source)  # unchanged, only checked
+        return stored
+    if member.fortran:
+        whole = _read(archive, member, spec.limit, source)
+        blocks: Iterator[np.ndarray] = iter([whole])
+    else:
+        blocks = _row_blocks(archive, member, spec.limit, source)
+    dtype = member.dtype if _kept_as_stored(member, spec) else np.dtype(np.float32)
+    spill = Spill((rows, *member.shape[1:]), dtype, label)
+    for block in blocks:
+        spill.write(_normalise(block, spec, name, source))
+    return spill.rows()
+
+
 def _normalise(x: np.ndarray, spec: DataSpec, name: str, source: str) -> np.ndarray:
-    scaled = spec.scale != 1.0 or spec.mean is not None or spec.std is not None
-    if np.issubdtype(x.dtype, np.integer) and not scaled:
+    """Scale, centre and divide a block of samples as the spec says (integer inputs without scaling
+    stay integers); refuse NaN and Inf."""
+    if np.issubdtype(x.dtype, np.integer) and not _is_scaled(spec):
         return x  # token ids and other integer inputs stay integers
     x = x.astype(np.float32, copy=x.dtype != np.float32 or not x.flags.c_contiguous)  # in place from here
     if spec.scale != 1.0:
@@ -158,14 +238,17 @@ def _check(members: dict[str, _Member], labels: _Member | None, source: str) -> 
 
 
 def _needed_bytes(members: dict[str, _Member], labels: _Member | None, spec: DataSpec) -> int:
-    """Bytes of the arrays read, plus the float32 copies normalisation makes (float32 is scaled in place)."""
-    scaled = spec.scale != 1.0 or spec.mean is not None or spec.std is not None
+    """Bytes held in memory while loading: the labels, Fortran-ordered inputs (read whole, plus their
+    float32 copies) and one block per input. The inputs themselves stay on disk."""
     total = labels.read_bytes(spec.limit) if labels is not None else 0
     for member in members.values():
-        total += member.read_bytes(spec.limit)
-        converted = scaled or not np.issubdtype(member.dtype, np.integer)
-        if converted and (member.dtype != np.float32 or member.fortran):
-            total += member.read_bytes(spec.limit) // member.dtype.itemsize * 4
+        if member.fortran:
+            total += member.read_bytes(spec.limit)
+            if not _kept_as_stored(member, spec):
+                total += member.read_bytes(spec.limit) // member.dtype.itemsize * 4
+        else:  # one block as read, and its float32 copy
+            block = min(member.rows(spec.limit), _block_rows(member)) * math.prod(member.shape[1:])
+            total += block * (member.dtype.itemsize + (0 if _kept_as_stored(member, spec) else 4))
     return total
 
 
@@ -181,10 +264,12 @@ def _kind(path: Path, source: str) -> None:
 
 
 def load_dataset(spec: DataSpec, override: Path | None = None, what: str = "data") -> Dataset:
-    """Load the dataset named on the command line (override) or by the recipe (relative to the
-    current folder); with `spec.limit`, only the first samples are read. The .npy headers are read
-    first: a file that cannot fit in memory (see MEMORY_FACTOR) is refused before anything is loaded.
-    Raises DataError/UsageError."""
+    """Open the dataset named on the command line (override) or by the recipe (relative to the
+    current folder); with `spec.limit`, only the first samples are used. The .npy headers are read
+    first. Inputs stay on disk (RowArray: read in place from an uncompressed archive, else streamed
+    once into a temporary spill file, normalised and checked finite) and are read a batch at a time;
+    labels are loaded. What loading holds in memory must fit (see MEMORY_FACTOR); a consumer that
+    reads every sample at once is checked when it does. Raises DataError/UsageError."""
     path = override if override is not None else spec.path
     if path is None:
         raise UsageError(f"no {what} given", hint="pass --data PATH.npz or set data.path in the recipe")
@@ -204,8 +289,9 @@ def load_dataset(spec: DataSpec, override: Path | None = None, what: str = "data
             _check(members, labels, source)
             check_fits(_needed_bytes(members, labels, spec), f"{what} {source}", MEMORY_FACTOR, DataError,
                        hint="set data.limit to use fewer samples")
-            inputs = {key: _normalise(_read(archive, m, spec.limit, source), spec, key, source) for key, m in members.items()}
             y = None if labels is None else _read(archive, labels, spec.limit, source).astype(np.int64)
+            handle = path.open("rb")
+            inputs = {key: _on_disk(archive, handle, m, spec, key, source) for key, m in members.items()}
     except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError, NotImplementedError, RuntimeError) as exc:
         raise DataError(f"{source} is not a readable .npz file ({one_line(str(exc)[:160])})") from None
     return Dataset(inputs, y, source)

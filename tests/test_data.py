@@ -310,17 +310,34 @@ def test_limit_reads_the_first_samples_of_compressed_and_fortran_arrays(tmp_path
         dataset = load_dataset(DataSpec(limit=7), override=tmp_path / name)
         np.testing.assert_array_equal(dataset.inputs["x"], x[:7])
         np.testing.assert_array_equal(dataset.labels, y[:7])
-        assert dataset.inputs["x"].flags.writeable
+        assert dataset.inputs["x"][:7].flags.writeable  # reads are fresh arrays, safe to scale in place
 
 
-def test_a_dataset_that_cannot_fit_in_memory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = npz(tmp_path, x=np.zeros((1000, 256), np.uint8), y=np.zeros(1000, np.int64))
-    # uint8 scaled to float32: (256 kB read + 1024 kB of float32 + 8 kB of labels) x 1.2 = 1.47 MiB.
+def test_a_dataset_larger_than_memory_streams_and_only_a_whole_read_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    x = np.random.default_rng(0).integers(0, 256, (20_000, 256), dtype=np.uint8)
+    path = npz(tmp_path, x=x, y=np.zeros(20_000, np.int64))
+    # 20 MB once scaled to float32, against 8 MB available: it opens (one 4096-row block as read and
+    # as float32, 5.2 MB, plus 160 kB of labels, x 1.2) and reads batch by batch ...
+    monkeypatch.setenv("EDGECLI_MEMORY_LIMIT_BYTES", "8000000")
+    dataset = load_dataset(DataSpec(scale=1 / 255), override=path)
+    rows = dataset.inputs["x"]
+    assert type(rows).__name__ == "RowArray" and rows.shape == (20_000, 256) and rows.dtype == np.float32
+    np.testing.assert_array_equal(dataset.batch(1000, 1064)["x"], x[1000:1064].astype(np.float32) * np.float32(1 / 255))
+    # ... but what would read every sample at once is refused before it reads.
+    with pytest.raises(DataError) as caught:
+        np.asarray(rows)
+    assert caught.value.message == f"reading 20000 samples of {path}:x at once needs ~0.02 GiB of memory, 7.63 MiB available"
+    assert caught.value.hint == "set data.limit to use fewer samples"
+
+
+def test_labels_that_cannot_fit_in_memory_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = npz(tmp_path, x=np.zeros((200_000, 1), np.uint8), y=np.zeros(200_000, np.int64))
+    # labels are loaded: 1.6 MB of int64 plus one block of inputs (200 kB as read, 800 kB as float32), x 1.2.
     monkeypatch.setenv("EDGECLI_MEMORY_LIMIT_BYTES", "1000000")
     exc = data_error(path, DataSpec(scale=1 / 255))
-    assert exc.message == f"data {path} needs ~1.47 MiB of memory, 0.95 MiB available"
+    assert exc.message == f"data {path} needs ~2.98 MiB of memory, 0.95 MiB available"
     assert exc.hint == "set data.limit to use fewer samples"
-    assert len(load_dataset(DataSpec(scale=1 / 255, limit=500), override=path)) == 500  # the first half fits
+    assert len(load_dataset(DataSpec(scale=1 / 255, limit=50_000), override=path)) == 50_000
 
 
 def test_a_bad_memory_limit_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,9 @@ import numpy as np
 
 from edgecli import distributed
 from edgecli.checkpoint import Checkpoint
+from edgecli.augment import ViewRows
 from edgecli.data import Dataset
+from edgecli.data_rows import array_digest
 from edgecli.errors import DataError, RecipeError, TransformError, UsageError
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
@@ -28,7 +30,7 @@ from edgecli.model_stats import check_finite_weights
 from edgecli.models.students import count_params, make_student
 from edgecli.recipes import DistillRecipe
 from edgecli.stages.artifact import Artifact
-from edgecli.stages.distill_teacher import TeacherTargets, array_digest, teacher_runner
+from edgecli.stages.distill_teacher import TeacherTargets, teacher_runner
 from edgecli.training import BestKeeper, fit, seed_everything
 
 
@@ -131,7 +133,7 @@ class Setup:
     targets: TeacherTargets
     train_idx: np.ndarray
     labels: Any | None  # LongTensor of all samples, or None
-    val_x: Any | None  # FloatTensor of the held-out samples
+    val_x: ViewRows | None  # the held-out samples, read a batch at a time
     val_target: Any | None  # LongTensor: labels, else the teacher's top-1 on the held-out samples
     checkpoint: Checkpoint
     shard: tuple[int, int]
@@ -167,8 +169,7 @@ def train_phase(setup: Setup, student: Any, phase: str, distil: bool) -> Trained
 
     def before_epoch(epoch: int) -> None:
         view = setup.targets.view(epoch) if (distil or recipe.augment is not None) else None
-        inputs = view.inputs if view is not None else setup.targets.x
-        current["x"] = torch.from_numpy(inputs)[train_idx]
+        current["x"] = view.inputs if view is not None else setup.targets.x  # read batch by batch
         current["logits"] = torch.from_numpy(view.logits)[train_idx] if distil else None
         current["features"] = torch.from_numpy(view.features)[train_idx] if hint is not None else None
         current["labels"] = setup.labels[train_idx] if setup.labels is not None else None
@@ -190,7 +191,7 @@ def train_phase(setup: Setup, student: Any, phase: str, distil: bool) -> Trained
             return {}
         student.eval()
         with torch.no_grad():
-            preds = torch.cat([student(setup.val_x[i : i + 256]).argmax(1) for i in range(0, len(setup.val_x), 256)])
+            preds = torch.cat([student(torch.from_numpy(setup.val_x[i : i + 256])).argmax(1) for i in range(0, len(setup.val_x), 256)])
         student.train()
         score = float((preds == setup.val_target).float().mean())
         keeper.update(epoch + 1, score)
@@ -204,7 +205,7 @@ def train_phase(setup: Setup, student: Any, phase: str, distil: bool) -> Trained
 
     student.train()
     loss = fit(
-        model, params, len(setup.train_idx), lambda idx: [current["x"][idx]], loss_fn,
+        model, params, len(setup.train_idx), lambda idx: [torch.from_numpy(current["x"][setup.train_idx[idx.numpy()]])], loss_fn,
         epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,
         weight_decay=recipe.weight_decay, seed=recipe.seed, schedule=recipe.schedule,
         description="distilling" if distil else "baseline (labels only)", before_epoch=before_epoch,
@@ -219,12 +220,12 @@ def train_phase(setup: Setup, student: Any, phase: str, distil: bool) -> Trained
     return Trained(loss, keeper.scores, keeper.best_epoch, 0 if saved is None else int(saved["fit"]["epoch"]), hints)
 
 
-def export_student(student: Any, x: np.ndarray) -> Any:
+def export_student(student: Any, x: ViewRows) -> Any:
     """The trained student as a .pt2 program with a dynamic batch dimension."""
     import torch
 
     # A batch of 2 (Dim("batch") fails on 1), copied: the program stores its example inputs.
-    example = torch.from_numpy(np.ascontiguousarray(x[[0, 0]] if len(x) < 2 else x[:2])).clone()
+    example = torch.from_numpy(np.ascontiguousarray(x[np.array([0, 0])] if len(x) < 2 else x[:2])).clone()
     try:
         program = torch.export.export(student, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     except Exception as exc:
@@ -236,7 +237,7 @@ def export_student(student: Any, x: np.ndarray) -> Any:
     return program
 
 
-def _single_input(data: Dataset, name: str) -> np.ndarray:
+def _single_input(data: Dataset, name: str) -> Any:
     """The training array for the teacher's one input: the only array, or the one under its name."""
     if len(data.inputs) == 1:
         return next(iter(data.inputs.values()))
@@ -245,14 +246,14 @@ def _single_input(data: Dataset, name: str) -> np.ndarray:
     return data.inputs[name]
 
 
-def fingerprint(recipe: DistillRecipe, teacher: ModelFile, x: np.ndarray, labels: np.ndarray | None) -> str:
+def fingerprint(recipe: DistillRecipe, teacher: ModelFile, x: Any, labels: np.ndarray | None) -> str:
     """What a checkpoint must match to be resumed: the recipe, the teacher and the data."""
     parts = [json.dumps(recipe.model_dump(mode="json", exclude={"data", "eval_data", "latency_runs", "teacher_cache"}), sort_keys=True),
-             teacher.sha256, array_digest(x), "" if labels is None else array_digest(labels)]
+             teacher.sha256, array_digest(x, np.float32), "" if labels is None else array_digest(labels)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _check_student(student: Any, x: np.ndarray, classes: int, source: str) -> None:
+def _check_student(student: Any, x: ViewRows, classes: int, source: str) -> None:
     import torch
 
     student.eval()
@@ -292,9 +293,10 @@ def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, ev
     with distributed.process_group() as shard, teacher_runner(teacher, hint_layer) as runner:
         if len(runner.inputs) != 1:
             raise UsageError(f"distill supports single-input teachers for now; {teacher.path} has {len(runner.inputs)} inputs")
-        x = np.ascontiguousarray(_single_input(train, runner.inputs[0].name).astype(np.float32))
-        targets = TeacherTargets(teacher, runner, runner.inputs[0].name, x, recipe.augment, recipe.seed, hint_layer,
+        data = _single_input(train, runner.inputs[0].name)  # on disk: read a batch at a time
+        targets = TeacherTargets(teacher, runner, runner.inputs[0].name, data, recipe.augment, recipe.seed, hint_layer,
                                  recipe.teacher_cache)
+        x = targets.x
         if distributed.is_writer():
             targets.view(0)
         distributed.barrier()  # the other processes read what rank 0 computed and cached
@@ -307,14 +309,14 @@ def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, ev
             _check_labels(eval_data.labels, classes, eval_data.source)
         train_idx, val_idx = split_indices(len(x), recipe.val_split, recipe.seed)
         labels = torch.from_numpy(train.labels) if train.labels is not None else None
-        val_x = torch.from_numpy(x[val_idx]) if len(val_idx) else None
+        val_x = x.subset(val_idx) if len(val_idx) else None
         val_target = None
         if val_x is not None:
             val_target = labels[val_idx] if labels is not None else torch.from_numpy(
-                first.logits[val_idx] if recipe.augment is None else runner.predict(Dataset({targets.input_name: x[val_idx]}, None, "val"), 256)[0]
+                first.logits[val_idx] if recipe.augment is None else runner.predict(Dataset({targets.input_name: val_x}, None, "val"), 256)[0]
             ).argmax(1)
         setup = Setup(recipe, targets, train_idx, labels, val_x, val_target,
-                      Checkpoint(checkpoint_path, fingerprint(recipe, teacher, x, train.labels), distributed.is_writer()), shard)
+                      Checkpoint(checkpoint_path, fingerprint(recipe, teacher, data, train.labels), distributed.is_writer()), shard)
         student, source = make_student(recipe.student, tuple(x.shape[1:]), classes)
         _check_student(student, x, classes, source)
         trained = train_phase(setup, student, "student", distil=True)

@@ -20,12 +20,14 @@ from edgecli.runtimes import open_runner
 from edgecli.stages.artifact import Artifact, staged
 
 
-def eager_logits(module: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def eager_logits(module: Any, x: Any, batch_size: int = 256) -> np.ndarray:
+    """The module's outputs on `x` (an array or rows on disk), 256 float32 samples at a time."""
     import torch
 
     module.eval()
     with torch.no_grad():
-        return torch.cat([module(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]).numpy()
+        return torch.cat([module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)))
+                          for i in range(0, len(x), batch_size)]).numpy()
 
 
 @contextlib.contextmanager
@@ -72,7 +74,7 @@ def compare(teacher: ModelFile, artifact: Artifact, student: Any, sample: np.nda
     labelled = eval_data is not None and eval_data.labels is not None
     if labelled:
         teacher_logits = open_runner(teacher).predict(eval_data)[0]
-        eval_x = next(iter(eval_data.inputs.values())).astype(np.float32)
+        eval_x = next(iter(eval_data.inputs.values()))  # read a batch at a time
         metrics["teacher_accuracy"] = accuracy(teacher_logits, eval_data.labels)
         metrics["accuracy"] = accuracy(eager_logits(student, eval_x), eval_data.labels)
         metrics["accuracy_ratio"] = round(metrics["accuracy"] / max(metrics["teacher_accuracy"], 1e-12), 4)

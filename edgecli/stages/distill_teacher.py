@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from edgecli import console
-from edgecli.augment import augmented_view
+from edgecli.augment import ViewRows, augmented_view
 from edgecli.data import Dataset
+from edgecli.data_rows import array_digest
 from edgecli.errors import RecipeError, TransformError
 from edgecli.formats.detect import Format
 from edgecli.formats.files import atomic_path
@@ -37,18 +38,11 @@ def cache_root() -> Path:
     return Path(base) / "edgecli"
 
 
-def array_digest(x: np.ndarray) -> str:
-    """sha256 of an array's dtype, shape and bytes."""
-    digest = hashlib.sha256(f"{x.dtype}{x.shape}".encode())
-    digest.update(np.ascontiguousarray(x).data)
-    return digest.hexdigest()
-
-
 @dataclass
 class View:
-    """One view of the training set and the teacher's targets on it."""
+    """One view of the training set (read batch by batch) and the teacher's targets on it."""
 
-    inputs: np.ndarray
+    inputs: ViewRows
     logits: np.ndarray
     features: np.ndarray | None
 
@@ -110,17 +104,19 @@ def teacher_runner(teacher: ModelFile, hint_layer: str | None):
 
 
 class TeacherTargets:
-    """The teacher's outputs on view 0..views-1 of the training inputs `x` (view 0 is `x` itself
-    when there is no augmentation), each computed once and kept in memory and, with `cache`, on disk
-    under a key of the teacher's bytes, the data's bytes, the augmentation, the seed and the hint layer."""
+    """The teacher's outputs on view 0..views-1 of the training inputs `x` (an array or rows on disk;
+    view 0 is `x` itself when there is no augmentation), each computed once, a batch at a time, and
+    kept in memory (logits, hint features; never the inputs) and, with `cache`, on disk under a key
+    of the teacher's bytes, the data's bytes, the augmentation, the seed and the hint layer."""
 
-    def __init__(self, teacher: ModelFile, runner: Runner, input_name: str, x: np.ndarray, augment: AugmentSpec | None,
+    def __init__(self, teacher: ModelFile, runner: Runner, input_name: str, x: Any, augment: AugmentSpec | None,
                  seed: int, hint_layer: str | None, cache: bool) -> None:
-        self.teacher, self.runner, self.input_name, self.x = teacher, runner, input_name, x
+        self.teacher, self.runner, self.input_name = teacher, runner, input_name
+        self.x = ViewRows(x)  # float32 samples, read when indexed
         self.augment, self.seed, self.hint_layer = augment, seed, hint_layer
         self.cache_folder = cache_root() / "teacher-outputs" if cache else None
         self.views = augment.views if augment is not None else 1
-        self._data_digest = array_digest(x)
+        self._data_digest = array_digest(x, np.float32)
         self._memory: dict[int, View] = {}
         self.computed = 0  # views whose teacher outputs were computed in this run
         self.read = 0  # views read from the disk cache
@@ -137,10 +133,10 @@ class TeacherTargets:
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
-    def inputs(self, view: int) -> np.ndarray:
+    def inputs(self, view: int) -> ViewRows:
         if self.augment is None:
             return self.x
-        return augmented_view(self.x, self.augment, self.seed, view)
+        return augmented_view(self.x.base, self.augment, self.seed, view)
 
     def view(self, index: int) -> View:
         """View `index` modulo the number of views."""
@@ -157,7 +153,7 @@ class TeacherTargets:
             self._memory[index] = View(inputs, found[0], found[1])
         return self._memory[index]
 
-    def _compute(self, inputs: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _compute(self, inputs: ViewRows, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         label = f"teacher outputs (view {index + 1}/{self.views})" if self.views > 1 else "teacher outputs"
         outputs = self.runner.predict(Dataset({self.input_name: inputs}, None, "training data"), batch_size=256, description=label)
         logits = outputs[0].astype(np.float32)
