@@ -86,8 +86,8 @@ class ViewRows:
             return self[np.asarray([key])][0]
         positions = np.arange(*key.indices(len(self))) if isinstance(key, slice) else np.asarray(key)
         rows = positions if self.index is None else self.index[positions]
-        images = np.asarray(self.base[rows] if not isinstance(key, slice) or self.index is not None
-                            else self.base[key], dtype=np.float32)
+        read = self.base[key] if isinstance(key, slice) and self.index is None else self.base[rows]  # a slice: one read
+        images = np.asarray(read, dtype=np.float32)
         return images if self.draws is None else self.draws.apply(images, rows)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:

@@ -52,10 +52,6 @@ class Dataset:
         """Samples [start, stop) of every input, in memory."""
         return {k: v[start:stop] for k, v in self.inputs.items()}
 
-    def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """The samples at `indices` of every input, in memory."""
-        return {k: v[indices] for k, v in self.inputs.items()}
-
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # an archive with members; an empty archive
@@ -117,17 +113,22 @@ def _read(archive: zipfile.ZipFile, member: _Member, limit: int | None, source: 
     labels and Fortran-ordered arrays, whose first rows are not stored together."""
     shape = member.shape[::-1] if member.fortran else (member.rows(limit), *member.shape[1:])
     out = np.empty(shape, member.dtype)
-    view = out.reshape(-1).view(np.uint8)
     with archive.open(member.info) as stream:
         stream.read(member.offset)
-        filled = 0
-        while filled < view.size:
-            chunk = stream.read(min(_CHUNK, view.size - filled))
-            if not chunk:
-                raise DataError(f"{source}: '{_key(member.info)}' is truncated")
-            view[filled : filled + len(chunk)] = np.frombuffer(chunk, np.uint8)
-            filled += len(chunk)
+        _fill(stream, out, member, source)
     return out.T[: member.rows(limit)] if member.fortran else out
+
+
+def _fill(stream: IO[bytes], out: np.ndarray, member: _Member, source: str) -> None:
+    """Fill `out` with the next bytes of a member stream, _CHUNK at a time."""
+    view = out.reshape(-1).view(np.uint8)
+    filled = 0
+    while filled < view.size:
+        chunk = stream.read(min(_CHUNK, view.size - filled))
+        if not chunk:
+            raise DataError(f"{source}: '{_key(member.info)}' is truncated")
+        view[filled : filled + len(chunk)] = np.frombuffer(chunk, np.uint8)
+        filled += len(chunk)
 
 
 def _row_blocks(archive: zipfile.ZipFile, member: _Member, limit: int | None, source: str) -> Iterator[np.ndarray]:
@@ -139,14 +140,7 @@ def _row_blocks(archive: zipfile.ZipFile, member: _Member, limit: int | None, so
         for start in range(0, rows, per_block):
             count = min(per_block, rows - start)
             block = np.empty((count, *member.shape[1:]), member.dtype)
-            view = block.reshape(-1).view(np.uint8)
-            filled = 0
-            while filled < view.size:
-                chunk = stream.read(view.size - filled)
-                if not chunk:
-                    raise DataError(f"{source}: '{_key(member.info)}' is truncated")
-                view[filled : filled + len(chunk)] = np.frombuffer(chunk, np.uint8)
-                filled += len(chunk)
+            _fill(stream, block, member, source)
             yield block
 
 

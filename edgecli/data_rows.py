@@ -154,10 +154,6 @@ class RowArray:
         return out
 
 
-def is_rows(array: Any) -> bool:
-    return isinstance(array, RowArray)
-
-
 def sub_rows(array: np.ndarray | RowArray, start: int, stop: int) -> np.ndarray | RowArray:
     """Rows [start, stop) of an in-memory or on-disk array, without reading them."""
     return array.rows(start, stop) if isinstance(array, RowArray) else array[start:stop]

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from edgecli import distributed
-from edgecli.checkpoint import Checkpoint
 from edgecli.augment import ViewRows
+from edgecli.checkpoint import Checkpoint
 from edgecli.data import Dataset
 from edgecli.data_rows import array_digest
 from edgecli.errors import DataError, RecipeError, TransformError, UsageError
@@ -246,10 +246,11 @@ def _single_input(data: Dataset, name: str) -> Any:
     return data.inputs[name]
 
 
-def fingerprint(recipe: DistillRecipe, teacher: ModelFile, x: Any, labels: np.ndarray | None) -> str:
-    """What a checkpoint must match to be resumed: the recipe, the teacher and the data."""
+def fingerprint(recipe: DistillRecipe, teacher: ModelFile, data_digest: str, labels: np.ndarray | None) -> str:
+    """What a checkpoint must match to be resumed: the recipe, the teacher and the data (the
+    training inputs' array_digest as float32, and the labels)."""
     parts = [json.dumps(recipe.model_dump(mode="json", exclude={"data", "eval_data", "latency_runs", "teacher_cache"}), sort_keys=True),
-             teacher.sha256, array_digest(x, np.float32), "" if labels is None else array_digest(labels)]
+             teacher.sha256, data_digest, "" if labels is None else array_digest(labels)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -316,7 +317,7 @@ def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, ev
                 first.logits[val_idx] if recipe.augment is None else runner.predict(Dataset({targets.input_name: val_x}, None, "val"), 256)[0]
             ).argmax(1)
         setup = Setup(recipe, targets, train_idx, labels, val_x, val_target,
-                      Checkpoint(checkpoint_path, fingerprint(recipe, teacher, data, train.labels), distributed.is_writer()), shard)
+                      Checkpoint(checkpoint_path, fingerprint(recipe, teacher, targets.data_digest, train.labels), distributed.is_writer()), shard)
         student, source = make_student(recipe.student, tuple(x.shape[1:]), classes)
         _check_student(student, x, classes, source)
         trained = train_phase(setup, student, "student", distil=True)

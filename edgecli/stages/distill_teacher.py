@@ -116,7 +116,7 @@ class TeacherTargets:
         self.augment, self.seed, self.hint_layer = augment, seed, hint_layer
         self.cache_folder = cache_root() / "teacher-outputs" if cache else None
         self.views = augment.views if augment is not None else 1
-        self._data_digest = array_digest(x, np.float32)
+        self.data_digest = array_digest(x, np.float32)  # one pass over the data, shared with the checkpoint
         self._memory: dict[int, View] = {}
         self.computed = 0  # views whose teacher outputs were computed in this run
         self.read = 0  # views read from the disk cache
@@ -125,7 +125,7 @@ class TeacherTargets:
         parts = {
             "version": CACHE_VERSION,
             "teacher": self.teacher.sha256,
-            "data": self._data_digest,
+            "data": self.data_digest,
             "augment": None if self.augment is None else self.augment.model_dump(exclude={"views"}),
             "seed": None if self.augment is None else self.seed,
             "view": view,
