@@ -180,8 +180,9 @@ def _on_disk(archive: zipfile.ZipFile, handle: IO[bytes], member: _Member, spec:
     if member.info.compress_type == zipfile.ZIP_STORED and not member.fortran and _kept_as_stored(member, spec):
         start = _data_offset(handle, member.info) + member.offset
         stored = RowArray(handle, start, (rows, *member.shape[1:]), member.dtype, label)
-        for block in stored.chunks():
-            _normalise(block, spec, name, source)  # unchanged, only checked
+        if member.dtype == np.float32:  # integers need no finiteness check: no pass over them
+            for block in stored.chunks():
+                _normalise(block, spec, name, source)  # unchanged, only checked
         return stored
     if member.fortran:
         whole = _read(archive, member, spec.limit, source)

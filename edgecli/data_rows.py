@@ -107,28 +107,29 @@ class RowArray:
             raise IndexError(f"index out of bounds for {len(self)} rows")
         self._check(flat.size)
         out = np.empty((flat.size, *self._full_shape[1:]), self.dtype)
+        if not flat.size:
+            return out.reshape((*indices.shape, *self._full_shape[1:]))
         order = np.argsort(flat, kind="stable")
         ordered = flat[order]
-        buffer = out.reshape(flat.size, -1).view(np.uint8) if flat.size else None
+        buffer = out.reshape(flat.size, -1).view(np.uint8)
         # runs of consecutive (sorted) rows become one read each
-        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1 if flat.size else np.array([], np.int64)
-        for run in np.split(np.arange(flat.size), breaks) if flat.size else []:
+        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+        for run in np.split(np.arange(flat.size), breaks):
             first, count = int(ordered[run[0]]), len(run)
             block = self._read(first, first + count, checked=False)
             buffer[order[run]] = block.reshape(count, -1).view(np.uint8)
         return out.reshape((*indices.shape, *self._full_shape[1:]))
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        array = self._read(0, len(self))
-        return array if dtype is None else array.astype(dtype, copy=False)
+        return self.astype(dtype if dtype is not None else self.dtype)
 
     def astype(self, dtype: Any, copy: bool = True) -> np.ndarray:
         """Every row, read and converted (as ndarray.astype; checked against the available memory)."""
         return self._read(0, len(self)).astype(dtype, copy=False)
 
-    def chunks(self, rows: int | None = None) -> Iterator[np.ndarray]:
-        """The whole array in consecutive blocks of rows (about CHUNK_BYTES each by default)."""
-        step = rows or max(1, CHUNK_BYTES // max(1, self._row_bytes))
+    def chunks(self) -> Iterator[np.ndarray]:
+        """The whole array in consecutive blocks of rows (about CHUNK_BYTES each)."""
+        step = max(1, CHUNK_BYTES // max(1, self._row_bytes))
         for start in range(0, len(self), step):
             yield self._read(start, min(start + step, len(self)), checked=False)
 
@@ -191,7 +192,6 @@ class Spill:
                             f"{free / 2**20:.0f} MiB free in {folder}", hint="point TMPDIR at a larger disk or set data.limit")
         self._handle = tempfile.TemporaryFile(prefix="edgecli-data-")
         self._written = 0
-        self._row_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
 
     def write(self, block: np.ndarray) -> None:
         data = np.ascontiguousarray(block, dtype=self.dtype)
