@@ -52,6 +52,22 @@ class Dataset:
         """Samples [start, stop) of every input, in memory."""
         return {k: v[start:stop] for k, v in self.inputs.items()}
 
+    def without_labels(self) -> Dataset:
+        """The same inputs, no labels (labels a model cannot be scored on)."""
+        return Dataset(self.inputs, None, self.source)
+
+    def check_labels(self, classes: int) -> None:
+        """Refuse labels outside 0..classes-1 (DataError), naming the first bad value and its row."""
+        if self.labels is None or not len(self.labels):
+            return
+        bad = (self.labels < 0) | (self.labels >= classes)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise DataError(
+                f"labels '{LABEL_KEY}' of {self.source} hold values outside 0..{classes - 1} "
+                f"(e.g. {int(self.labels[row])} at row {row}): the model has {classes} classes"
+            )
+
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # an archive with members; an empty archive
@@ -232,6 +248,36 @@ def _check(members: dict[str, _Member], labels: _Member | None, source: str) -> 
         raise DataError(f"{source}: labels '{LABEL_KEY}' must be {count} integers, got {labels.dtype}{list(labels.shape)}")
 
 
+def _sample_arrays(members: dict[str, _Member], source: str) -> dict[str, _Member]:
+    """The arrays that hold samples: 'x' (if present) sets the number of samples, else the length most
+    arrays share; arrays of another length, or single values beside them, are not inputs: ignored,
+    with a warning (e.g. metadata saved next to the data). A tie between lengths is an error."""
+    if SINGLE_INPUT_KEY in members:
+        lead = members[SINGLE_INPUT_KEY]
+        if not lead.shape:
+            return members  # _check refuses it
+        count = lead.shape[0]
+    else:
+        lengths = [m.shape[0] for m in members.values() if m.shape]
+        tally = {n: lengths.count(n) for n in lengths}
+        if not tally:
+            return members
+        most = max(tally.values())
+        common = [n for n, seen in tally.items() if seen == most]
+        if len(common) > 1:
+            return members  # no way to tell which are the inputs: _check names the lengths
+        count = common[0]
+    kept = {k: m for k, m in members.items() if m.shape and m.shape[0] == count}
+    ignored = [k for k in members if k not in kept]
+    if ignored:
+        from edgecli import console
+
+        described = ", ".join(f"'{k}' {list(members[k].shape)}" for k in ignored)
+        console.warn(f"{source}: ignoring {described}: not {count} samples like the inputs "
+                     f"({', '.join(repr(k) for k in kept)})")
+    return kept
+
+
 def _needed_bytes(members: dict[str, _Member], labels: _Member | None, spec: DataSpec) -> int:
     """Bytes held in memory while loading: the labels, Fortran-ordered inputs (read whole, plus their
     float32 copies) and one block per input. The inputs themselves stay on disk."""
@@ -281,6 +327,7 @@ def load_dataset(spec: DataSpec, override: Path | None = None, what: str = "data
             labels = members.pop(LABEL_KEY, None)
             if not members:
                 raise DataError(f"{source} has labels '{LABEL_KEY}' but no inputs", hint="put inputs under 'x'")
+            members = _sample_arrays(members, source)
             _check(members, labels, source)
             check_fits(_needed_bytes(members, labels, spec), f"{what} {source}", MEMORY_FACTOR, DataError,
                        hint="set data.limit to use fewer samples")
