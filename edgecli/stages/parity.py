@@ -7,9 +7,9 @@ from typing import Any
 from edgecli import console
 from edgecli.data import Dataset
 from edgecli.errors import ParityError
-from edgecli.metrics import compare
+from edgecli.metrics import compare, non_finite_samples
 from edgecli.recipes import ParitySpec
-from edgecli.stages.parity_layers import locate
+from edgecli.stages.parity_layers import locate, locate_non_finite
 from edgecli.runtimes.base import Runner
 
 
@@ -18,7 +18,8 @@ def check_parity(
 ) -> dict[str, Any]:
     """Compare every output of parent and child on `data`; raise ParityError above tolerance. Float
     conversions are held to spec.atol; reduced-precision ones (float16, int8) to spec.max_relative_error
-    (max abs diff is reported, not judged). Both are held to spec.min_agreement on classifier outputs."""
+    (max abs diff is reported, not judged). Both are held to spec.min_agreement on classifier outputs.
+    NaN or Inf in either model's output fails: a difference that cannot be measured never passes."""
     sample = data.take(spec.samples)
     expected = parent.predict(sample, description=f"parity: {what} (parent)" if len(sample) > 512 else None)
     actual = child.predict(sample, description=f"parity: {what} (converted)" if len(sample) > 512 else None)
@@ -31,11 +32,12 @@ def check_parity(
             result = compare(ref, out)
         except ValueError as exc:
             raise ParityError(f"{what}: output '{name}': {exc}") from None
+        _check_finite(parent, child, sample, ref, out, name, what, data.source)
         problems, fields = [], []
-        if reduced_precision and result["relative_error"] > spec.max_relative_error:
+        if reduced_precision and not result["relative_error"] <= spec.max_relative_error:
             problems.append(f"relative error {result['relative_error']:.3g} > max_relative_error {spec.max_relative_error:g}")
             fields.append("raise parity.max_relative_error")
-        if not reduced_precision and result["max_abs_diff"] > spec.atol:
+        if not reduced_precision and not result["max_abs_diff"] <= spec.atol:
             problems.append(f"max abs diff {result['max_abs_diff']:.3g} > atol {spec.atol:g}")
             fields.append("raise parity.atol")
         if "agreement" in result and result["agreement"] < spec.min_agreement:
@@ -59,3 +61,21 @@ def check_parity(
         + f" on {len(sample)} samples of {data.source}"
     )
     return worst
+
+
+def _check_finite(parent: Runner, child: Runner, sample: Dataset, ref, out, name: str, what: str, source: str) -> None:
+    """Raise ParityError when either output holds NaN or Inf, saying on how many samples and, for an
+    ONNX parent, which tensor first turns non-finite."""
+    bad_parent, bad_child = non_finite_samples(ref), non_finite_samples(out)
+    if not bad_parent and not bad_child:
+        return
+    if bad_parent:
+        who = f"the parent model computes NaN/Inf on {bad_parent} of {len(sample)} samples of {source}"
+        who += f" (the converted model on {bad_child})" if bad_child != bad_parent else ""
+        where = locate_non_finite(parent, sample, ref)
+        hint = "the model itself is not finite on this data (log/sqrt of negatives, division by zero, overflow): fix the model or the data"
+    else:
+        who = f"the converted model computes NaN/Inf on {bad_child} of {len(sample)} samples of {source} where the parent is finite"
+        where = locate_non_finite(child, sample, out)
+        hint = "the conversion broke the model's arithmetic on these inputs"
+    raise ParityError(f"{what}: output '{name}': {who}: parity cannot be checked{where}", hint=hint)

@@ -74,13 +74,22 @@ def _feeds(runner: Runner, sample: Dataset) -> list[dict[str, np.ndarray]]:
 
 def differs(reference: np.ndarray, candidate: np.ndarray, atol: float) -> float | None:
     """The max abs diff when it exceeds atol scaled to the tensor's magnitude (activations can be far
-    larger than outputs), else None. Tensors of different shape or kind are not comparable: None."""
+    larger than outputs), else None. Tensors of different shape or kind are not comparable: None.
+    NaN in both at the same place, or the same Inf, is equal; NaN or Inf on one side only is an
+    infinite difference."""
     if reference.shape != candidate.shape or not np.issubdtype(reference.dtype, np.number):
         return None
+    if not reference.size:
+        return None
     reference, candidate = reference.astype(np.float64), candidate.astype(np.float64)
-    diff = float(np.nanmax(np.abs(reference - candidate))) if reference.size else 0.0
-    scale = max(1.0, float(np.nanmax(np.abs(reference)))) if reference.size else 1.0
-    return diff if diff > atol * scale else None
+    with np.errstate(invalid="ignore"):
+        gap = np.abs(reference - candidate)
+    same = (np.isnan(reference) & np.isnan(candidate)) | (np.isinf(reference) & (reference == candidate))
+    gap = np.where(same, 0.0, np.where(np.isnan(gap), np.inf, gap))
+    diff = float(gap.max())
+    finite = np.abs(reference[np.isfinite(reference)])
+    scale = max(1.0, float(finite.max())) if finite.size else 1.0
+    return diff if not diff <= atol * scale else None
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -92,7 +101,9 @@ def worst_samples(reference: np.ndarray, candidate: np.ndarray, count: int = LOC
     """Indices of the samples where a diverging output differs most (the first ones if the shapes differ)."""
     if reference.shape != candidate.shape or reference.ndim == 0:
         return list(range(min(count, len(reference))))
-    per_sample = np.abs(reference.astype(np.float64) - candidate.astype(np.float64)).reshape(len(reference), -1).max(1)
+    with np.errstate(invalid="ignore"):
+        gap = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    per_sample = np.nan_to_num(gap, nan=np.inf).reshape(len(reference), -1).max(1)
     return sorted(int(i) for i in np.argsort(-per_sample, kind="stable")[:count])
 
 
@@ -117,6 +128,35 @@ def first_divergence(parent: Runner, child: Runner, sample: Dataset, atol: float
             if diff is not None:
                 return Divergence(name, node.op_type, node.name, diff)
     return None
+
+
+def first_non_finite(runner: Runner, sample: Dataset) -> Divergence | None:
+    """The first tensor, in the (ONNX) model's order, that holds NaN or Inf on `sample`; None when
+    the model is not ONNX or no node output does."""
+    if runner.model.format is not Format.ONNX:
+        return None
+    proto = onnx_file.load(runner.model.path, check=False)
+    feeds = _feeds(runner, sample)
+    produced = [(name, node) for node in proto.graph.node for name in node.output if name]
+    for chunk in _chunks(produced, TENSORS_PER_RUN):
+        values = _run(proto, [name for name, _ in chunk], feeds)
+        for name, node in chunk:
+            value = values[name]
+            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+                return Divergence(name, node.op_type, node.name, float("nan"))
+    return None
+
+
+def locate_non_finite(runner: Runner, sample: Dataset, output: np.ndarray) -> str:
+    """'; first non-finite tensor: ...' for a parity error message, or ''. Never raises."""
+    try:
+        rows = np.flatnonzero(~np.isfinite(output.reshape(len(output), -1)).all(axis=1))[:LOCATE_SAMPLES]
+        found = first_non_finite(runner, _subset(sample, [int(i) for i in rows]))
+    except Exception:
+        return ""
+    if found is None:
+        return ""
+    return f"; first non-finite tensor: '{found.tensor}' ({found.op_type} node '{found.node}')"
 
 
 def locate(parent: Runner, child: Runner, sample: Dataset, reference: np.ndarray, candidate: np.ndarray, atol: float) -> str:
