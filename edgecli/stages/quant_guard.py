@@ -3,6 +3,7 @@ sensitive layers in float, one group at a time, until the target holds; the best
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -35,7 +36,10 @@ class Target:
         return self.max_accuracy_drop is not None or self.min_agreement is not None
 
     def shortfall(self, metrics: dict[str, Any]) -> float:
-        """How far the metrics are from the target (0 when met)."""
+        """How far the metrics are from the target (0 when met; infinite when the quantized model's
+        outputs hold NaN/Inf: such a model never meets a target)."""
+        if non_finite_failures(metrics):
+            return math.inf
         gaps = [0.0]
         if self.max_accuracy_drop is not None:
             gaps.append(metrics["accuracy_drop"] - self.max_accuracy_drop)
@@ -47,10 +51,11 @@ class Target:
         return self.shortfall(metrics) <= 1e-12
 
     def failures(self, metrics: dict[str, Any]) -> list[str]:
-        missed = []
-        if self.max_accuracy_drop is not None and metrics["accuracy_drop"] > self.max_accuracy_drop + 1e-12:
+        """Why the metrics miss the target; NaN/Inf outputs are a failure with or without a target."""
+        missed = non_finite_failures(metrics)
+        if self.max_accuracy_drop is not None and not metrics["accuracy_drop"] <= self.max_accuracy_drop + 1e-12:
             missed.append(f"accuracy drop {metrics['accuracy_drop']:.4f} > max_accuracy_drop {self.max_accuracy_drop:g}")
-        if self.min_agreement is not None and metrics["agreement"] < self.min_agreement - 1e-12:
+        if self.min_agreement is not None and not metrics["agreement"] >= self.min_agreement - 1e-12:
             missed.append(f"agreement {metrics['agreement']:.4f} < min_agreement {self.min_agreement:g}")
         return missed
 
@@ -63,6 +68,19 @@ class Target:
         return " and ".join(parts)
 
 
+def non_finite_failures(metrics: dict[str, Any]) -> list[str]:
+    """The evaluation's NaN/Inf findings (metrics 'non_finite_samples' of the quantized model and
+    'non_finite_samples_float' of the float one, on 'eval_samples' samples) as failure lines."""
+    lines = []
+    total = metrics.get("eval_samples", "?")
+    if metrics.get("non_finite_samples_float"):
+        lines.append(f"the float model outputs NaN/Inf on {metrics['non_finite_samples_float']} of {total} samples: "
+                     "accuracy and agreement cannot be measured")
+    if metrics.get("non_finite_samples"):
+        lines.append(f"the quantized model outputs NaN/Inf on {metrics['non_finite_samples']} of {total} samples")
+    return lines
+
+
 @dataclass
 class GuardResult:
     """The chosen artifact, the layers kept in float for it, and every step tried."""
@@ -73,7 +91,7 @@ class GuardResult:
 
 
 def _step_record(step: int, float_nodes: list[str], metrics: dict[str, Any], target: Target) -> dict[str, Any]:
-    keys = ("agreement", "accuracy", "accuracy_drop")
+    keys = ("agreement", "accuracy", "accuracy_drop", "non_finite_samples")
     return {
         "step": step,
         "float_layers": list(float_nodes),
@@ -96,6 +114,9 @@ def search(
     candidate closest to it (ties: fewer float layers)."""
     order = [layer.node for layer in most_sensitive(layers)]
     best = GuardResult(first, [], [_step_record(0, [], first.metrics, target)])
+    if first.metrics.get("non_finite_samples_float"):
+        console.warn("the float model itself outputs NaN/Inf on the evaluation data: no layer kept in float can help; no search")
+        return best
     best_gap = target.shortfall(first.metrics)
     float_nodes: list[str] = []
     for step in range(1, spec.max_steps + 1):

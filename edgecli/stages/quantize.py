@@ -14,7 +14,7 @@ from edgecli.data import Dataset
 from edgecli.errors import UsageError
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
-from edgecli.metrics import accuracy, agreement
+from edgecli.metrics import accuracy, agreement, check_labels, non_finite_samples
 from edgecli.model_stats import check_finite_weights
 from edgecli.recipes import QuantizeRecipe
 from edgecli.runtimes import open_runner
@@ -33,11 +33,17 @@ class Evaluator:
         self.data = data
         self.reference = float_runner.predict(data, description="evaluating float")[0]
         self.float_accuracy = accuracy(self.reference, data.labels) if data.labels is not None else None
+        self.float_non_finite = non_finite_samples(self.reference)
 
     def __call__(self, artifact: Artifact) -> dict[str, Any]:
         with staged(artifact) as candidate:
             output = open_runner(candidate).predict(self.data, description="evaluating quantized")[0]
         metrics: dict[str, Any] = {"eval_samples": len(self.data), "agreement": agreement(self.reference, output)}
+        # NaN/Inf outputs fail the guard (quant_guard.non_finite_failures); recorded only when found
+        if non_finite_samples(output):
+            metrics["non_finite_samples"] = non_finite_samples(output)
+        if self.float_non_finite:
+            metrics["non_finite_samples_float"] = self.float_non_finite
         if self.float_accuracy is not None:
             metrics["accuracy_float"] = self.float_accuracy
             metrics["accuracy"] = accuracy(output, self.data.labels)
@@ -62,6 +68,20 @@ def _check_request(model: ModelFile, recipe: QuantizeRecipe, calib: Dataset | No
         )
     if recipe.min_agreement is not None and check is None:
         raise UsageError("min_agreement needs data to compare float and quantized outputs", hint="pass --data or --eval-data")
+
+
+def _checked_labels(model: ModelFile, recipe: QuantizeRecipe, check: Dataset | None) -> Dataset | None:
+    """Refuse labels outside the model's classes before calibrating (DataError); labels for a model
+    that is not a classifier are dropped with a warning (max_accuracy_drop then cannot be measured)."""
+    if check is None or check.labels is None:
+        return check
+    note = check_labels(open_runner(model), check)
+    if note is None:
+        return check
+    if recipe.max_accuracy_drop is not None:
+        raise UsageError(f"max_accuracy_drop needs a classifier output: {note}", hint="use min_agreement, or --set max_accuracy_drop=null")
+    console.warn(note)
+    return check.without_labels()
 
 
 @contextlib.contextmanager
@@ -110,6 +130,7 @@ def quantize(
     check = eval_data if eval_data is not None else calib
     _check_request(model, recipe, calib, check)
     check_finite_weights(model)
+    check = _checked_labels(model, recipe, check)
     if recipe.format == "onnx" and model.format is Format.PT2:
         from edgecli.stages.convert_onnx import checked_onnx_file
 
@@ -152,8 +173,7 @@ def _quantize(
     }
     if check is not None:
         artifact.metrics["eval_data"] = check.name
-    if target.is_set:
-        artifact.gate_failures.extend(target.failures(artifact.metrics))
+    artifact.gate_failures.extend(target.failures(artifact.metrics))  # NaN/Inf outputs fail without a target too
     if layers:
         console.show(_layer_table(layers))
     speed = None
