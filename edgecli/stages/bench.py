@@ -6,7 +6,9 @@ The report (what `--json` writes; other outputs read it):
     recipe, machine
 A model row: path, format, sha256, size_bytes, gzip_bytes, params, macs, sparsity, inputs, batch_fixed,
 compressed_by, latency: [point, ...], latency_ms, batch_size, runs, speedup, size_ratio, accuracy,
-accuracy_drop, agreement, max_abs_diff, mean_abs_diff, relative_error, cosine.
+accuracy_drop, agreement, max_abs_diff, mean_abs_diff, relative_error, cosine, non_finite_samples (samples
+whose output holds NaN/Inf: they count as wrong and as disagreements, the differences and cosine are
+then NaN, and every quality gate on the model fails).
 A latency point: threads, batch_size, runs, p50_ms, p90_ms, p99_ms, mean_ms, std_ms, throughput_per_s,
 p50_spread, speedup. The first point (first `threads`, first `batch_size`) is the headline: gates,
 the row's speedup and `latency_ms` (the older single-point shape: p50, p90, ... without `_ms`) use it.
@@ -30,7 +32,7 @@ from edgecli.data import Dataset, synthetic_dataset
 from edgecli.errors import UsageError
 from edgecli.formats.lineage import tool_versions
 from edgecli.formats.model_file import ModelFile
-from edgecli.metrics import align, compare, is_classifier_output, mean_cosine
+from edgecli.metrics import align, check_labels, compare, is_classifier_output, mean_cosine, non_finite_samples
 from edgecli.metrics import accuracy as top1_accuracy
 from edgecli.recipes import GATE_METRICS, BenchRecipe, parse_gate
 from edgecli.runtimes import open_runner
@@ -42,7 +44,9 @@ __all__ = ["bench", "evaluate_gates", "latency_stats", "machine_info", "measure_
 
 OPERATORS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
 POINT_GATE_METRICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_per_s", "p50_spread")
-QUALITY_KEYS = ("accuracy", "agreement", "max_abs_diff", "mean_abs_diff", "relative_error", "cosine")
+QUALITY_KEYS = ("accuracy", "agreement", "max_abs_diff", "mean_abs_diff", "relative_error", "cosine", "non_finite_samples")
+# Gate metrics computed from a model's outputs: a gate on them fails when the outputs hold NaN/Inf.
+OUTPUT_GATE_METRICS = ("accuracy", "accuracy_drop", "agreement", "max_abs_diff", "mean_abs_diff", "relative_error", "cosine")
 
 
 def machine_info() -> dict[str, Any]:
@@ -173,7 +177,8 @@ def time_thread_group(
 
 def compare_outputs(reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
     """Accuracy (labelled data, classifier outputs) and the output's differences from the reference:
-    top-1 agreement (classifiers), max/mean abs diff, relative error, mean per-sample cosine.
+    top-1 agreement (classifiers), max/mean abs diff, relative error, mean per-sample cosine, and how
+    many samples' outputs hold NaN/Inf (see metrics: they never look fine).
     Raises ValueError when the outputs cannot be compared (different sizes)."""
     aligned = align(reference, output)
     diff = compare(reference, aligned)
@@ -185,6 +190,7 @@ def compare_outputs(reference: np.ndarray, output: np.ndarray, labels: np.ndarra
         "mean_abs_diff": diff["mean_abs_diff"],
         "relative_error": diff["relative_error"],
         "cosine": mean_cosine(reference, aligned),
+        "non_finite_samples": non_finite_samples(aligned),
     }
 
 
@@ -199,12 +205,33 @@ def quality(
         try:
             rows.append(compare_outputs(outputs[reference], output, data.labels))
         except ValueError:
-            rows.append(dict.fromkeys(QUALITY_KEYS))
+            rows.append({**dict.fromkeys(QUALITY_KEYS), "non_finite_samples": non_finite_samples(output)})
             warnings.append(
                 f"{model.path.name}'s output {list(output.shape)} cannot be compared with the reference's "
                 f"{list(outputs[reference].shape)}: no accuracy, agreement or differences"
             )
+    for model, row in zip(models, rows):
+        if row["non_finite_samples"]:
+            warnings.append(
+                f"{model.path.name} outputs NaN/Inf on {row['non_finite_samples']} of {len(data)} samples of "
+                f"{data.name}: they count as wrong predictions and disagreements, its differences and cosine are "
+                "NaN, and gates on its quality fail"
+            )
+    if outputs[reference].size and non_finite_samples(outputs[reference]):
+        warnings.append(f"the reference {models[reference].path.name} outputs NaN/Inf: every model's agreement, "
+                        "differences and cosine against it are unreliable")
     return rows, warnings
+
+
+def label_warnings(runners: list[Runner], models: list[ModelFile], data: Dataset) -> list[str]:
+    """Refuse labels outside any model's classes (DataError, before timing); a warning for each model
+    that is not a classifier (labels unused for it)."""
+    notes = []
+    for runner, model in zip(runners, models):
+        note = check_labels(runner, data)
+        if note:
+            notes.append(f"{model.path.name}: {note}")
+    return notes
 
 
 # ---------------------------------------------------------------- the report
@@ -278,7 +305,9 @@ def gate_metrics(row: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_gates(rows: list[dict[str, Any]], gates: list[str], reference: int = 0) -> list[dict[str, Any]]:
     """Each gate on each model but the reference (on the only model if there is one), at its first
-    latency point. A metric that was not measured (accuracy without labels) is a UsageError."""
+    latency point. A metric that was not measured (accuracy without labels) is a UsageError. A gate on
+    a quality metric fails when the model's (or the reference's) outputs hold NaN/Inf, whatever the
+    figure, and so does any comparison with a NaN figure."""
     results = []
     targets = [row for index, row in enumerate(rows) if index != reference] or rows
     for gate in gates:
@@ -290,8 +319,14 @@ def evaluate_gates(rows: list[dict[str, Any]], gates: list[str], reference: int 
                     f"gate '{gate}': {metric} was not measured for {row['path']}",
                     hint="labelled --data gives accuracy; --data gives agreement, differences and cosine",
                 )
-            results.append({"gate": gate, "model": row["path"], "value": value, "passed": bool(OPERATORS[op](value, threshold))})
+            tainted = metric in OUTPUT_GATE_METRICS and _non_finite(row, rows[reference])
+            passed = bool(OPERATORS[op](value, threshold)) and not tainted
+            results.append({"gate": gate, "model": row["path"], "value": value, "passed": passed})
     return results
+
+
+def _non_finite(row: dict[str, Any], reference: dict[str, Any]) -> bool:
+    return bool(row.get("non_finite_samples")) or bool(reference.get("non_finite_samples"))
 
 
 def honesty_warnings(models: list[ModelFile], rows: list[dict[str, Any]], reference: int, recipe: BenchRecipe) -> list[str]:
@@ -335,6 +370,7 @@ def bench(models: list[ModelFile], recipe: BenchRecipe, data: Dataset | None, re
         runners = [open_runner(model, threads=threads) for model in models]  # torch's thread count is global: open per group
         if group == 0:
             check_input_names(runners, recipe)
+            label_notes = label_warnings(runners, models, data) if data is not None else []
             if data is None:  # said once every model has opened, so that an unreadable model's error is the only line
                 console.warn("no --data given: latency only, on random inputs; no accuracy or agreement")
             for row, facts in zip(rows, first_group_facts(models, runners, data, recipe)):
@@ -342,6 +378,7 @@ def bench(models: list[ModelFile], recipe: BenchRecipe, data: Dataset | None, re
             scores = [dict.fromkeys(QUALITY_KEYS) for _ in models]
             if data is not None:
                 scores, warnings = quality(runners, models, reference, data, recipe.eval_batch_size)
+                warnings = label_notes + warnings
             for row, score in zip(rows, scores):
                 row.update(score)
         for index, found in enumerate(time_thread_group(runners, threads, data, recipe)):
