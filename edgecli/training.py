@@ -12,6 +12,13 @@ import numpy as np
 from edgecli import console
 
 
+def top1(logits: Any) -> Any:
+    """Each sample's top-1 class, -1 (never a label) where its logits hold NaN/Inf."""
+    import torch
+
+    return torch.where(torch.isfinite(logits).all(1), logits.argmax(1), torch.full_like(logits.argmax(1), -1))
+
+
 def seed_everything(seed: int) -> None:
     """Same seed, same bytes: seed torch and numpy, and use deterministic kernels."""
     import torch
@@ -290,7 +297,7 @@ def finetune(
             return {}
         set_mode(module, training=False)
         with torch.no_grad():
-            preds = torch.cat([module(x_all[val_idx[i : i + 256]]).argmax(1) for i in range(0, n_val, 256)])
+            preds = torch.cat([top1(module(x_all[val_idx[i : i + 256]])) for i in range(0, n_val, 256)])
         set_mode(module, training=True)
         value = float((preds == y_all[val_idx]).float().mean())
         keeper.update(epoch + 1, value)

@@ -25,13 +25,13 @@ from edgecli.data_rows import array_digest
 from edgecli.errors import DataError, RecipeError, TransformError, UsageError
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
-from edgecli.metrics import is_classifier_output
+from edgecli.metrics import check_labels, is_classifier_output
 from edgecli.model_stats import check_finite_weights
 from edgecli.models.students import count_params, make_student
 from edgecli.recipes import DistillRecipe
 from edgecli.stages.artifact import Artifact
 from edgecli.stages.distill_teacher import TeacherTargets, teacher_runner
-from edgecli.training import BestKeeper, fit, seed_everything
+from edgecli.training import BestKeeper, fit, seed_everything, top1
 
 
 def kd_loss(student_logits: Any, teacher_logits: Any, labels: Any | None, temperature: float, soft_weight: float) -> Any:
@@ -191,7 +191,7 @@ def train_phase(setup: Setup, student: Any, phase: str, distil: bool) -> Trained
             return {}
         student.eval()
         with torch.no_grad():
-            preds = torch.cat([student(torch.from_numpy(setup.val_x[i : i + 256])).argmax(1) for i in range(0, len(setup.val_x), 256)])
+            preds = torch.cat([top1(student(torch.from_numpy(setup.val_x[i : i + 256]))) for i in range(0, len(setup.val_x), 256)])
         student.train()
         score = float((preds == setup.val_target).float().mean())
         keeper.update(epoch + 1, score)
@@ -269,14 +269,6 @@ def _check_student(student: Any, x: ViewRows, classes: int, source: str) -> None
                           hint="the student needs one output with as many classes as the teacher")
 
 
-def _check_labels(labels: np.ndarray | None, classes: int, source: str) -> None:
-    if labels is None:
-        return
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= classes:
-        raise DataError(f"{source}: labels run from {low} to {high} but the teacher has {classes} classes (0-{classes - 1})")
-
-
 def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, eval_data: Dataset | None,
             checkpoint_path: Path | None = None) -> Artifact:
     """Train the recipe's student on the teacher's soft targets (and labels when present)."""
@@ -294,6 +286,8 @@ def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, ev
     with distributed.process_group() as shard, teacher_runner(teacher, hint_layer) as runner:
         if len(runner.inputs) != 1:
             raise UsageError(f"distill supports single-input teachers for now; {teacher.path} has {len(runner.inputs)} inputs")
+        for labelled in (train, eval_data):  # labels outside the teacher's classes: refused before any work
+            check_labels(runner, labelled)  # a teacher that is not a classifier is refused below
         data = _single_input(train, runner.inputs[0].name)  # on disk: read a batch at a time
         targets = TeacherTargets(teacher, runner, runner.inputs[0].name, data, recipe.augment, recipe.seed, hint_layer,
                                  recipe.teacher_cache)
@@ -305,9 +299,6 @@ def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, ev
         if not is_classifier_output(first.logits):
             raise TransformError(f"the teacher's output has shape {list(first.logits.shape)}; distill needs [N, classes] logits")
         classes = first.logits.shape[1]
-        _check_labels(train.labels, classes, train.source)
-        if eval_data is not None:
-            _check_labels(eval_data.labels, classes, eval_data.source)
         train_idx, val_idx = split_indices(len(x), recipe.val_split, recipe.seed)
         labels = torch.from_numpy(train.labels) if train.labels is not None else None
         val_x = x.subset(val_idx) if len(val_idx) else None

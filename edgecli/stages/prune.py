@@ -25,6 +25,7 @@ def prune(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval_dat
     if model.format not in (Format.PT2, Format.ONNX):
         raise UsageError(f"prune reads .pt2, a state_dict + model.factory, or ONNX; {model.path} is {model.format.value}")
     check_finite_weights(model)
+    train, eval_data = _checked_labels(model, recipe, train, eval_data)
     if recipe.method == "channel":
         from edgecli.stages.prune_structured import structured_prune
 
@@ -36,3 +37,28 @@ def prune(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval_dat
     from edgecli.stages.prune_onnx import prune_onnx
 
     return prune_onnx(model, recipe, train, eval_data)
+
+
+def _checked_labels(model: ModelFile, recipe: PruneRecipe, train: Dataset | None,
+                    eval_data: Dataset | None) -> tuple[Dataset | None, Dataset | None]:
+    """Refuse labels outside the model's classes before pruning or fine-tuning (DataError). Labels for
+    a model that is not a classifier: evaluation labels are dropped with a warning; training labels
+    cannot train it (UsageError when fine-tuning or Taylor importance would use them)."""
+    if all(d is None or d.labels is None for d in (train, eval_data)):
+        return train, eval_data
+    from edgecli import console
+    from edgecli.metrics import check_labels
+    from edgecli.runtimes import open_runner
+
+    runner = open_runner(model)
+    checked = []
+    for data in (train, eval_data):
+        note = check_labels(runner, data)
+        if note is not None:
+            if data is train and (recipe.finetune.epochs or recipe.channel.importance == "taylor"):
+                raise UsageError(f"fine-tuning on labels needs a classifier output: {note}",
+                                 hint="--set finetune.epochs=0, or prune without labels")
+            console.warn(note)
+            data = data.without_labels()
+        checked.append(data)
+    return checked[0], checked[1]

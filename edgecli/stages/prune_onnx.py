@@ -13,7 +13,7 @@ from edgecli.data import Dataset
 from edgecli.errors import TransformError, UsageError
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
-from edgecli.metrics import accuracy
+from edgecli.metrics import accuracy, agreement
 from edgecli.recipes import PruneRecipe
 from edgecli.stages.artifact import Artifact, staged
 from edgecli.stages.prune_unstructured import (
@@ -128,7 +128,7 @@ def prune_onnx(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eva
                 metrics["macs"] = count
             dense, pruned = dense_runner.predict(data)[0], _outputs(candidate, data)
             if dense.ndim == 2 and dense.shape[1] > 1:
-                metrics["agreement"] = float(np.mean(dense.argmax(1) == pruned.argmax(1)))
+                metrics["agreement"] = agreement(dense, pruned)  # NaN/Inf outputs count as disagreements
                 if data.labels is not None:
                     before, after = accuracy(dense, data.labels), accuracy(pruned, data.labels)
                     metrics.update(accuracy_before=before, accuracy=after, accuracy_drop=before - after)

@@ -157,7 +157,9 @@ def _predict(module: Any, x: Any) -> np.ndarray:
 
 
 def _accuracy(module: Any, x: Any, y: Any) -> float:
-    return float((_predict(module, x).argmax(axis=1) == y.numpy()).mean())
+    from edgecli.metrics import accuracy
+
+    return accuracy(_predict(module, x), y.numpy())  # NaN/Inf outputs count as wrong
 
 
 # ------------------------------------------------------------------ pruning
