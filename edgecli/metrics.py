@@ -94,6 +94,11 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     outputs, top-1 agreement."""
     candidate = align(reference, candidate).astype(np.float64)
     reference = reference.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # Inf - Inf: NaN, on purpose
+        return _compare(reference, candidate)
+
+
+def _compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     diff = np.abs(reference - candidate)
     scale = float(np.linalg.norm(reference))
     if not (np.isfinite(scale) and np.all(np.isfinite(candidate))):
@@ -116,6 +121,11 @@ def mean_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
     sample holding NaN/Inf on either side makes the mean NaN."""
     ref = reference.reshape(len(reference), -1).astype(np.float64)
     cand = align(reference, candidate).reshape(len(reference), -1).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # NaN/Inf samples: NaN, on purpose
+        return _mean_cosine(ref, cand)
+
+
+def _mean_cosine(ref: np.ndarray, cand: np.ndarray) -> float:
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
     both_zero = (np.linalg.norm(ref, axis=1) == 0) & (np.linalg.norm(cand, axis=1) == 0)
     dots = np.einsum("ij,ij->i", ref, cand)
