@@ -226,6 +226,20 @@ def test_inputs_of_different_lengths(tmp_path: Path) -> None:
     assert "'a': 4" in exc.message and "'b': 5" in exc.message
 
 
+def test_arrays_of_another_length_than_the_inputs_are_ignored(tmp_path: Path, capsys) -> None:
+    """Metadata saved beside the data ('meta', a single value) is not an input: 'x' sets the number of
+    samples (else the length most arrays share); the rest is ignored with a warning, never read."""
+    x = np.zeros((6, 2), np.float32)
+    data = load_dataset(DataSpec(), override=npz(tmp_path, x=x, y=np.arange(6), meta=np.arange(3), note=np.float32(1)))
+    assert list(data.inputs) == ["x"] and len(data) == 6 and len(data.labels) == 6
+    assert "ignoring 'meta' [3], 'note' []: not 6 samples like the inputs ('x')" in capsys.readouterr().err
+    named = load_dataset(DataSpec(), override=npz(tmp_path, "n.npz", ids=np.zeros((6, 4), np.int64), mask=np.ones((6, 4), np.int64),
+                                                   meta=np.arange(3)))
+    assert sorted(named.inputs) == ["ids", "mask"]
+    with pytest.raises(DataError, match="labels 'y' must be 6 integers"):  # labels are not extra: they must fit
+        load_dataset(DataSpec(), override=npz(tmp_path, "l.npz", x=x, y=np.arange(5)))
+
+
 def test_scalar_input_has_no_length(tmp_path: Path) -> None:
     assert "'x' is a single value, not an array of samples" in data_error(npz(tmp_path, x=np.float32(1.0))).message
 

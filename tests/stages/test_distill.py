@@ -193,7 +193,7 @@ def test_baseline_and_bad_inputs(sample, tmp_path, cache):
     wrong_head = tmp_path / "five.py"
     wrong_head.write_text("import torch.nn as nn\n\ndef five():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 5))\n")
     cases = [
-        (["--data", bad_labels], 3, "labels run from 0 to 12 but the teacher has 10 classes"),
+        (["--data", bad_labels], 3, "hold values outside 0..9 (e.g. 12 at row 7): the model has 10 classes"),
         (["--data", unlabeled, "--set", "baseline=true"], 2, "baseline: true needs labels"),
         (["--set", "student={factory: 'five:five'}"], 2, "outputs [2, 5] but the teacher's logits are [N, 10]"),
         (["--set", "student={family: mlp, path: x.pt2}"], 2, "give one of student.family, student.path, student.factory"),
