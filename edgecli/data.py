@@ -309,7 +309,8 @@ def load_dataset(spec: DataSpec, override: Path | None = None, what: str = "data
     current folder); with `spec.limit`, only the first samples are used. The .npy headers are read
     first. Inputs stay on disk (RowArray: read in place from an uncompressed archive, else streamed
     once into a temporary spill file, normalised and checked finite) and are read a batch at a time;
-    labels are loaded. What loading holds in memory must fit (see MEMORY_FACTOR); a consumer that
+    labels are loaded. Arrays of another length than the inputs (metadata beside them) are ignored with
+    a warning (see _sample_arrays). What loading holds in memory must fit (see MEMORY_FACTOR); a consumer that
     reads every sample at once is checked when it does. Raises DataError/UsageError."""
     path = override if override is not None else spec.path
     if path is None:
