@@ -7,21 +7,52 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from edgecli.errors import ModelReadError
+from edgecli.errors import ModelReadError, one_line
 from edgecli.formats import lineage as lin
 
 LINEAGE_FILE = "edgecli_lineage.json"
 
 
 def load(path: Path) -> Any:
-    """A torch.export.ExportedProgram. Raises ModelReadError if unreadable."""
-    import torch
+    """A torch.export.ExportedProgram. Raises ModelReadError if unreadable, or (unless the user
+    passed --trust-pickle) if the archive holds a part torch would unpickle or run as code: see
+    edgecli/formats/pt2_archive.py. The bytes checked are the bytes torch reads (one read of the
+    file), and a failure is one line, never torch's logged tracebacks."""
+    import pickle
+
+    from edgecli.formats import pt2_archive
+    from edgecli.security import trust_pickle
+
+    trusted = trust_pickle()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ModelReadError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    pt2_archive.inspect(data, path, trusted)
+    from torch.export.pt2_archive._package import load_pt2
 
     try:
-        return torch.export.load(str(path))
+        # what torch.export.load does for a current-layout archive, without its fallback to the
+        # pre-2.7 layout (refused by inspect) and the warning it logs before it
+        with pt2_archive.guarded(trusted):
+            contents = load_pt2(io.BytesIO(data))
+    except pt2_archive._Refused as exc:
+        raise ModelReadError(f"{path} holds {exc}; {pt2_archive.NO_UNPICKLING}", hint=pt2_archive.TRUST_HINT) from None
+    except pickle.UnpicklingError as exc:
+        raise ModelReadError(f"{path} holds a pickle torch's weights-only reader refuses; {pt2_archive.NO_UNPICKLING}",
+                             hint=pt2_archive.TRUST_HINT) from None
     except Exception as exc:  # torch raises many types for a bad archive
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        first = one_line(text.splitlines()[0])[:200] if text else type(exc).__name__
         raise ModelReadError(f"{path} is not a loadable .pt2 ExportedProgram ({first})") from None
+    finally:
+        del data
+    program = contents.exported_programs.get("model")
+    if program is None:
+        raise ModelReadError(f"{path} is not a loadable .pt2 ExportedProgram (no program 'model')")
+    if not trusted:
+        pt2_archive.check_targets(program, path)
+    return program
 
 
 def read_lineage(path: Path) -> dict[str, Any] | None:
