@@ -188,14 +188,16 @@ def _pt2_floats(path: Any) -> list[Tensor] | None:
     from edgecli.errors import ModelReadError
 
     found: list[Tensor] = []
+    part = ""
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
             configs = sorted(n for n in names if n.endswith(("_weights_config.json", "_constants_config.json")))
             for config_name in configs:
+                part = f"{config_name.split('/', 1)[-1]}: "
                 folder = config_name.rsplit("/", 1)[0]
                 for fqn, meta in json.loads(archive.read(config_name)).get("config", {}).items():
-                    dtype = PT2_FLOAT_TYPES.get(meta.get("tensor_meta", {}).get("dtype"))
+                    dtype = PT2_FLOAT_TYPES.get((meta.get("tensor_meta") or {}).get("dtype"))
                     member = f"{folder}/{meta.get('path_name')}"
                     if dtype is None or meta.get("use_pickle") or member not in names:
                         continue
@@ -205,8 +207,8 @@ def _pt2_floats(path: Any) -> list[Tensor] | None:
                     else:
                         values = np.frombuffer(raw[: len(raw) // np.dtype(dtype).itemsize * np.dtype(dtype).itemsize], dtype)
                     found.append((fqn, values, bool(meta.get("is_param"))))
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as exc:  # a damaged member, bad JSON
-        raise ModelReadError(f"{path} is a damaged .pt2 archive ({str(exc)[:160]})") from None
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, AttributeError, TypeError) as exc:  # a damaged member, bad JSON
+        raise ModelReadError(f"{path} is a damaged .pt2 archive ({part}{str(exc)[:160]})") from None
     return found if configs else None
 
 
