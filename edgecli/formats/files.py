@@ -1,19 +1,42 @@
-"""Atomic output files, stdin/stdout models and content hashes."""
+"""Output files (atomic, or written through to a device or FIFO), stdout, models read from stdin or a
+pipe, temporary files and folders a killed process cannot leave behind for long, and content hashes.
+
+Temporary names carry the writer's pid: `.edgecli-<pid>-<ns>-<random>.tmp` beside an output (only
+between the link and the rename of an O_TMPFILE write, or for the whole write on filesystems without
+O_TMPFILE) and `edgecli-<what>-p<pid>-<ns>-<random>` folders in $TMPDIR. `<ns>` tells this machine's
+pid namespace from another's (a container sharing the folder). The next edgecli run removes those
+whose process is gone.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import re
+import secrets
 import shutil
+import socket
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from edgecli.errors import ModelReadError, UsageError
+from edgecli.errors import EdgecliError, ModelReadError, UsageError
 
 STDIO = "-"
+OUTPUT_ERROR_EXIT = 6
+CHUNK = 1 << 20
+
+
+class OutputError(EdgecliError, OSError):
+    """An output that could not be written after the work was done (disk full, read-only, permission,
+    stdout closed by its reader). Also an OSError, so callers that tolerate a failed write still do."""
+
+    exit_code = OUTPUT_ERROR_EXIT
+    label = "cannot write output"
 
 
 def sha256_of(path: Path) -> str:
@@ -33,20 +56,196 @@ def _umask() -> int:
     return mask
 
 
+# ---------------------------------------------------------------- temporary names and their sweep
+
+
+def _namespace() -> str:
+    """6 hex digits naming this host and pid namespace: a pid is only ever judged dead in its own."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ns = ""
+    return hashlib.sha256(f"{socket.gethostname()}|{ns}".encode()).hexdigest()[:6]
+
+
+NAMESPACE = _namespace()
+TEMP_FILE = re.compile(r"^\.edgecli-(\d+)-([0-9a-f]{6})-[0-9a-f]+\.tmp$")
+TEMP_FOLDER = re.compile(r"^edgecli-(?:.*-)?p(\d+)-([0-9a-f]{6})-[\w]+$")
+
+
+def temp_name() -> str:
+    """A short name for a temporary file beside an output (far below any file name limit)."""
+    return f".edgecli-{os.getpid()}-{NAMESPACE}-{secrets.token_hex(4)}.tmp"
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _stale(name: str, pattern: re.Pattern[str]) -> bool:
+    found = pattern.match(name)
+    return bool(found) and found.group(2) == NAMESPACE and not _alive(int(found.group(1)))
+
+
+def sweep_stale_files(folder: Path) -> list[str]:
+    """Remove the temporary files of dead edgecli processes from `folder`; their names."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(".edgecli-") and _stale(name, TEMP_FILE):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
+    return removed
+
+
+_swept_tempdirs: set[str] = set()
+
+
+def sweep_temp_folders(root: str | None = None) -> list[str]:
+    """Remove the $TMPDIR folders of dead edgecli processes (once per process and folder); their names."""
+    root = root or tempfile.gettempdir()
+    if root in _swept_tempdirs:
+        return []
+    _swept_tempdirs.add(root)
+    removed = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith("edgecli-") and _stale(name, TEMP_FOLDER):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
+class TempFolder(tempfile.TemporaryDirectory):
+    """tempfile.TemporaryDirectory named `<prefix>p<pid>-<ns>-<random>`: a folder a killed process
+    leaves in $TMPDIR is removed by the next edgecli run (which sweeps them when it makes its own)."""
+
+    def __init__(self, suffix: str | None = None, prefix: str | None = None, dir: str | os.PathLike[str] | None = None,
+                 ignore_cleanup_errors: bool = False) -> None:
+        sweep_temp_folders(None if dir is None else os.fspath(dir))
+        prefix = prefix or "edgecli-"
+        if not prefix.endswith("-"):
+            prefix += "-"
+        super().__init__(suffix, f"{prefix}p{os.getpid()}-{NAMESPACE}-", dir, ignore_cleanup_errors)
+
+
+# ---------------------------------------------------------------- writing files
+
+
+def reason(exc: OSError) -> str:
+    """An OSError as a few words, without the (temporary) file name the OS put in it."""
+    named = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
+             errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+             errno.EDQUOT: "disk quota exceeded", errno.ENAMETOOLONG: "the name is too long",
+             errno.EPIPE: "broken pipe", errno.EIO: "input/output error"}
+    return named.get(exc.errno or -1) or (exc.strerror or type(exc).__name__).lower()
+
+
+def _write_all(fd: int, data: bytes | memoryview, progress: list[int] | None = None) -> None:
+    """os.write until every byte is out (a short write is continued, never taken as done)."""
+    view = memoryview(data)
+    while view:
+        sent = os.write(fd, view[:CHUNK])
+        if sent <= 0:
+            raise OSError(errno.EIO, "the write made no progress")
+        view = view[sent:]
+        if progress is not None:
+            progress[0] += sent
+
+
+def _folder_of(dest: Path) -> Path:
+    return dest.parent if str(dest.parent) else Path(".")
+
+
+def is_write_through(dest: Path) -> bool:
+    """An existing character device (/dev/null) or FIFO: written to as it is, never replaced."""
+    try:
+        mode = os.stat(dest).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def _write_through(dest: Path, data: bytes) -> None:
+    fd = os.open(dest, os.O_WRONLY | os.O_CLOEXEC)  # a FIFO blocks here until a reader opens it
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+_PROC_FD = os.path.isdir("/proc/self/fd")
+
+
+def _write_unnamed(folder: Path, dest: Path, data: bytes) -> bool:
+    """O_TMPFILE: the bytes go into a file with no name until they are complete and synced, then it is
+    linked in (onto a short pid-named name and renamed over an existing dest). False where the
+    filesystem has no O_TMPFILE."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag or not _PROC_FD:
+        return False
+    try:
+        fd = os.open(folder, flag | os.O_WRONLY | os.O_CLOEXEC, 0o666)  # the umask applies, as for any new file
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSUP):
+            return False
+        raise
+    where = None
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+        # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N; os.link calls plain link() (which does not
+        # follow the /proc link) unless a dir_fd is given, hence the folder's descriptor
+        where = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        source = f"/proc/self/fd/{fd}"
+        try:
+            os.link(source, dest.name, dst_dir_fd=where, follow_symlinks=True)  # no such name yet: it appears complete
+            return True
+        except FileExistsError:
+            pass
+        tmp = temp_name()
+        os.link(source, tmp, dst_dir_fd=where, follow_symlinks=True)
+        try:
+            os.replace(tmp, dest.name, src_dir_fd=where, dst_dir_fd=where)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=where)
+            raise
+        return True
+    finally:
+        os.close(fd)
+        if where is not None:
+            os.close(where)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
-    """A temporary path in dest's folder, renamed onto dest only if the block succeeds.
-
-    On any exception (including KeyboardInterrupt) the temporary file is removed and dest is untouched.
-    """
+    """A temporary path in dest's folder (`.edgecli-<pid>-...tmp`), renamed onto dest only if the block
+    succeeds; for writers that need a path. On any exception (including KeyboardInterrupt) the
+    temporary file (or folder) is removed and dest is untouched; one a SIGKILL leaves is removed by the
+    next write into that folder."""
     dest = Path(dest)
-    folder = dest.parent if str(dest.parent) else Path(".")
+    folder = _folder_of(dest)
     if not folder.is_dir():
         raise UsageError(f"output folder {folder} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    sweep_stale_files(folder)
+    tmp = folder / temp_name()
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))  # umask applies
     try:
         yield tmp
         os.replace(tmp, dest)
@@ -60,47 +259,168 @@ def atomic_path(dest: Path) -> Iterator[Path]:
 
 
 def write_bytes_atomic(dest: Path, data: bytes) -> None:
-    """Write `data` to `dest` atomically (temp file in the same folder, fsync, rename)."""
-    with atomic_path(dest) as tmp:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+    """Write `data` to `dest`: whole or not at all (an unnamed O_TMPFILE, else a pid-named temporary
+    file, fsync, rename), or through an existing character device or FIFO. A failure is an
+    OutputError (exit 6) naming dest."""
+    dest = Path(dest)
+    folder = _folder_of(dest)
+    if not folder.is_dir():
+        raise UsageError(f"output folder {folder} does not exist")
+    through = is_write_through(dest)
+    try:
+        if through:
+            _write_through(dest, data)
+            return
+        sweep_stale_files(folder)
+        if _write_unnamed(folder, dest, data):
+            return
+        with atomic_path(dest) as tmp:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OutputError:
+        raise
+    except OSError as exc:
+        if isinstance(exc, IsADirectoryError) or dest.is_dir():
+            raise OutputError(f"{dest} is a folder", hint="give a file path") from None
+        raise OutputError(f"{dest}: {reason(exc)}", hint=None if through else "nothing was written there") from None
+
+
+# ---------------------------------------------------------------- stdout
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null once its reader is gone, so that Python's flush at exit adds no
+    'BrokenPipeError' noise and no second message."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+
+
+def write_stdout(data: bytes) -> None:
+    """Every byte to stdout, or an OutputError (exit 6) saying how many got there."""
+    from edgecli.formats.io_guard import stdout_closed
+
+    if stdout_closed():
+        raise OutputError("stdout is closed", hint="run without >&-, or write to a file")
+    stream = sys.stdout
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    done = [0]
+    try:
+        if fd is None:  # a test runner's captured stream
+            stream.buffer.write(data)
+            stream.buffer.flush()
+            return
+        stream.flush()
+        _write_all(fd, data, done)
+    except OSError as exc:
+        _silence_stdout()
+        if exc.errno == errno.EPIPE:
+            raise OutputError(f"stdout was closed by its reader after {done[0]:,} of {len(data):,} bytes (broken pipe)",
+                              hint="the output is incomplete") from None
+        raise OutputError(f"stdout: {reason(exc)} after {done[0]:,} of {len(data):,} bytes") from None
 
 
 def write_output(dest: str, data: bytes) -> None:
-    """Write an artifact to a path (atomically) or, for '-', to stdout."""
+    """Write an artifact to a path (atomically, or through a device/FIFO) or, for '-', to stdout."""
     if dest == STDIO:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        write_stdout(data)
     else:
         write_bytes_atomic(Path(dest), data)
 
 
 def check_output_differs(model_arg: str, output: str) -> None:
-    """Refuse to overwrite the input model with the output."""
-    if model_arg == STDIO or output == STDIO:
-        return
-    src, dst = Path(model_arg), Path(output)
-    if dst.exists() and src.exists() and src.resolve() == dst.resolve():
-        raise UsageError(f"output {output} is the input model; choose another -o path")
+    """Refuse to overwrite the input model with the output (see io_guard.CommandFiles for the whole check)."""
+    from edgecli.formats.io_guard import CommandFiles
+
+    files = CommandFiles()
+    files.input("the input model", model_arg)
+    files.output("-o", output)
+    files.check_clashes()
+
+
+# ---------------------------------------------------------------- models from stdin and pipes
+
+
+def _stream_cap() -> int:
+    """Bytes of a piped model worth keeping: what could still be loaded (the memory check's limit)."""
+    from edgecli.formats.model_file import MEMORY_FACTOR
+    from edgecli.resources import available_memory
+
+    return available_memory() // MEMORY_FACTOR
+
+
+def _copy_stream(read, shown: str, target: Path) -> int:  # noqa: ANN001 - a read(n) -> bytes callable
+    """Copy a stream into `target`, refusing (like any model too large to load) past the memory bound."""
+    from edgecli.formats.model_file import check_memory
+
+    cap, total = _stream_cap(), 0
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        while True:
+            chunk = read(CHUNK)
+            if not chunk:
+                return total
+            total += len(chunk)
+            if total > cap:
+                check_memory(Path(shown), total)  # raises ModelTooLarge (exit 3) with the usual figures
+            try:
+                _write_all(fd, chunk)
+            except OSError as exc:
+                raise ModelReadError(f"cannot keep {shown} in {target.parent.parent}: {reason(exc)}",
+                                     hint="set TMPDIR to a folder with space") from None
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def materialize(model_arg: str) -> Iterator[Path]:
-    """The model as a path: the argument itself, or the bytes of stdin in a temporary file for '-'."""
+    """The model as a path: the argument itself (a file or folder), or, for '-' (stdin), a FIFO,
+    /dev/fd/N (process substitution) or another stream, its bytes read once in full (bounded by the
+    memory a model may use) into a private temporary file, detected only after that."""
     if model_arg != STDIO:
         path = Path(model_arg)
-        if not path.exists():
-            raise ModelReadError(f"{model_arg} does not exist")
-        yield path
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise ModelReadError(f"{model_arg} does not exist") from None
+        except OSError as exc:
+            raise ModelReadError(f"{model_arg}: {reason(exc)}") from None
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            yield path
+            return
+        if stat.S_ISBLK(mode):
+            raise ModelReadError(f"{model_arg} is a block device, not a model file")
+        with TempFolder(prefix="edgecli-stdin-") as folder:
+            target = Path(folder) / (path.name or "pipe-model")
+            try:
+                with open(path, "rb", buffering=0) as stream:  # a FIFO waits here for its writer
+                    size = _copy_stream(stream.read, model_arg, target)
+            except OSError as exc:
+                raise ModelReadError(f"{model_arg}: {reason(exc)}") from None
+            if not size:
+                raise ModelReadError(f"{model_arg} is empty: no model bytes came through the pipe")
+            yield target
         return
+    from edgecli.formats.io_guard import stdin_closed
+
+    if stdin_closed():
+        raise UsageError("model '-' means stdin, but stdin is closed", hint="pipe a model in")
     if sys.stdin.isatty():
         raise UsageError("model '-' means stdin, but stdin is a terminal; pipe a model in")
-    data = sys.stdin.buffer.read()
-    if not data:
-        raise ModelReadError("stdin is empty: no model bytes were piped in")
-    with tempfile.TemporaryDirectory(prefix="edgecli-stdin-") as folder:
+    with TempFolder(prefix="edgecli-stdin-") as folder:
         path = Path(folder) / "stdin-model"
-        path.write_bytes(data)
+        try:
+            size = _copy_stream(sys.stdin.buffer.read, "stdin", path)
+        except OSError as exc:
+            raise ModelReadError(f"stdin: {reason(exc)}") from None
+        if not size:
+            raise ModelReadError("stdin is empty: no model bytes were piped in")
         yield path

@@ -12,11 +12,18 @@ from pathlib import Path
 import pytest
 
 from edgecli.errors import ModelReadError, UsageError
+from edgecli.formats import files
 from edgecli.formats.files import (
+    TEMP_FILE,
+    OutputError,
+    TempFolder,
     atomic_path,
     check_output_differs,
     materialize,
     sha256_of,
+    sweep_stale_files,
+    sweep_temp_folders,
+    temp_name,
     write_bytes_atomic,
     write_output,
 )
@@ -64,7 +71,7 @@ def test_temp_file_lives_next_to_the_destination(tmp_path: Path) -> None:
     dest = tmp_path / "model.onnx"
     with atomic_path(dest) as tmp:
         assert tmp.parent == tmp_path  # same filesystem, so the final rename is atomic
-        assert tmp.name.startswith(".model.onnx.") and tmp.name.endswith(".tmp")
+        assert TEMP_FILE.match(tmp.name) and len(tmp.name) < 40  # pid-named, short: any legal dest name works
         assert tmp.exists() and not dest.exists()  # nothing at the destination until the end
         tmp.write_bytes(b"done")
     assert dest.read_bytes() == b"done"
@@ -114,9 +121,20 @@ def test_rename_failure_cleans_up(tmp_path: Path) -> None:
     assert listing(tmp_path / "taken") == ["keep"]
 
 
+@pytest.fixture(params=["O_TMPFILE", "named"])
+def writer(request, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways an output is written: an unnamed O_TMPFILE linked in, and the named fallback."""
+    if request.param == "named":
+        monkeypatch.setattr(files, "_write_unnamed", lambda *_: False)
+    return request.param
+
+
 @pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600), (0o027, 0o640)])
-def test_permissions_follow_the_umask(tmp_path: Path, umask, mask: int, mode: int) -> None:
+def test_permissions_follow_the_umask(tmp_path: Path, umask, writer, mask: int, mode: int) -> None:
     umask(mask)
+    write_bytes_atomic(tmp_path / "new.onnx", b"x")  # no such file yet: linked straight in
+    assert stat.S_IMODE((tmp_path / "new.onnx").stat().st_mode) == mode
+    (tmp_path / "model.onnx").write_bytes(b"old")  # replaced below: the link-then-rename path
     write_bytes_atomic(tmp_path / "model.onnx", b"x")
     assert stat.S_IMODE((tmp_path / "model.onnx").stat().st_mode) == mode
     assert os.umask(mask) == mask  # the umask itself is left as it was
@@ -203,3 +221,99 @@ def test_sha256_of_file_and_folder(tmp_path: Path) -> None:
     assert first == hashlib.sha256(b"graph" + b"weights").hexdigest()  # files in sorted path order
     (folder / "variables" / "v.data").write_bytes(b"weights2")
     assert sha256_of(folder) != first
+
+
+def test_both_writers_write_exactly_the_bytes(tmp_path: Path, writer: str) -> None:
+    data = bytes(range(256)) * 5000
+    write_bytes_atomic(tmp_path / "new.onnx", data)
+    (tmp_path / "old.onnx").write_bytes(b"old")
+    write_bytes_atomic(tmp_path / "old.onnx", data)
+    assert (tmp_path / "new.onnx").read_bytes() == data == (tmp_path / "old.onnx").read_bytes()
+    assert listing(tmp_path) == ["new.onnx", "old.onnx"]
+
+
+def test_a_250_byte_name_is_written(tmp_path: Path, writer: str) -> None:
+    name = "m" * 245 + ".onnx"  # legal; the old temporary name '.NAME.XXXXXXXX.tmp' passed 255 bytes
+    write_bytes_atomic(tmp_path / name, b"x")
+    assert listing(tmp_path) == [name]
+
+
+def dead_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_temp_files_of_dead_processes_are_swept(tmp_path: Path) -> None:
+    mine = temp_name()
+    dead = mine.replace(f"-{os.getpid()}-", f"-{dead_pid()}-")
+    foreign = f".edgecli-{dead_pid()}-000000-abcd1234.tmp"  # another pid namespace: never judged
+    for name in (mine, dead, foreign, ".model.onnx.abc.tmp"):
+        (tmp_path / name).write_bytes(b"half")
+    assert sweep_stale_files(tmp_path) == [dead]
+    write_bytes_atomic(tmp_path / "m.onnx", b"x")  # every write sweeps its folder too
+    assert sorted(listing(tmp_path)) == sorted([mine, foreign, ".model.onnx.abc.tmp", "m.onnx"])
+
+
+def test_temp_folders_carry_the_pid_and_dead_ones_are_swept(tmp_path: Path) -> None:
+    with TempFolder(prefix="edgecli-onnx2tf-", dir=tmp_path) as folder:
+        name = Path(folder).name
+        assert name.startswith(f"edgecli-onnx2tf-p{os.getpid()}-")
+        assert files.TEMP_FOLDER.match(name)
+        stale = tmp_path / name.replace(f"-p{os.getpid()}-", f"-p{dead_pid()}-")
+        (stale / "sub").mkdir(parents=True)
+        (tmp_path / "edgecli-other-thing").mkdir()
+        files._swept_tempdirs.discard(str(tmp_path))
+        assert sweep_temp_folders(str(tmp_path)) == [stale.name]
+        assert sorted(listing(tmp_path)) == sorted([name, "edgecli-other-thing"])
+    assert listing(tmp_path) == ["edgecli-other-thing"]
+
+
+def test_character_devices_and_fifos_are_written_through(tmp_path: Path) -> None:
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    data = b"z" * 300_000  # more than a pipe holds
+    write_bytes_atomic(fifo, data)
+    reader.join(10)
+    assert got == [data] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    write_output("/dev/null", data)
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert listing(tmp_path) == ["pipe"]
+
+
+def test_a_failed_write_names_the_destination(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match=r"/dev/full: no space left on the device") as caught:
+        write_output("/dev/full", b"x" * 10)
+    assert caught.value.exit_code == 6 and isinstance(caught.value, OSError)
+
+
+def test_materialize_a_fifo_reads_it_once(tmp_path: Path, sample) -> None:
+    import threading
+
+    fifo = tmp_path / "model.fifo"
+    os.mkfifo(fifo)
+    data = sample["onnx"].read_bytes()
+    writer = threading.Thread(target=lambda: fifo.write_bytes(data))
+    writer.start()
+    with materialize(str(fifo)) as path:
+        assert path != fifo and path.read_bytes() == data
+        temporary = path
+    writer.join(10)
+    assert not temporary.exists()
+
+
+def test_materialize_refuses_a_stream_larger_than_memory_allows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGECLI_MEMORY_LIMIT_BYTES", str(3 * 1000))
+    monkeypatch.setattr(sys, "stdin", FakeStdin(io.BytesIO(b"\x08" * (4 << 20))))
+    from edgecli.errors import ModelTooLarge
+
+    with pytest.raises(ModelTooLarge, match="needs ~"):
+        with materialize("-"):
+            pass
