@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from edgecli.errors import BackendMissing, ModelReadError
+from edgecli.formats.files import TempFolder
 
 
 def import_tensorflow() -> Any:
@@ -25,7 +25,7 @@ def load_keras(path: Path) -> Any:
     import_tensorflow()
     import keras
 
-    with tempfile.TemporaryDirectory(prefix="edgecli-keras-") as folder:
+    with TempFolder(prefix="edgecli-keras-") as folder:
         source = path
         if path.suffix != ".keras":  # Keras insists on the extension; the format was detected from bytes
             source = Path(folder) / "model.keras"

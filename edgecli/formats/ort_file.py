@@ -4,12 +4,12 @@ from an ONNX model by onnxruntime itself; the ONNX metadata_props, lineage inclu
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from edgecli.errors import ModelReadError, TransformError, damaged_hint
 from edgecli.formats import lineage as lin
+from edgecli.formats.files import TempFolder
 
 def from_onnx_bytes(onnx_bytes: bytes, optimization: str = "basic") -> bytes:
     """The ORT-format bytes of a serialized ONNX model, with graph optimisations `optimization`
@@ -19,7 +19,7 @@ def from_onnx_bytes(onnx_bytes: bytes, optimization: str = "basic") -> bytes:
     levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
               "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 
-    with tempfile.TemporaryDirectory(prefix="edgecli-ort-") as folder:
+    with TempFolder(prefix="edgecli-ort-") as folder:
         source, target = Path(folder) / "model.onnx", Path(folder) / "model.ort"
         source.write_bytes(onnx_bytes)
         options = ort.SessionOptions()

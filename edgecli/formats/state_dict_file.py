@@ -14,7 +14,6 @@ import importlib
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from edgecli.data import Dataset
 from edgecli.errors import ModelReadError, ParityError, TransformError, UsageError, last_line
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import ModelSource
+from edgecli.formats.files import TempFolder
 
 WRAPPER_KEYS = ("state_dict", "model")  # {"state_dict": {...}} (Lightning and others), {"model": {...}}
 SHOWN_KEYS = 3
@@ -312,7 +312,7 @@ def built_pt2(
             hint="the module may branch on its input's values, which torch.export fixes at export time",
         )
     console.info(f"built {spec.factory} from {state_dict.path}: exported, max abs diff to the eager module {difference:.3g}")
-    with tempfile.TemporaryDirectory(prefix="edgecli-state-dict-") as folder:
+    with TempFolder(prefix="edgecli-state-dict-") as folder:
         path = Path(folder) / "model.pt2"
         path.write_bytes(pt2_file.to_bytes(program, None))
         yield ModelFile.open(path), {"export_max_abs_diff": difference, "export_batch": "dynamic" if dynamic else "1"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
+from edgecli.formats.files import TempFolder
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Artifact:
 @contextlib.contextmanager
 def staged(artifact: Artifact) -> Iterator[ModelFile]:
     """The artifact written to a private temporary file, for checks that run it."""
-    with tempfile.TemporaryDirectory(prefix="edgecli-check-") as folder:
+    with TempFolder(prefix="edgecli-check-") as folder:
         path = Path(folder) / f"candidate{artifact.format.suffix}"
         path.write_bytes(artifact.to_bytes({"edgecli": 1, "steps": [{"io": artifact.io}]} if artifact.io else None))
         yield ModelFile.open(path)

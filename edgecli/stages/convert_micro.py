@@ -30,6 +30,7 @@ from edgecli import console
 from edgecli.data import Dataset
 from edgecli.errors import BackendMissing, TransformError
 from edgecli.formats.detect import Format
+from edgecli.formats.files import TempFolder
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import ConvertRecipe, MicroSpec
 from edgecli.runtimes.base import Runner
@@ -224,7 +225,7 @@ class _ArenaProbe:
     whose child crashes counts as too small, and a new child takes the next size."""
 
     def __init__(self, data: bytes) -> None:
-        self._folder = tempfile.TemporaryDirectory(prefix="edgecli-tflm-")
+        self._folder = TempFolder(prefix="edgecli-tflm-")
         self._model = os.path.join(self._folder.name, "model.tflite")
         with open(self._model, "wb") as handle:
             handle.write(data)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from edgecli.errors import BackendMissing, TransformError, last_line
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
+from edgecli.formats.files import TempFolder
 
 
 def pt2_to_onnx(model: ModelFile, opset: int, dynamic_batch: bool) -> Any:
@@ -23,7 +23,7 @@ def pt2_to_onnx(model: ModelFile, opset: int, dynamic_batch: bool) -> Any:
     from edgecli.formats import pt2_file
 
     program = pt2_file.load(model.path)
-    with tempfile.TemporaryDirectory(prefix="edgecli-onnx-") as folder:
+    with TempFolder(prefix="edgecli-onnx-") as folder:
         target = Path(folder) / "model.onnx"
         try:
             with console.muted():
@@ -78,7 +78,7 @@ def as_onnx_file(model: ModelFile, opset: int = 18) -> Iterator[Path]:
         return
     if model.format is not Format.PT2:
         raise TransformError(f"no conversion from {model.format.value} through ONNX")
-    with tempfile.TemporaryDirectory(prefix="edgecli-pt2-onnx-") as folder:
+    with TempFolder(prefix="edgecli-pt2-onnx-") as folder:
         onnx_path = Path(folder) / "model.onnx"
         onnx_path.write_bytes(onnx_file.to_bytes(pt2_to_onnx(model, opset, True), None))
         yield onnx_path

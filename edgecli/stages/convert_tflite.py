@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import ConvertRecipe
 from edgecli.stages.convert_onnx import as_onnx_file
 from edgecli.stages.convert_preflight import require_onnx2tf_support
+from edgecli.formats.files import TempFolder
 
 ONNX2TF_HINT = "pip install --no-deps onnx2tf==1.29.24 tf-keras==2.21.0 (make install does it)"
 
@@ -123,7 +123,7 @@ def onnx2tf_output(onnx_path: Path) -> Iterator[Path]:
             import onnx2tf
     except ImportError:
         raise BackendMissing("ONNX -> TFLite needs onnx2tf and TensorFlow", hint=ONNX2TF_HINT) from None
-    with tempfile.TemporaryDirectory(prefix="edgecli-onnx2tf-") as folder:
+    with TempFolder(prefix="edgecli-onnx2tf-") as folder:
         work = Path(folder)
         source = work / "model.onnx"
         shutil.copyfile(onnx_path, source)

@@ -8,7 +8,6 @@ import difflib
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from edgecli.data import Dataset
 from edgecli.data_rows import array_digest
 from edgecli.errors import RecipeError, TransformError
 from edgecli.formats.detect import Format
-from edgecli.formats.files import atomic_path
+from edgecli.formats.files import TempFolder, atomic_path
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import AugmentSpec
 from edgecli.runtimes import Runner, open_runner
@@ -96,7 +95,7 @@ def teacher_runner(teacher: ModelFile, hint_layer: str | None):
         _pt2_with_output(runner, hint_layer)
         yield runner
     elif teacher.format in (Format.ONNX,):
-        with tempfile.TemporaryDirectory(prefix="edgecli-hint-") as folder:
+        with TempFolder(prefix="edgecli-hint-") as folder:
             yield open_runner(_onnx_with_output(teacher, hint_layer, Path(folder)))
     else:
         raise RecipeError(f"a hint loss needs an ONNX or .pt2 teacher; {teacher.path} is {teacher.format.value}",

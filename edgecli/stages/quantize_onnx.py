@@ -4,7 +4,6 @@ batch), dynamic INT8 or FP16; per-layer error against the float model; layers ke
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from edgecli.recipes import QuantizeRecipe
 from edgecli.runtimes.base import Runner
 from edgecli.stages.artifact import Artifact
 from edgecli.stages.quant_layers import MASK_VALUE, ErrorAccumulator, LayerError
+from edgecli.formats.files import TempFolder
 
 # Ops that onnxruntime's dynamic quantizer handles and that are fast on CPU. Conv is left out on
 # purpose: dynamic Conv becomes ConvInteger, measured 1.4-5.3x slower than float on CPU. Gemm is not
@@ -364,5 +364,5 @@ def _exposed(proto: Any, tensors: list[str], path: Path) -> Iterator[Any]:
 
 @contextlib.contextmanager
 def onnx_quantizer(model: ModelFile, recipe: QuantizeRecipe, runner: Runner, calib: Dataset | None) -> Iterator[OnnxQuantizer]:
-    with tempfile.TemporaryDirectory(prefix="edgecli-quant-") as folder:
+    with TempFolder(prefix="edgecli-quant-") as folder:
         yield OnnxQuantizer(model, recipe, runner, calib, Path(folder))
