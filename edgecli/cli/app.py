@@ -18,6 +18,7 @@ from edgecli.cli.inspect_cmd import inspect
 from edgecli.cli.prune import prune
 from edgecli.cli.quantize import quantize
 from edgecli.cli.run_cmd import run
+from edgecli.formats.io_guard import startup
 from edgecli.cli.recipe_cmd import recipe_app
 
 app = typer.Typer(
@@ -65,6 +66,7 @@ def _terminate(signum: int, _frame: object) -> None:
 
 
 def main() -> None:
+    startup()  # closed stdin/stdout/stderr kept off fds 0-2; dead runs' temporary folders removed
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     signal.signal(signal.SIGTERM, _terminate)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,6 +19,7 @@ from edgecli.cli.options import CsvOpt, DataOpt, JsonOpt, MarkdownOpt, PlotOpt, 
 from edgecli.errors import GateFailed, ModelReadError, UsageError
 from edgecli.formats.detect import Format
 from edgecli.formats.files import STDIO
+from edgecli.formats.io_guard import CommandFiles
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import load_recipe
 
@@ -29,6 +33,31 @@ def _refuse_state_dicts(files: list[ModelFile]) -> None:
                 hint="convert it to .pt2 first: edgecli convert MODEL.pt -r onnx --set target=pt2 "
                 "--set model.factory=package.module:function --data DATA.npz -o MODEL.pt2",
             )
+
+
+def _refuse_streams(models: list[str]) -> None:
+    """bench opens each model several times (and in processes of its own): a pipe would be read once."""
+    for model in models:
+        with contextlib.suppress(OSError):
+            mode = os.stat(model).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise ModelReadError(f"bench reads model files, not pipes or devices: {model}",
+                                     hint="save the model to a file first")
+
+
+def files_of(models: list[str], reference: Path | None, spec: object, data: Path | None, recipe_path: Path | None,
+             outputs: Destinations) -> CommandFiles:
+    """Every file bench reads and writes, for the checks made before any work."""
+    files = CommandFiles()
+    for model in models:
+        files.input("a benched model", model)
+    files.input("the --reference model", reference)
+    files.input("the recipe file", recipe_path)
+    files.input("the --data file" if data is not None else "the recipe's data file", data or getattr(spec.data, "path", None))
+    for option, dest in outputs.texts().items():
+        files.output(option, dest)
+    files.output("--plot", outputs.plot)
+    return files
 
 
 ReferenceOpt = Annotated[
@@ -72,11 +101,13 @@ def bench(
     from edgecli.stages.bench import bench as run_bench
 
     console.set_quiet(quiet)
-    spec, _ = load_recipe("bench", recipe, sets)
+    spec, recipe_path = load_recipe("bench", recipe, sets)
     outputs = Destinations(json=json_out, markdown=markdown_out, csv=csv_out, plot=plot_out)
     check_destinations(outputs)
     if any(m == STDIO for m in models):
         raise ModelReadError("bench reads model files, not stdin")
+    _refuse_streams([*models, *([str(reference)] if reference is not None else [])])
+    files_of(models, reference, spec, data, recipe_path, outputs).check()
     files = [ModelFile.open(Path(m)) for m in models]
     files, reference_index = with_reference(files, reference)
     _refuse_state_dicts(files)

@@ -12,7 +12,6 @@ import typer
 from edgecli.cli.errors import handle_errors
 from edgecli.cli.flow import run_model_verb
 from edgecli.cli.options import DataOpt, EvalDataOpt, ModelArg, OutputOpt, QuietOpt, RecipeOpt, ReportOpt, SetOpt
-from edgecli.errors import UsageError
 from edgecli.formats.detect import Format
 
 CheckpointOpt = Annotated[
@@ -40,15 +39,9 @@ def distill(
     from edgecli.distributed import is_writer
     from edgecli.stages.distill import distill as stage
 
-    if checkpoint is not None:
-        if checkpoint.is_dir() or not checkpoint.parent.is_dir():
-            raise UsageError(f"--checkpoint {checkpoint}: not a file path in an existing folder")
-        if output != "-" and checkpoint.resolve() == Path(output).resolve():
-            raise UsageError("--checkpoint and -o name the same file")
-        if model != "-" and checkpoint.resolve() == Path(model).resolve():
-            raise UsageError(f"--checkpoint {checkpoint} is the teacher model; choose another path")
     work = functools.partial(stage, checkpoint_path=checkpoint)
-    run_model_verb("distill", model, recipe, output, sets, quiet, work, written_format, data, eval_data, report)
+    run_model_verb("distill", model, recipe, output, sets, quiet, work, written_format, data, eval_data, report,
+                   extra_outputs=[("--checkpoint", checkpoint)])
     if checkpoint is not None and is_writer():
         with contextlib.suppress(FileNotFoundError):
             checkpoint.unlink()  # the run finished: a later run starts afresh

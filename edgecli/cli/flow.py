@@ -15,7 +15,8 @@ from edgecli.data import Dataset, load_dataset
 from edgecli.errors import GateFailed, UsageError
 from edgecli.formats import lineage as lin
 from edgecli.formats.detect import Format
-from edgecli.formats.files import STDIO, check_output_differs, materialize, write_output
+from edgecli.formats.files import STDIO, materialize, write_output
+from edgecli.formats.io_guard import CommandFiles
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import DataSpec, ParitySpec, Strict, load_recipe
 from edgecli.stages.artifact import Artifact
@@ -45,6 +46,28 @@ def check_report_path(report: str, output: str) -> None:
         raise UsageError(f"--report {report}: folder {path.parent} does not exist")
     if output != STDIO and Path(output).resolve() == path.resolve():
         raise UsageError("--report and -o name the same file")
+
+
+def command_files(
+    verb: str, model_arg: str, recipe: Strict, recipe_path: Path | None, output: str, data: Path | None,
+    eval_data: Path | None, report: str | None, extra_outputs: list[tuple[str, Path | None]] = (),
+) -> CommandFiles:
+    """Every file a model verb reads and writes, for the checks made before any work."""
+    files = CommandFiles()
+    files.input("the teacher model" if verb == "distill" else "the input model", model_arg)
+    files.input("the recipe file", recipe_path)
+    data_spec, eval_spec = getattr(recipe, "data", None), getattr(recipe, "eval_data", None)
+    files.input("the --data file" if data is not None else "the recipe's data file", data or getattr(data_spec, "path", None))
+    files.input("the --eval-data file" if eval_data is not None else "the recipe's eval_data file",
+                eval_data or getattr(eval_spec, "path", None))
+    student = getattr(recipe, "student", None)
+    files.input("the student.path model", getattr(student, "path", None))
+    files.input("the student.weights file", getattr(student, "weights", None))
+    files.output("-o", output, binary=True)
+    files.output("--report", report)
+    for role, path in extra_outputs:
+        files.output(role, path)
+    return files
 
 
 def optional_dataset(spec: DataSpec | None, override: Path | None, what: str) -> Dataset | None:
@@ -83,12 +106,13 @@ def run_model_verb(
     data: Path | None = None,
     eval_data: Path | None = None,
     report: str | None = None,
+    extra_outputs: list[tuple[str, Path | None]] = (),
 ) -> None:
     console.set_quiet(quiet)
     recipe, recipe_path = load_recipe(verb, recipe_arg, sets)
-    check_output_differs(model_arg, output)
     if report is not None:
         check_report_path(report, output)
+    command_files(verb, model_arg, recipe, recipe_path, output, data, eval_data, report, extra_outputs).check()
     with materialize(model_arg) as path, contextlib.ExitStack() as stack:
         source = ModelFile.open(path)  # the format comes from the bytes, also for a model piped in
         check_output_suffix(output, target(recipe, source.format))

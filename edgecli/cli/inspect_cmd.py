@@ -12,6 +12,7 @@ from edgecli.cli.errors import handle_errors
 from edgecli.cli.options import JsonOpt, ModelArg
 from edgecli.formats.detect import Format
 from edgecli.formats.files import materialize, write_output
+from edgecli.formats.io_guard import CommandFiles
 from edgecli.formats.model_file import ModelFile
 
 
@@ -106,6 +107,10 @@ def lost_lines(lineage: dict[str, Any] | None) -> list[str]:
 @handle_errors
 def inspect(model: ModelArg, json_out: JsonOpt = None) -> None:
     """Format, inputs/outputs, parameters, operators, size and lineage of MODEL."""
+    files = CommandFiles()
+    files.input("the inspected model", model)
+    files.output("--json", json_out)
+    files.check()
     with materialize(model) as path:
         info = describe_model(ModelFile.open(path))
     if model == "-":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import io
 import json
+import shutil
 import sys
 from typing import Annotated, Optional
 
@@ -17,7 +19,8 @@ from edgecli.cli.errors import handle_errors
 from edgecli.cli.options import JsonOpt
 from edgecli.cli.recipe_schema import SCHEMAS, recipe_schema
 from edgecli.errors import UsageError
-from edgecli.formats.files import write_output
+from edgecli.formats.files import write_output, write_stdout
+from edgecli.formats.io_guard import CommandFiles, require_stdout
 from edgecli.recipes import RECIPES, load_recipe
 
 recipe_app = typer.Typer(
@@ -31,6 +34,12 @@ VerbOpt = Annotated[
     Optional[str],
     typer.Option("--verb", metavar="VERB", autocompletion=catalog.complete_kind, help="Look NAME up among this verb's recipes (or pipeline)."),
 ]
+
+
+def _check_output(role: str, path: str | None) -> None:
+    files = CommandFiles()
+    files.output(role, path)
+    files.check()
 
 
 def _table(rows: list[catalog.Shipped]) -> Table:
@@ -52,12 +61,18 @@ def list_recipes(
 ) -> None:
     """Every shipped recipe: kind, name and the first line of its description."""
     rows = catalog.shipped(catalog.check_kind(verb) if verb else None)
+    _check_output("--json", json_out)
+    if json_out != "-":
+        require_stdout("recipe list")
     if json_out:
         entries = [{"verb": s.kind, "name": s.name, "path": str(s.path), "description": s.description} for s in rows]
         write_output(json_out, (json.dumps(entries, indent=2) + "\n").encode())
     if json_out != "-":
         # stdout is the answer here; in a pipe, never wrap (grep and cut see one row per line)
-        Console(width=None if sys.stdout.isatty() else 400, highlight=False).print(_table(rows))
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 400
+        text = io.StringIO()
+        Console(file=text, width=width, highlight=False).print(_table(rows))
+        write_stdout(text.getvalue().encode())
 
 
 @recipe_app.command("show")
@@ -73,15 +88,15 @@ def show(
 ) -> None:
     """Print a shipped recipe to stdout: `edgecli recipe show kd > my-kd.yaml` starts your own."""
     found = catalog.find(name, verb)
+    require_stdout("recipe show")
     if not resolved:
-        sys.stdout.buffer.write(found.path.read_bytes())
-        sys.stdout.buffer.flush()
+        write_stdout(found.path.read_bytes())
         return
     if found.kind not in RECIPES:
         raise UsageError(f"--resolved is not available for {found.kind} recipes")
     recipe, _ = load_recipe(found.kind, str(found.path))
     header = f"# {found.label} with every default filled in (edgecli recipe show --resolved)\n"
-    typer.echo(header + yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True), nl=False)
+    write_stdout((header + yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)).encode())
 
 
 def _complete_schema_kind(incomplete: str) -> list[str]:
@@ -98,4 +113,5 @@ def schema(
     if verb not in SCHEMAS:
         close = difflib.get_close_matches(verb, list(SCHEMAS), n=1)
         raise UsageError(f"no recipe schema for '{verb}'", hint=f"did you mean '{close[0]}'?" if close else f"verbs: {', '.join(SCHEMAS)}")
+    _check_output("-o", output)
     write_output(output, (json.dumps(recipe_schema(verb), indent=2) + "\n").encode())

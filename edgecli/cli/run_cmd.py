@@ -12,7 +12,8 @@ from rich.table import Table
 from edgecli import console
 from edgecli.cli.errors import handle_errors
 from edgecli.cli.options import JsonOpt, QuietOpt, SetOpt
-from edgecli.formats.files import write_output
+from edgecli.formats.files import write_output, write_stdout
+from edgecli.formats.io_guard import CommandFiles, require_stdout
 
 PipelineArg = Annotated[str, typer.Argument(metavar="PIPELINE", help="Pipeline YAML path, or the name of one in configs/pipelines/.")]
 OutOpt = Annotated[
@@ -51,13 +52,28 @@ def run(
     path = resolve_pipeline(pipeline)
     spec = load_pipeline(path)
     folder = out if out is not None else (path.parent / spec.out if spec.out else Path(f"{path.stem}-out"))
-    commands = Planner(spec, path.parent.resolve(), folder.resolve(), sets).commands()
+    planner = Planner(spec, path.parent.resolve(), folder.resolve(), sets)
+    commands = planner.commands()  # refuses a step output that is an input of the pipeline
     if dry_run:
-        state, stale = State(folder), False
+        require_stdout("run --dry-run")
+        state, stale, lines = State(folder), False, []
         for command in commands:
             stale = stale or not state.up_to_date(command, step_key(command))  # after a step that runs, all may change
-            typer.echo(f"{command.shell()}{'' if stale else '   # up to date'}")
+            lines.append(f"{command.shell()}{'' if stale else '   # up to date'}\n")
+        write_stdout("".join(lines).encode())
         return
+    if json_out:
+        files = CommandFiles()
+        files.input("the pipeline file", path)
+        for role, source in planner.sources:
+            files.input(role, source)
+        for command in commands:
+            for output in command.outputs:
+                files.input(f"the output of step '{command.name}'", output)
+        files.input("the run record", folder / STATE_FILE)
+        files.output("--json", json_out)
+        folder.mkdir(parents=True, exist_ok=True)  # --json may go into it
+        files.check()
     folder.mkdir(parents=True, exist_ok=True)
     with locked(folder):
         try:

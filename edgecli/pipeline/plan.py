@@ -62,7 +62,11 @@ class Planner:
 
     def __init__(self, spec: PipelineSpec, base: Path, out: Path, overrides: list[str] | None = None) -> None:
         self.spec, self.base, self.out = spec, base, out
+        self.sources: list[tuple[str, Path]] = []
         self.paths: dict[str, Path] = {SOURCE: self._file(spec.model, "model")}
+        self._source("the source model", self.paths[SOURCE])
+        for name, text in spec.datasets.items():
+            self._source(f"dataset '{name}'", (base / text).resolve())
         self.formats: dict[Path, Format] = {self.paths[SOURCE]: detect_format(self.paths[SOURCE])}
         self.overrides = self._overrides(overrides or [])
 
@@ -88,7 +92,7 @@ class Planner:
             return None
         if text in self.spec.datasets:
             return self._file(self.spec.datasets[text], f"dataset '{text}'", DataError)
-        return self._file(text, "data", DataError)
+        return self._source(f"data {text}", self._file(text, "data", DataError))
 
     def _resolve(self, text: str) -> tuple[str, list[Path]]:
         """${name} references replaced by paths; the referenced files."""
@@ -106,21 +110,33 @@ class Planner:
             return None, []
         local = self.base / name
         if local.is_file():
-            return shown(local), [local.resolve()]
+            return shown(local), [self._source(f"recipe {name}", local.resolve())]
         return name, [resolve_recipe_path(verb, name)]
 
-    def _check_not_an_input(self, name: str, output: Path) -> None:
-        """A step's output must not overwrite the source model or a dataset (an --out folder holding them)."""
-        inputs = [self.paths[SOURCE], *((self.base / path).resolve() for path in self.spec.datasets.values())]
-        if output.resolve() in inputs:
-            raise UsageError(f"step '{name}' would write {shown(output)}, which is an input of the pipeline",
-                             hint="rename the step or choose another --out")
+    def _source(self, role: str, path: Path) -> Path:
+        """Remember a file the pipeline reads from outside its output folder."""
+        self.sources.append((role, path))
+        return path
+
+    def check_outputs(self, commands: list[Command]) -> None:
+        """No step writes over a file the pipeline reads (an --out folder holding the source model, a
+        dataset or a recipe file): the shared check of io_guard, before any step runs."""
+        from edgecli.formats.io_guard import CommandFiles
+
+        for command in commands:
+            for output in command.outputs:
+                files = CommandFiles(clash=lambda _role, _out, what, _src, name=command.name, output=output: (
+                    f"step '{name}' would write {shown(output)}, which is an input of the pipeline ({what}); "
+                    "rename the step or choose another --out"))
+                files.inputs = [(role, str(path)) for role, path in self.sources]
+                files.output(f"step '{command.name}'", output)
+                files.check_clashes()
 
     def _input(self, index: int, step: StepSpec) -> Path:
         if step.input is None:
             return self.paths[self.spec.steps[index - 1].name if index else SOURCE]
         found = REFERENCE.fullmatch(step.input)
-        return self.paths[found.group(1)] if found else self._file(step.input, f"step '{step.name}' input")
+        return self.paths[found.group(1)] if found else self._source(f"step '{step.name}' input", self._file(step.input, f"step '{step.name}' input"))
 
     def step(self, index: int, step: StepSpec) -> Command:
         source = self._input(index, step)
@@ -135,7 +151,6 @@ class Planner:
         recipe, _ = load_recipe(step.verb, recipe_arg, settings)
         written = importlib.import_module(WRITERS[step.verb]).written_format(recipe, self.formats[source])
         output = self.out / f"{step.name}{written.suffix}"
-        self._check_not_an_input(step.name, output)
         self.paths[step.name], self.formats[output] = output, written
         argv = [step.verb, shown(source)]
         argv += ["-r", recipe_arg] if recipe_arg else []
@@ -170,7 +185,9 @@ class Planner:
     def commands(self) -> list[Command]:
         planned = [self.step(index, step) for index, step in enumerate(self.spec.steps)]
         closing = self.bench()
-        return planned + ([closing] if closing else [])
+        commands = planned + ([closing] if closing else [])
+        self.check_outputs(commands)
+        return commands
 
 
 def load_pipeline(path: Path) -> PipelineSpec:
