@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import typer
 
 from edgecli import console
-from edgecli.errors import EdgecliError
+from edgecli.errors import EdgecliError, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 INTERRUPTED = 130
@@ -27,7 +27,13 @@ FOREIGN: list[tuple[type[BaseException], int, str]] = [
 
 
 def describe(exc: BaseException) -> tuple[int, str]:
-    """(exit code, one line) for any exception."""
+    """(exit code, one line) for any exception: a line break or control character in a message (a
+    user's path, a name read from a file) is escaped, never printed, so the line stays one line."""
+    code, line = _describe(exc)
+    return code, one_line(line)
+
+
+def _describe(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, EdgecliError):
         return exc.exit_code, exc.line()
     for kind, code, label in FOREIGN:
