@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,10 @@ class ModelFile:
         fmt = detect_format(path)
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
         check_memory(path, size)
+        if fmt is Format.SAVED_MODEL:  # its graph may read or write files: checked before TensorFlow loads it
+            from edgecli.formats.keras_file import check_saved_model_ops
+
+            check_saved_model_ops(path)
         return cls(path=path, format=fmt, sha256=sha256_of(path), size_bytes=size)
 
     @property
@@ -40,6 +47,29 @@ class ModelFile:
             self._lineage = read_lineage(self)
             self._lineage_read = True
         return self._lineage
+
+
+def utf8_path(path: Path) -> bool:
+    """Whether `path` can be handed to a C++ library as a string: a name with bytes that are not UTF-8
+    (os.fsdecode's surrogates) makes onnxruntime, LiteRT and TensorFlow fail or raise TypeError."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def library_path(path: Path) -> Iterator[Path]:
+    """`path`, or, when its name is not UTF-8, a symbolic link to it with a UTF-8 name in a private
+    temporary folder (removed after the block), for the libraries that read a path themselves."""
+    if utf8_path(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="edgecli-path-") as folder:
+        link = Path(folder) / ("model" + (path.suffix if utf8_path(Path(path.suffix)) else ""))
+        link.symlink_to(path.resolve(), target_is_directory=path.is_dir())
+        yield link
 
 
 def check_memory(path: Path, size: int) -> None:

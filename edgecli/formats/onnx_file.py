@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgecli.errors import ModelReadError, TransformError
+from edgecli.errors import ModelReadError, TransformError, one_line
 from edgecli.formats import lineage as lin
 
 MAX_PROTO_BYTES = 2**31 - 1
@@ -17,9 +18,16 @@ def load(path: Path, check: bool = True) -> Any:
     from google.protobuf.message import DecodeError
 
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise ModelReadError(f"{path} is not a valid ONNX model ({_short(exc)}); corrupt or truncated?") from None
+    if check_external_data(path, model):
+        from onnx.external_data_helper import load_external_data_for_model
+
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except (onnx.checker.ValidationError, OSError, ValueError) as exc:  # checked above: a race, or a bad offset
+            raise ModelReadError(f"{path}: its external data cannot be read ({_short(exc)})") from None
     if not model.graph.node and not model.graph.output:
         raise ModelReadError(f"{path} parses as ONNX but has an empty graph; corrupt or truncated?")
     if check:
@@ -28,6 +36,54 @@ def load(path: Path, check: bool = True) -> Any:
         except onnx.checker.ValidationError as exc:
             raise ModelReadError(f"{path} is not a valid ONNX model: {_short(exc)}") from None
     return model
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of a graph and its subgraphs (initializers, Constant values, attributes)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def check_external_data(path: Path, model: Any) -> bool:
+    """Refuse external data that lies outside the model's folder (an absolute path, '..', a symbolic
+    link), is missing, or is shorter than the tensor says, before anything reads it (onnx and
+    onnxruntime would refuse most of these too, each in its own words). Returns whether the model
+    has external data. Raises ModelReadError."""
+    from onnx import TensorProto
+
+    folder = path.parent.resolve()
+    found = False
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        found = True
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        where = f"{path}: tensor '{one_line(tensor.name)}' keeps its data in '{one_line(location)}'"
+        hint = "external data files must sit in the model's own folder"
+        relative = Path(location)
+        if not location or relative.is_absolute() or ".." in relative.parts:
+            raise ModelReadError(f"{where}, outside the model's folder: edgecli reads no file outside it", hint=hint)
+        target = path.parent / relative
+        if target.is_symlink() or not target.resolve().is_relative_to(folder):
+            raise ModelReadError(f"{where}, a symbolic link: edgecli reads no file outside the model's folder", hint=hint)
+        if not target.is_file():
+            raise ModelReadError(f"{where}, which does not exist", hint="copy the data file next to the model")
+        try:
+            end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        except ValueError:
+            raise ModelReadError(f"{where} at an offset or length that is not a number; corrupt?") from None
+        if end > target.stat().st_size:
+            raise ModelReadError(f"{where}, which is shorter ({target.stat().st_size:,} bytes) than the tensor needs ({end:,}); truncated?")
+    return found
 
 
 def _short(exc: BaseException) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-from edgecli.errors import ModelReadError, damaged_hint
+from edgecli.errors import ModelReadError, damaged_hint, one_line
 from edgecli.formats.detect import Format
-from edgecli.formats.model_file import ModelFile
+from edgecli.formats.model_file import ModelFile, utf8_path
 from edgecli.runtimes.base import Runner, TensorSpec
 
 ORT_TYPES = {
@@ -42,6 +44,50 @@ def _spec(arg) -> TensorSpec:
     return TensorSpec(arg.name, shape, np.dtype(ORT_TYPES[arg.type]), dim_names=names)
 
 
+# onnxruntime's messages: "[ONNXRuntimeError] : 1 : FAIL : Load model from PATH failed:" then, often,
+# the C++ source line and function signature before the actual reason
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .*? failed:)?\s*")
+_ORT_SOURCE = re.compile(r"^\S+\.(cc|h|cpp):\d+\s+")
+
+
+def ort_reason(text: str) -> str:
+    """The reason in an onnxruntime error message, without its code, path and C++ location."""
+    text = " ".join(text.split())
+    text = _ORT_PREFIX.sub("", text)
+    found = _ORT_SOURCE.match(text)
+    if found:
+        text = text[found.end():]
+        signature = re.match(r"^[^()]*\(", text)  # e.g. "void onnxruntime::f(const std::string&, int) "
+        if signature:
+            depth, index = 0, signature.end() - 1
+            for index in range(signature.end() - 1, len(text)):
+                depth += {"(": 1, ")": -1}.get(text[index], 0)
+                if depth == 0:
+                    break
+            text = text[index + 1:].strip() or text
+        text = re.sub(r"^\S+\.(cc|h|cpp):\d+\s+\S+\s+", "", text)  # "tensorprotoutils.cc:592 ValidateX "
+    return one_line(text)[:300]
+
+
+def load_error(model: ModelFile, text: str) -> ModelReadError:
+    """The one-line refusal for a model onnxruntime cannot load."""
+    if "external data" in text.lower():
+        if not utf8_path(model.path):
+            return ModelReadError(
+                f"{model.path} keeps weights in external data files, which onnxruntime cannot find for a file "
+                "name that is not UTF-8", hint="rename the model with a UTF-8 name",
+            )
+        if model.format is Format.ONNX:
+            import onnx
+
+            from edgecli.formats import onnx_file
+
+            proto = onnx.load(str(model.path), load_external_data=False)  # parsed by onnxruntime already
+            onnx_file.check_external_data(model.path, proto)  # refuses in edgecli's own words
+    reason = ort_reason(text)
+    return ModelReadError(f"onnxruntime cannot load {model.path}: {reason}", hint=damaged_hint(reason))
+
+
 class OnnxRunner(Runner):
     def __init__(self, model: ModelFile, threads: int | None = None) -> None:
         super().__init__(model, threads)
@@ -52,11 +98,13 @@ class OnnxRunner(Runner):
             from edgecli.formats.ort_file import load_options
 
             load_options(options)
+        # onnxruntime takes a path only as UTF-8 (TypeError on other bytes in a name): such a model is
+        # handed over as bytes (its external data, if any, cannot be found then: said below)
+        source = str(model.path) if utf8_path(model.path) else model.path.read_bytes()
         try:
-            self.session = ort.InferenceSession(str(model.path), sess_options=options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
-            first = str(exc).strip().splitlines()[0][:240]
-            raise ModelReadError(f"onnxruntime cannot load {model.path}: {first}", hint=damaged_hint(first)) from None
+            raise load_error(model, str(exc)) from None
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
 
