@@ -11,10 +11,22 @@ __all__ = ["Runner", "TensorSpec", "open_runner"]
 
 
 def open_runner(model: ModelFile, threads: int | None = None) -> Runner:
-    """The runner for the model's format (frameworks are imported only here).
+    """The runner for the model's format (frameworks are imported only here). A model without inputs
+    or without outputs is refused (ModelReadError): there is nothing to feed, measure or compare.
 
     threads: intra-op threads; None lets the runtime use every core (evaluation), bench pins it.
     """
+    runner = _runner(model, threads)
+    for kind, specs in (("inputs", runner.inputs), ("outputs", runner.outputs)):
+        if not specs:
+            raise ModelReadError(
+                f"{model.path} has no {kind}: edgecli runs, measures and transforms models that take at least "
+                "one input and give at least one output", hint="check that the right model was exported",
+            )
+    return runner
+
+
+def _runner(model: ModelFile, threads: int | None) -> Runner:
     if model.format in (Format.ONNX, Format.ORT):
         from edgecli.runtimes.onnx_runner import OnnxRunner
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from edgecli.errors import ModelReadError, last_line
 from edgecli.formats.keras_file import import_tensorflow, load_keras
-from edgecli.formats.model_file import ModelFile
+from edgecli.formats.model_file import ModelFile, library_path
 from edgecli.runtimes.base import Runner, TensorSpec
 
 
@@ -37,7 +37,8 @@ class SavedModelRunner(Runner):
         super().__init__(model, threads)
         tf = import_tensorflow()
         try:
-            self.signature = tf.saved_model.load(str(model.path)).signatures["serving_default"]
+            with library_path(model.path) as path:
+                self.signature = tf.saved_model.load(str(path)).signatures["serving_default"]
         except KeyError:
             raise ModelReadError(f"{model.path} has no serving_default signature to run") from None
         except Exception as exc:

@@ -7,8 +7,8 @@ import os
 import numpy as np
 
 from edgecli import console
-from edgecli.errors import BackendMissing, ModelReadError, damaged_hint
-from edgecli.formats.model_file import ModelFile
+from edgecli.errors import BackendMissing, ModelReadError, damaged_hint, one_line
+from edgecli.formats.model_file import ModelFile, utf8_path
 from edgecli.runtimes.base import Runner, TensorSpec
 
 
@@ -54,11 +54,12 @@ class TfliteRunner(Runner):
             raise BackendMissing("running TFLite needs ai-edge-litert", hint="pip install 'edgecli[tflite]'") from None
         try:
             with console.muted():  # LiteRT prints an INFO line about its XNNPACK delegate
-                self.interpreter = Interpreter(model_path=str(model.path), num_threads=threads or os.cpu_count() or 1)
+                source = {"model_path": str(model.path)} if utf8_path(model.path) else {"model_content": model.path.read_bytes()}
+                self.interpreter = Interpreter(**source, num_threads=threads or os.cpu_count() or 1)
                 check_quantization_scales(self.interpreter, model.path)
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            first = str(exc).splitlines()[0][:240]
+            first = one_line(str(exc).strip().splitlines()[0][:240]) if str(exc).strip() else type(exc).__name__
             raise ModelReadError(f"LiteRT cannot load {model.path}: {first}", hint=damaged_hint(first)) from None
         self._input_details = self.interpreter.get_input_details()
         self._output_details = self.interpreter.get_output_details()
