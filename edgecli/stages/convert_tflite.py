@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +12,10 @@ from typing import Any
 
 from edgecli import console
 from edgecli.data import Dataset
-from edgecli.errors import BackendMissing, TransformError, UsageError, last_line
+from edgecli.errors import BackendMissing, TransformError, UsageError, last_line, one_line
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
-from edgecli.formats.model_file import ModelFile
+from edgecli.formats.model_file import ModelFile, library_path
 from edgecli.recipes import ConvertRecipe
 from edgecli.stages.convert_onnx import as_onnx_file
 from edgecli.stages.convert_preflight import require_onnx2tf_support
@@ -162,9 +163,9 @@ def keras_to_tflite(model: ModelFile, precision: str) -> bytes:
     from edgecli.formats.keras_file import import_tensorflow, load_keras
 
     tf = import_tensorflow()
-    with console.muted():
+    with console.muted(), library_path(model.path) as path:
         if model.format is Format.SAVED_MODEL:
-            converter = tf.lite.TFLiteConverter.from_saved_model(str(model.path))
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(path))
         else:
             converter = tf.lite.TFLiteConverter.from_keras_model(load_keras(model.path))
         if precision == "float16":
@@ -173,7 +174,37 @@ def keras_to_tflite(model: ModelFile, precision: str) -> bytes:
         try:
             return converter.convert()
         except Exception as exc:
-            raise TransformError(f"TFLite converter failed on {model.path}: {last_line(exc)}") from None
+            raise TransformError(f"TFLite converter failed on {model.path}: {converter_reason(exc)}") from None
+
+
+_MLIR_ERROR = re.compile(r"(?:<unknown>|\S+):\d+(?::\d+)?: error: (.*)")
+
+
+def _strip_loc(text: str) -> str:
+    """'loc(callsite(...)): message' -> 'message' (MLIR locations nest parentheses)."""
+    if not text.startswith("loc("):
+        return text
+    depth = 0
+    for index, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return text[index + 1 :].lstrip(": ").strip()
+    return text
+
+
+def converter_reason(exc: BaseException) -> str:
+    """One line from TensorFlow's converter error (MLIR diagnostics, then a dump of the MLIR module):
+    the ops TFLite has no builtin kernel for, else its first error, never the MLIR text."""
+    text = str(exc)
+    needs = [
+        f"{ops.strip()[:200]} ({'TensorFlow Select/Flex ops' if kind == 'TF Select' else 'custom ops'})"
+        for kind, ops in re.findall(r"(TF Select|Custom) ops: ([^\n]+)", text)
+    ]
+    if needs:
+        return one_line(f"ops TFLite has no builtin kernel for: {'; '.join(dict.fromkeys(needs))}")
+    errors = [_strip_loc(found.group(1).strip()) for found in _MLIR_ERROR.finditer(text)]
+    errors = [error for error in errors if error and not error.startswith("failed while converting")]
+    return one_line((errors[0] if errors else last_line(exc))[:300])
 
 
 def _quantized_tflite(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None) -> bytes:
