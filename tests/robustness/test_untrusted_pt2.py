@@ -52,6 +52,17 @@ def evil(marker: Path, then: str) -> bytes:
     return buffer.getvalue()
 
 
+def raw_evil(marker: Path, then: str) -> bytes:
+    """The same payload as a bare pickle (what pickle.loads reads)."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (eval, (f"(__import__('os').system('touch {marker}'), {then})[1]",))
+
+    return pickle.dumps(Payload())
+
+
 def pickled(value) -> bytes:
     buffer = io.BytesIO()
     torch.save(value, buffer)
@@ -103,7 +114,8 @@ def evil_archives(sample, tmp_path, marker):
     inputs = evil(marker, "((__import__('torch').zeros(1, 1, 28, 28),), {})")
     found["sample_inputs"] = craft(sample["pt2"], folder / "inputs.pt2", lambda n, d: inputs if n == "data/sample_inputs/model.pt" else d)
     for kind in ("tensor_0", "opaque_obj_0", "custom_obj_0"):
-        change, add = _constant(kind, evil(marker, "__import__('torch').zeros(2)"))
+        payload = (raw_evil if kind == "opaque_obj_0" else evil)(marker, "__import__('torch').zeros(2)")
+        change, add = _constant(kind, payload)
         found[kind] = craft(sample["pt2"], folder / f"{kind}.pt2", change, add)
     hook = f"(__import__('os').system('touch {marker}'), Symbol('s31', positive=True, integer=True))[1]"
     found["expr_str"] = craft(sample["pt2"], folder / "expr.pt2", lambda n, d: d.replace(
@@ -194,20 +206,20 @@ def test_a_harmless_pickled_weight_loads_with_trust_pickle(sample, tmp_path, out
     assert run_cli("inspect", archive, env={"EDGECLI_TRUST_PICKLE": "1"}).code == 0
 
 
-def test_a_genuine_edgecli_pt2_still_converts_to_the_same_onnx(sample, tmp_path):
-    """An archive edgecli wrote (prune's output, with lineage) and the sample .pt2 both load;
-    edgecli's own re-save of the sample converts to the very bytes the sample does."""
-    direct, via = tmp_path / "direct.onnx", tmp_path / "via.onnx"
+def test_a_genuine_edgecli_pt2_still_loads_and_converts(sample, tmp_path):
+    """The sample .pt2 (torch.export.save to a named file) and one edgecli wrote (prune's output,
+    lineage in extra/) pass the inspection and convert; with --trust-pickle the sample converts to
+    the very same ONNX bytes (the guard changes nothing in what a genuine archive loads to)."""
+    direct, trusted, via = tmp_path / "direct.onnx", tmp_path / "trusted.onnx", tmp_path / "via.onnx"
     assert run_cli("convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "-o", direct, "-q").code == 0
+    assert run_cli("--trust-pickle", "convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "-o", trusted, "-q").code == 0
+    assert direct.read_bytes() == trusted.read_bytes()
     pruned = tmp_path / "pruned.pt2"
     made = run_cli("prune", sample["pt2"], *data_args("prune"), "--set", "data.limit=64", "-o", pruned, "-q")
     assert made.code in (0, 1), made.stderr  # 1: an accuracy gate; the artifact is still written
     result = run_cli("convert", pruned, "-r", "onnx", *data_args("convert"), "-o", via, "-q")
     assert result.code == 0, result.stderr
     assert run_cli("inspect", pruned).code == 0
-    again = tmp_path / "again.onnx"
-    assert run_cli("convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "-o", again, "-q").code == 0
-    assert again.read_bytes() == direct.read_bytes()
 
 
 def _flip_json(name: str, data: bytes) -> bytes:
@@ -222,6 +234,9 @@ TAMPERED = {
     "wrong archive_version": (lambda n, d: b"7" if n == "archive_version" else d, (), "archive_version"),
     "sample inputs damaged": (lambda n, d: d[:100] if n == "data/sample_inputs/model.pt" else d, (), "data/sample_inputs/model.pt"),
     "weight config broken": (lambda n, d: b"{" if n == "data/weights/model_weights_config.json" else d, (), "model_weights_config.json"),
+    # torch's export verifier refuses it at load (edgecli's check_targets would too): never called
+    "a node calling os.system": (lambda n, d: d.replace(b"torch.ops.aten.relu_.default", b"torch.os.system", 1) if n == "models/model.json" else d,
+                                 (), "is not an allowed operator"),
     "a weight of the wrong size": (lambda n, d: d[:-4] if n == "data/weights/weight_3" else d, (), "out of bounds for storage"),
 }
 
