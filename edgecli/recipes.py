@@ -1,7 +1,12 @@
 """Recipes: one strict pydantic model per verb, YAML loading (safe only) and `--set` overrides.
 
 An unknown key, a wrong type or an out-of-range value is a RecipeError that names the key and,
-for unknown keys, suggests the closest valid one.
+for unknown keys, suggests the closest valid one; an error in a value a `--set` gave names that
+`--set`, not the recipe file. Recipe and pipeline files are at most MAX_RECIPE_BYTES (1 MiB),
+checked before parsing. `-r NAME` is a shipped recipe only when NAME is a plain name (letters,
+digits, '-' and '_', optionally .yaml/.yml): anything else is a path, and never resolves inside
+configs/. A recipe that names code (model.factory, student.factory) is refused at load time unless
+the user passed --trust-code (edgecli/security.py).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgecli.errors import RecipeError, UsageError, one_line
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few hundred bytes; a pipeline a few KiB
+RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # a shipped recipe's name: no '/', no '..'
 
 
 class Strict(BaseModel):
@@ -42,7 +49,9 @@ class ModelSource(Strict):
         ...,
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="package.module:function (or :Class) that returns the nn.Module the state_dict belongs to; "
-        "imported from the working folder or the installed packages.",
+        "imported from the working folder or the installed packages. This runs code: edgecli imports it only "
+        "with `edgecli --trust-code` (or EDGECLI_TRUST_CODE=1), and only a function or nn.Module class outside "
+        "Python's standard library.",
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments passed to the factory.")
     input_shape: list[int] | None = Field(
@@ -169,7 +178,9 @@ class StudentSpec(Strict):
     path: Path | None = Field(None, description="A .pt2 file (torch.export) to train as the student instead of a built-in family.")
     factory: str | None = Field(
         None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
-        description="package.module:function returning the student nn.Module (your own architecture).",
+        description="package.module:function returning the student nn.Module (your own architecture). This runs "
+        "code: imported only with `edgecli --trust-code` (or EDGECLI_TRUST_CODE=1), and only a function or "
+        "nn.Module class outside Python's standard library.",
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="factory: keyword arguments passed to it.")
     weights: Path | None = Field(
@@ -539,15 +550,30 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 
+def recipe_name(text: str) -> str | None:
+    """The shipped-recipe name `text` stands for ('int8-static', 'kd.yaml' -> 'kd'), or None when it is
+    not a plain name (a '/', '..', a leading '.' or '-', anything but letters, digits, '-' and '_')."""
+    stem = text.removesuffix(".yaml") if text.endswith(".yaml") else text.removesuffix(".yml")
+    return stem if RECIPE_NAME.fullmatch(stem) else None
+
+
 def resolve_recipe_path(verb: str, name_or_path: str) -> Path:
-    """A recipe path as given, or the name of a recipe shipped in configs/<verb>/."""
+    """A recipe path as given, or the plain name of a recipe shipped in configs/<verb>/. A name is
+    never joined onto configs/ unless it is plain (recipe_name): `-r ../../x` is a path or nothing."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = CONFIGS_DIR / verb / (name_or_path if name_or_path.endswith((".yaml", ".yml")) else f"{name_or_path}.yaml")
-    if shipped.is_file():
-        return shipped
-    names = sorted(p.stem for p in (CONFIGS_DIR / verb).glob("*.yaml"))
+    folder = CONFIGS_DIR / verb
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    name = recipe_name(name_or_path)
+    if name is None:
+        raise RecipeError(
+            one_line(f"no recipe file '{name_or_path}', and it is not a shipped {verb} recipe name"),
+            hint="shipped names are plain: letters, digits, '-' and '_', e.g. " + (names[0] if names else "default"),
+        )
+    for shipped in (folder / f"{name}.yaml", folder / f"{name}.yml"):
+        if shipped.is_file() and shipped.resolve().parent == folder.resolve():
+            return shipped
     raise RecipeError(
         f"no recipe file '{name_or_path}' and no shipped {verb} recipe of that name",
         hint=f"shipped: {', '.join(names)}" if names else None,
@@ -604,9 +630,27 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
 
 
-def _explain(exc: ValidationError, model: type[BaseModel], source: str) -> RecipeError:
+Overrides = list[tuple[str, list[str]]]  # (the `--set` as typed, its key path)
+
+
+def blamed(loc: tuple[Any, ...], source: str, overrides: Overrides) -> str:
+    """Where the value at `loc` came from: the last `--set` that wrote it (or a section holding it:
+    `--set finetune={epochs: -1}`), else `source`. A section-level error in a section a `--set`
+    wrote into is the file's section together with that `--set`."""
+    where = [str(part) for part in loc]
+    for item, path in reversed(overrides):
+        if where[: len(path)] == path:
+            return f"--set {item}"
+    for item, path in reversed(overrides):
+        if where and path[: len(where)] == where:
+            return f"{source} with --set {item}"
+    return source
+
+
+def _explain(exc: ValidationError, model: type[BaseModel], source: str, overrides: Overrides | None = None) -> RecipeError:
     err = exc.errors()[0]
     loc = tuple(err["loc"])
+    source = blamed(loc, source, overrides or [])
     key = ".".join(str(p) for p in loc) or "(top level)"
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     hint = None
@@ -624,20 +668,35 @@ def _explain(exc: ValidationError, model: type[BaseModel], source: str) -> Recip
     return RecipeError(one_line(message), hint=hint and one_line(hint))
 
 
-def validate_recipe(verb: str, raw: dict[str, Any], source: str, model: type[Strict] | None = None) -> Strict:
-    """Validate a raw recipe dict for `verb` (or against `model`)."""
+def validate_recipe(
+    verb: str, raw: dict[str, Any], source: str, model: type[Strict] | None = None, overrides: Overrides | None = None
+) -> Strict:
+    """Validate a raw recipe dict for `verb` (or against `model`); an error names the `--set` of
+    `overrides` that gave the bad value, else `source`."""
     model = model or RECIPES[verb]
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise _explain(exc, model, source) from None
+        raise _explain(exc, model, source, overrides) from None
+
+
+def _read_bounded(path: Path, what: str) -> str:
+    """The file's text, reading at most MAX_RECIPE_BYTES + 1 bytes. Raises RecipeError (too large)
+    or OSError / UnicodeDecodeError."""
+    with path.open("rb") as handle:
+        data = handle.read(MAX_RECIPE_BYTES + 1)
+    if len(data) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{what} {path} is larger than {MAX_RECIPE_BYTES >> 20} MiB; edgecli reads {what}s of at most "
+                          f"{MAX_RECIPE_BYTES >> 20} MiB")
+    return data.decode("utf-8")
 
 
 def read_yaml_mapping(path: Path, what: str, folder: str) -> dict[str, Any]:
-    """A YAML file that must hold a mapping, read with the safe loader (duplicate keys refused).
-    Raises RecipeError naming the file (and line) for unreadable, invalid, empty or non-mapping files."""
+    """A YAML file that must hold a mapping, read with the safe loader (duplicate keys refused), at
+    most MAX_RECIPE_BYTES. Raises RecipeError naming the file (and line) for unreadable, too large,
+    invalid, empty or non-mapping files."""
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
+        raw = yaml.load(_read_bounded(path, what), Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
     except (yaml.YAMLError, RecursionError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -651,14 +710,42 @@ def read_yaml_mapping(path: Path, what: str, folder: str) -> dict[str, Any]:
     return raw
 
 
+def code_fields(recipe: BaseModel, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str]]:
+    """(location, 'package.module:function') of every field of `recipe` that names code to import:
+    the `factory` of a model or student section (security.CODE_FIELDS), at any depth."""
+    found = []
+    for name in type(recipe).model_fields:
+        value = getattr(recipe, name)
+        if name == "factory" and isinstance(value, str) and isinstance(recipe, (ModelSource, StudentSpec)):
+            found.append(((*prefix, name), value))
+        elif isinstance(value, BaseModel):
+            found += code_fields(value, (*prefix, name))
+    return found
+
+
+def check_recipe_code(recipe: BaseModel, source: str, overrides: Overrides | None = None) -> None:
+    """Refuse a recipe naming code unless --trust-code (and Python's own modules even then), before
+    anything is imported. Raises RecipeError (exit 2)."""
+    from edgecli.security import check_code_allowed
+
+    for loc, spec in code_fields(recipe):
+        check_code_allowed(".".join(loc), spec, blamed(loc, source, overrides or []))
+
+
 def load_recipe(verb: str, name_or_path: str | None, overrides: list[str] | None = None) -> tuple[Strict, Path | None]:
-    """Load, override and validate the recipe for `verb`. Returns the recipe and its file (None if defaults)."""
+    """Load, override and validate the recipe for `verb`, and refuse code it names unless trusted.
+    Returns the recipe and its file (None if defaults)."""
     raw: Any = {}
     path: Path | None = None
     if name_or_path is not None:
         path = resolve_recipe_path(verb, name_or_path)
         raw = read_yaml_mapping(path, "recipe", verb)
-    for key_path, value in parse_set(overrides or []):
+    items = overrides or []
+    applied: Overrides = []
+    for item, (key_path, value) in zip(items, parse_set(items)):
         _apply_set(raw, key_path, value)
+        applied.append((one_line(item.strip())[:120], key_path))
     source = str(path) if path is not None else f"the {verb} recipe"
-    return validate_recipe(verb, raw, source), path
+    recipe = validate_recipe(verb, raw, source, overrides=applied)
+    check_recipe_code(recipe, source, applied)
+    return recipe, path

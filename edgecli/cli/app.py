@@ -53,12 +53,20 @@ def root(
         bool, typer.Option("--trust-pickle", help="Allow unpickling (it runs code from the file): whole pickled nn.Modules "
                            "(torch.save(model)) and Keras Lambda layers. Only for files you trust.")
     ] = False,
+    trust_code: Annotated[
+        bool, typer.Option("--trust-code", help="Allow the code a recipe names (model.factory, student.factory): "
+                           "edgecli imports and runs it. Only for recipes and pipelines you trust.")
+    ] = False,
 ) -> None:
     """edgecli: model compression for edge AI."""
     if trust_pickle:
         from edgecli.security import allow_pickle
 
         allow_pickle()
+    if trust_code:
+        from edgecli.security import allow_code
+
+        allow_code()  # an environment variable: torchrun workers and `edgecli run` steps see it
 
 
 def _terminate(signum: int, _frame: object) -> None:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecli.errors import RecipeError, UsageError
-from edgecli.recipes import CONFIGS_DIR, RECIPES
+from edgecli.errors import RecipeError, UsageError, one_line
+from edgecli.recipes import CONFIGS_DIR, RECIPES, recipe_name
 
 PIPELINE = "pipeline"  # configs/pipelines/, listed when that folder exists
 
@@ -64,8 +64,13 @@ def shipped(kind: str | None = None) -> list[Shipped]:
 
 
 def find(name: str, kind: str | None = None) -> Shipped:
-    """A shipped recipe by `name`, `kind/name`, or `name` with `kind` given; RecipeError if unknown or ambiguous."""
+    """A shipped recipe by `name`, `kind/name`, or `name` with `kind` given; RecipeError if unknown or
+    ambiguous, or not a plain name (recipes.recipe_name: no '..', no other '/'). Shipped recipes are
+    only ever looked up among the listed files, never by joining `name` onto configs/."""
     given_kind, _, bare = name.rpartition("/")
+    if recipe_name(bare) is None or (given_kind and recipe_name(given_kind) is None):
+        raise RecipeError(one_line(f"'{name}' is not a shipped recipe name"),
+                          hint="give NAME or VERB/NAME as `edgecli recipe list` shows them")
     if given_kind and kind and given_kind != kind:
         raise UsageError(f"'{name}' names a {given_kind} recipe but --verb is {kind}")
     kind = check_kind(given_kind or kind) if (given_kind or kind) else None

@@ -1,10 +1,11 @@
 """PyTorch state_dict files (.pt/.pth from `torch.save(model.state_dict(), path)`).
 
 A state_dict holds tensors only; the module they belong to comes from the user's own code, named in
-the recipe as `model.factory`. Files are read with `torch.load(weights_only=True)`: a pickled whole
-module (or any other Python object) is refused, never unpickled, unless the user passes
-`--trust-pickle` (see edgecli/security.py): then a pickled nn.Module is used as it is, without a
-factory. `built_pt2` turns file + factory (or the trusted module) into the .pt2 every verb reads.
+the recipe as `model.factory` and imported only with `--trust-code` (see edgecli/security.py).
+Files are read with `torch.load(weights_only=True)`: a pickled whole module (or any other Python
+object) is refused, never unpickled, unless the user passes `--trust-pickle`: then a pickled
+nn.Module is used as it is, without a factory. `built_pt2` turns file + factory (or the trusted
+module) into the .pt2 every verb reads.
 """
 
 from __future__ import annotations
@@ -119,9 +120,13 @@ def load_state_dict(path: Path) -> dict[str, Any]:
 # --- the user's model code --------------------------------------------------------------------
 
 
-def import_factory(spec: str) -> Callable[..., Any]:
+def import_factory(spec: str, field: str = "model.factory") -> Callable[..., Any]:
     """The callable named 'package.module:function', imported from the working folder or the installed
-    packages. Raises UsageError (a recipe problem)."""
+    packages, only with --trust-code and only if it is model code (edgecli/security.py): checked
+    before the import, and the object after it. Raises UsageError (a recipe problem)."""
+    from edgecli.security import check_code_allowed, check_factory_object
+
+    check_code_allowed(field, spec)  # also done at recipe load time; here for every other caller
     module_name, _, attribute = spec.partition(":")
     folder = os.getcwd()
     if folder not in sys.path:
@@ -130,31 +135,32 @@ def import_factory(spec: str) -> Callable[..., Any]:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or anything the user's module raises as it imports
         raise UsageError(
-            f"model.factory {spec}: cannot import {module_name} ({type(exc).__name__}: {last_line(exc, 160)})",
+            f"{field} {spec}: cannot import {module_name} ({type(exc).__name__}: {last_line(exc, 160)})",
             hint="run from the folder that holds the package, or install it",
         ) from None
     factory = getattr(module, attribute, None)
     if factory is None:
-        raise UsageError(f"model.factory {spec}: {module_name} has no '{attribute}'")
+        raise UsageError(f"{field} {spec}: {module_name} has no '{attribute}'")
     if not callable(factory):
-        raise UsageError(f"model.factory {spec}: '{attribute}' is a {type(factory).__name__}, not a function or class")
+        raise UsageError(f"{field} {spec}: '{attribute}' is a {type(factory).__name__}, not a function or class")
+    check_factory_object(field, spec, factory)
     return factory
 
 
-def call_factory(spec: ModelSource) -> Any:
-    """The nn.Module the factory builds with model.kwargs. Raises UsageError."""
+def call_factory(spec: ModelSource, field: str = "model.factory") -> Any:
+    """The nn.Module the factory builds with its kwargs. Raises UsageError."""
     from torch import nn
 
-    factory = import_factory(spec.factory)
+    factory = import_factory(spec.factory, field)
     try:
         module = factory(**spec.kwargs)
     except Exception as exc:
         raise UsageError(
-            f"model.factory {spec.factory}(**{spec.kwargs}) raised {type(exc).__name__}: {_first_line(exc, 160)}",
-            hint="check model.kwargs",
+            f"{field} {spec.factory}(**{spec.kwargs}) raised {type(exc).__name__}: {_first_line(exc, 160)}",
+            hint=f"check {field.rpartition('.')[0]}.kwargs",
         ) from None
     if not isinstance(module, nn.Module):
-        raise UsageError(f"model.factory {spec.factory} returned a {type(module).__name__}, not a torch.nn.Module")
+        raise UsageError(f"{field} {spec.factory} returned a {type(module).__name__}, not a torch.nn.Module")
     return module
 
 
@@ -194,9 +200,9 @@ def state_dict_mismatch(module: Any, tensors: dict[str, Any], strict: bool) -> t
     return None
 
 
-def build_module(spec: ModelSource, tensors: dict[str, Any], path: Path) -> Any:
+def build_module(spec: ModelSource, tensors: dict[str, Any], path: Path, field: str = "model.factory") -> Any:
     """The factory's module with the file's tensors loaded, in eval mode. Raises UsageError/ModelReadError."""
-    module = call_factory(spec)
+    module = call_factory(spec, field)
     problem = state_dict_mismatch(module, tensors, spec.strict)
     if problem:
         message, hint = problem

@@ -82,14 +82,15 @@ def student_from_pt2(path: Path) -> Any:
 
 
 def student_from_factory(spec: StudentSpec) -> Any:
-    """The user's nn.Module, with optional starting weights (weights_only=True)."""
+    """The user's nn.Module, with optional starting weights (weights_only=True). The factory is imported
+    only with --trust-code, and only if it is model code (edgecli/security.py)."""
     from edgecli.formats.state_dict_file import build_module, call_factory, load_state_dict
     from edgecli.recipes import ModelSource
 
     source = ModelSource(factory=spec.factory, kwargs=spec.kwargs)
     if spec.weights is None:
-        return call_factory(source)
-    return build_module(source, load_state_dict(Path(spec.weights)), Path(spec.weights))
+        return call_factory(source, "student.factory")
+    return build_module(source, load_state_dict(Path(spec.weights)), Path(spec.weights), "student.factory")
 
 
 def make_student(spec: StudentSpec, input_shape: tuple[int, ...], num_classes: int) -> tuple[Any, str]:
