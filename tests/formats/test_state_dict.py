@@ -19,10 +19,17 @@ FACTORY = "model.factory=sample_models.fashion_cnn:build"
 
 
 def convert_state_dict(model: Path, out_dir: Path, *sets: str) -> object:
-    """convert MODEL to ONNX with the sample datasets; the output goes to out_dir/model.onnx."""
+    """convert MODEL to ONNX with the sample datasets; the output goes to out_dir/model.onnx. The
+    sample factory is code the tests trust (--trust-code)."""
     out_dir.mkdir(exist_ok=True)
     args = [arg for item in sets for arg in ("--set", item)]
-    return run_cli("convert", model, "-r", "onnx", "--data", SAMPLE / "eval.npz", *args, "-o", out_dir / "model.onnx")
+    return run_cli("--trust-code", "convert", model, "-r", "onnx", "--data", SAMPLE / "eval.npz", *args, "-o", out_dir / "model.onnx")
+
+
+@pytest.fixture
+def trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process: the factories these tests name are code they trust (EDGECLI_TRUST_CODE=1)."""
+    monkeypatch.setenv("EDGECLI_TRUST_CODE", "1")
 
 
 def assert_failed(result, code: int, out_dir: Path, *phrases: str) -> None:
@@ -86,13 +93,13 @@ def test_truncated_state_dict_exits_3(tmp_path: Path) -> None:
 
 def test_no_input_shape_and_no_data_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
-    result = run_cli("convert", STATE_DICT, "-r", "onnx", "--set", FACTORY, "-o", tmp_path / "out" / "model.onnx")
+    result = run_cli("--trust-code", "convert", STATE_DICT, "-r", "onnx", "--set", FACTORY, "-o", tmp_path / "out" / "model.onnx")
     assert_failed(result, 2, tmp_path / "out", "give model.input_shape or --data")
 
 
 def test_model_section_for_another_format_is_ignored_with_a_warning(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
-    result = run_cli("convert", SAMPLE / "fashion_cnn.onnx", "-r", "onnx", "--set", "target=pt2", "--set", FACTORY,
+    result = run_cli("--trust-code", "convert", SAMPLE / "fashion_cnn.onnx", "-r", "onnx", "--set", "target=pt2", "--set", FACTORY,
                      "-o", tmp_path / "out" / "model.pt2")
     assert "model.factory is ignored" in result.stderr
     assert result.code == 4 and "no conversion from onnx to .pt2" in result.stderr
@@ -128,12 +135,14 @@ SAMPLE_FACTORY = "sample_models.fashion_cnn:build"
     ],
     ids=["no-attribute", "not-callable", "not-a-module", "bad-kwargs"],
 )
+@pytest.mark.usefixtures("trusted")
 def test_bad_factory(factory: str, kwargs: dict, phrase: str) -> None:
     with pytest.raises(UsageError) as caught:
         build_module(ModelSource(factory=factory, kwargs=kwargs), load_state_dict(STATE_DICT), STATE_DICT)
     assert phrase in caught.value.message and caught.value.exit_code == 2
 
 
+@pytest.mark.usefixtures("trusted")
 def test_missing_and_unexpected_keys_are_listed() -> None:
     tensors = load_state_dict(STATE_DICT)
     tensors["extra.weight"] = tensors.pop("0.weight")
@@ -145,6 +154,7 @@ def test_missing_and_unexpected_keys_are_listed() -> None:
     assert not module.training
 
 
+@pytest.mark.usefixtures("trusted")
 def test_a_prefix_on_every_key_is_named() -> None:
     tensors = {f"model.{key}": value for key, value in load_state_dict(STATE_DICT).items()}
     with pytest.raises(ModelReadError) as caught:

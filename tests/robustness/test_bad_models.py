@@ -31,7 +31,7 @@ READS = {
     "bench": ("pt2", "onnx", "tflite", "keras", "ort"),
     "inspect": ("pt2", "onnx", "pt", "tflite", "keras", "ort"),
 }
-FACTORY = ["--set", "model.factory=sample_models.fashion_cnn:build"]  # what a state_dict (.pt) needs
+FACTORY = ["--set", "model.factory=sample_models.fashion_cnn:build"]  # what a state_dict (.pt) needs (with --trust-code)
 CUTS = {"1-byte": None, "cut-10%": 0.10, "cut-50%": 0.50, "cut-99%": 0.99}
 NOT_A_MODEL = "is not a model edgecli knows"
 
@@ -49,7 +49,8 @@ def command(verb: str, model: Path, fmt: str, out: Path) -> list[object]:
         "quantize": (["tflite-dynamic"], "out.tflite") if tflite else (["int8-static"], "out.onnx"),
         "convert": (["tflite"], "out.tflite") if tflite else (["onnx"], "out.onnx"),
     }[verb]
-    return [verb, model, "-r", *recipe, *data_args(verb), *(FACTORY if fmt == "pt" else []), "-o", out / output]
+    trust = ["--trust-code"] if fmt == "pt" else []  # the sample factory is code the tests trust
+    return [*trust, verb, model, "-r", *recipe, *data_args(verb), *(FACTORY if fmt == "pt" else []), "-o", out / output]
 
 
 # --- the real models ---------------------------------------------------------------------------

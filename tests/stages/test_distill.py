@@ -126,7 +126,7 @@ def test_student_from_pt2_file_and_from_factory(sample, tmp_path, cache):
     factory.write_text("import torch.nn as nn\n\ndef tiny(hidden=32):\n"
                        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))\n")
     from_code = tmp_path / "from_code.pt2"
-    result = subprocess.run([sys.executable, "-m", "edgecli", *map(str, args), "--set", "student={factory: 'my_students:tiny', kwargs: {hidden: 24}}",
+    result = subprocess.run([sys.executable, "-m", "edgecli", "--trust-code", *map(str, args), "--set", "student={factory: 'my_students:tiny', kwargs: {hidden: 24}}",
                              "-o", from_code], cwd=tmp_path, capture_output=True, text=True, env={**_env(), **cache})
     assert result.returncode == 0, result.stderr
     assert _params(from_code) == 784 * 24 + 24 + 24 * 10 + 10
@@ -203,7 +203,8 @@ def test_baseline_and_bad_inputs(sample, tmp_path, cache):
     ]
     for extra, code, message in cases:
         bad_out = tmp_path / "bad.pt2"
-        result = run_cli(*args, *extra, "-o", bad_out, env=cache, cwd=tmp_path)
+        trust = {"EDGECLI_TRUST_CODE": "1"} if "factory" in str(extra) else {}  # five.py is code the test trusts
+        result = run_cli(*args, *extra, "-o", bad_out, env={**cache, **trust}, cwd=tmp_path)
         assert result.code == code and message in result.stderr, (extra, result.code, result.stderr)
         assert len(result.lines) == 1 and not bad_out.exists(), result.stderr
 

@@ -138,7 +138,7 @@ def test_channels50_halves_every_layer_and_finetunes(sample, tmp_path):
 
 def test_macs_target_from_a_state_dict(sample, tmp_path):
     out, report = tmp_path / "m.pt2", tmp_path / "m.json"
-    result = run_cli("prune", ROOT / "sample_models" / "fashion" / "fashion_cnn.pt", "-r", "macs-2x",
+    result = run_cli("--trust-code", "prune", ROOT / "sample_models" / "fashion" / "fashion_cnn.pt", "-r", "macs-2x",
                      "--set", "model.factory=sample_models.fashion_cnn:build", *data_args("prune"),
                      "--set", "finetune.epochs=0", "--set", "data.limit=200", "--set", "eval_data.limit=200",
                      "--report", report, "-o", out, "-q")
