@@ -36,8 +36,10 @@ _closed: set[int] = set()
 def guard_stdio() -> None:
     """At start-up: a closed stdin, stdout or stderr gets /dev/null on its descriptor, so that no file
     edgecli opens later lands on fd 0, 1 or 2 (and gets model bytes or error lines written into it).
-    stdin and stdout are opened the wrong way round (any use fails); a command that needs them is
-    refused by check() first. stderr writes vanish quietly: there is nobody to tell."""
+    stdin is opened the wrong way round (a read fails); a command that needs stdin or stdout is
+    refused by check() first, and what libraries print to a closed stdout or stderr vanishes (there is
+    nobody to tell). sys.stdout and sys.stderr are never None: libraries flush them, and rich would
+    print error lines on stdout without a stderr."""
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
@@ -45,13 +47,14 @@ def guard_stdio() -> None:
         except OSError:
             pass
         _closed.add(fd)
-        flags = os.O_WRONLY if fd in (0, 2) else os.O_RDONLY
-        null = os.open(os.devnull, flags)
+        null = os.open(os.devnull, os.O_WRONLY)
         if null != fd:
             os.dup2(null, fd)
             os.close(null)
+    if 1 in _closed:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
     if 2 in _closed:
-        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - never None, or rich would print errors on stdout
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
 
 
 def startup() -> None:
