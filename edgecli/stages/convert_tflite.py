@@ -12,7 +12,7 @@ from typing import Any
 
 from edgecli import console
 from edgecli.data import Dataset
-from edgecli.errors import BackendMissing, TransformError, UsageError, last_line, one_line
+from edgecli.errors import BackendMissing, ModelReadError, TransformError, UsageError, last_line, one_line
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile, library_path
@@ -165,7 +165,7 @@ def keras_to_tflite(model: ModelFile, precision: str) -> bytes:
     tf = import_tensorflow()
     with console.muted(), library_path(model.path) as path:
         if model.format is Format.SAVED_MODEL:
-            converter = tf.lite.TFLiteConverter.from_saved_model(str(path))
+            converter = saved_model_converter(tf, path, model.path)
         else:
             converter = tf.lite.TFLiteConverter.from_keras_model(load_keras(model.path))
         if precision == "float16":
@@ -175,6 +175,21 @@ def keras_to_tflite(model: ModelFile, precision: str) -> bytes:
             return converter.convert()
         except Exception as exc:
             raise TransformError(f"TFLite converter failed on {model.path}: {converter_reason(exc)}") from None
+
+
+def saved_model_converter(tf: Any, path: Path, shown: Path) -> Any:
+    """TFLiteConverter.from_saved_model, which reads the SavedModel's variables and signatures at once:
+    a damaged variables file or a SavedModel without signatures is a file that cannot be read (exit 3)."""
+    try:
+        return tf.lite.TFLiteConverter.from_saved_model(str(path))
+    except ValueError as exc:
+        if "signature" in str(exc):
+            raise ModelReadError(
+                f"{shown} has no signature to convert", hint="save it with tf.saved_model.save(..., signatures=...) or model.export()"
+            ) from None
+        raise ModelReadError(f"{shown} is not a loadable SavedModel ({last_line(exc)})") from None
+    except (tf.errors.OpError, OSError) as exc:  # e.g. "not an sstable (bad magic number)": damaged variables
+        raise ModelReadError(f"{shown} is not a loadable SavedModel ({one_line(last_line(exc))})") from None
 
 
 _MLIR_ERROR = re.compile(r"(?:<unknown>|\S+):\d+(?::\d+)?: error: (.*)")
