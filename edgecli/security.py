@@ -48,6 +48,12 @@ def allow_code() -> None:
     os.environ[TRUST_CODE_ENV] = "1"
 
 
+def trust_flags() -> list[str]:
+    """The root options that give a command edgecli prints (`edgecli run --dry-run`) the trust this
+    run has, so a pasted command does what the pipeline step does."""
+    return [flag for flag, on in (("--trust-pickle", trust_pickle()), ("--trust-code", trust_code())) if on]
+
+
 def _top_module(name: str) -> str:
     return name.split(".", 1)[0]
 

@@ -37,7 +37,9 @@ class Command:
     settings: list[str] = field(default_factory=list)  # as written in the pipeline (${name}, not a path): the run key
 
     def shell(self) -> str:
-        return shlex.join(["edgecli", *self.argv])
+        from edgecli.security import trust_flags
+
+        return shlex.join(["edgecli", *trust_flags(), *self.argv])
 
 
 def shown(path: Path) -> str:
@@ -136,7 +138,11 @@ class Planner:
         if step.input is None:
             return self.paths[self.spec.steps[index - 1].name if index else SOURCE]
         found = REFERENCE.fullmatch(step.input)
-        return self.paths[found.group(1)] if found else self._source(f"step '{step.name}' input", self._file(step.input, f"step '{step.name}' input"))
+        if found:
+            return self.paths[found.group(1)]
+        path = self._source(f"step '{step.name}' input", self._file(step.input, f"step '{step.name}' input"))
+        self.formats.setdefault(path, detect_format(path))
+        return path
 
     def step(self, index: int, step: StepSpec) -> Command:
         source = self._input(index, step)

@@ -188,3 +188,21 @@ def test_shipped_pipeline_plans_the_edge_chain(tmp_path):
     distill = commands[1]
     assert distill[2].endswith("fashion_cnn.pt2") and f"student.path={tmp_path / 'o' / 'pruned.pt2'}" in distill
     assert [Path(m).name for m in commands[-1][2:8]] == ["fashion_cnn.pt2", *outputs]
+
+
+def test_a_step_reading_a_file_path_plans_and_dry_run_carries_the_trust_flags(tmp_path, sample):
+    # a step's input may be a path (not ${step}): its format is read from the bytes like the source's
+    spec = {**QUICK, "steps": [QUICK["steps"][0], {"name": "int8", "verb": "quantize", "recipe": "int8-dynamic",
+                                                   "input": str(sample["onnx"]), "data": "calib"}]}
+    pipeline = write_pipeline(tmp_path, spec)
+    plain = run_cli("run", pipeline, "--out", tmp_path / "out", "--dry-run")
+    assert plain.code == 0, plain.stderr
+    commands = [line for line in plain.stdout.decode().splitlines() if line.startswith("edgecli ")]
+    assert [shlex.split(line)[1] for line in commands] == ["convert", "quantize", "bench"]
+    assert shlex.split(commands[1])[2] == str(sample["onnx"].resolve()) or shlex.split(commands[1])[2].endswith("fashion_cnn.onnx")
+    assert all("--trust" not in line for line in commands)
+    trusted = run_cli("--trust-code", "--trust-pickle", "run", pipeline, "--out", tmp_path / "out", "--dry-run")
+    assert trusted.code == 0, trusted.stderr
+    pasted = [line for line in trusted.stdout.decode().splitlines() if line.startswith("edgecli ")]
+    assert pasted == [line.replace("edgecli ", "edgecli --trust-pickle --trust-code ", 1) for line in commands]
+    assert not (tmp_path / "out").exists()
