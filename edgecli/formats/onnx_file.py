@@ -28,6 +28,7 @@ def load(path: Path, check: bool = True) -> Any:
             load_external_data_for_model(model, str(path.parent))
         except (onnx.checker.ValidationError, OSError, ValueError) as exc:  # checked above: a race, or a bad offset
             raise ModelReadError(f"{path}: its external data cannot be read ({_short(exc)})") from None
+    check_tensor_sizes(path, model)
     if not model.graph.node and not model.graph.output:
         raise ModelReadError(f"{path} parses as ONNX but has an empty graph; corrupt or truncated?")
     if check:
@@ -84,6 +85,43 @@ def check_external_data(path: Path, model: Any) -> bool:
         if end > target.stat().st_size:
             raise ModelReadError(f"{where}, which is shorter ({target.stat().st_size:,} bytes) than the tensor needs ({end:,}); truncated?")
     return found
+
+
+# bytes per element in raw_data (sub-byte and string types are not checked)
+_ITEMSIZE = {
+    "FLOAT": 4, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "INT32": 4, "INT64": 8, "BOOL": 1, "FLOAT16": 2,
+    "DOUBLE": 8, "UINT32": 4, "UINT64": 8, "COMPLEX64": 8, "COMPLEX128": 16, "BFLOAT16": 2, "FLOAT8E4M3FN": 1,
+    "FLOAT8E4M3FNUZ": 1, "FLOAT8E5M2": 1, "FLOAT8E5M2FNUZ": 1,
+}
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+
+
+def check_tensor_sizes(path: Path, model: Any) -> None:
+    """Refuse a stored tensor whose data does not fill its shape (numpy would fail to reshape it
+    wherever it is first read). Raises ModelReadError."""
+    from onnx import TensorProto
+
+    for tensor in _tensors(model.graph):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            continue  # checked against the data file by check_external_data
+        kind = TensorProto.DataType.Name(tensor.data_type) if tensor.data_type in TensorProto.DataType.values() else "?"
+        if kind not in _ITEMSIZE or any(d < 0 for d in tensor.dims):
+            continue
+        count = 1
+        for dim in tensor.dims:
+            count *= dim
+        if tensor.HasField("raw_data"):
+            got, want, unit = len(tensor.raw_data), count * _ITEMSIZE[kind], "bytes"
+        else:
+            got = sum(len(getattr(tensor, field)) for field in _TYPED_FIELDS)
+            want, unit = count * (2 if kind.startswith("COMPLEX") else 1), "values"
+            if got == 0:
+                continue  # no data at all: an empty tensor, or data in a field onnx reads another way
+        if got != want:
+            raise ModelReadError(
+                f"{path}: tensor '{one_line(tensor.name)}' holds {got:,} {unit} but its shape {list(tensor.dims)} of "
+                f"{kind} needs {want:,}; corrupt or truncated?"
+            )
 
 
 def _short(exc: BaseException) -> str:

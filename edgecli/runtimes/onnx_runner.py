@@ -55,17 +55,16 @@ def ort_reason(text: str) -> str:
     text = " ".join(text.split())
     text = _ORT_PREFIX.sub("", text)
     found = _ORT_SOURCE.match(text)
-    if found:
+    signature = re.match(r"^[^()]*::[^()]*\(", text[found.end():]) if found else None
+    if found and signature:  # "model.cc:256 onnxruntime::Model::Model(onnx::ModelProto&&, ...) reason"
         text = text[found.end():]
-        signature = re.match(r"^[^()]*\(", text)  # e.g. "void onnxruntime::f(const std::string&, int) "
-        if signature:
-            depth, index = 0, signature.end() - 1
-            for index in range(signature.end() - 1, len(text)):
-                depth += {"(": 1, ")": -1}.get(text[index], 0)
-                if depth == 0:
-                    break
-            text = text[index + 1:].strip() or text
-        text = re.sub(r"^\S+\.(cc|h|cpp):\d+\s+\S+\s+", "", text)  # "tensorprotoutils.cc:592 ValidateX "
+        depth, index = 0, signature.end() - 1
+        for index in range(signature.end() - 1, len(text)):
+            depth += {"(": 1, ")": -1}.get(text[index], 0)
+            if depth == 0:
+                break
+        text = text[index + 1:].strip() or text
+    text = re.sub(r"\S+\.(cc|h|cpp):\d+\s+[A-Za-z_]\w*\s+", "", text)  # "tensorprotoutils.cc:592 ValidateX reason"
     return one_line(text)[:300]
 
 

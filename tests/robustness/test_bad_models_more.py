@@ -163,6 +163,29 @@ def test_onnxruntime_refusals_keep_only_the_reason(name: str, options: dict, phr
     assert "onnxruntime_src" not in line and "ONNXRuntimeError" not in line and "::" not in line
 
 
+SHORT_VERBS = ["inspect", "bench", "convert", "quantize", "prune"]
+
+
+@pytest.mark.parametrize("verb", SHORT_VERBS)
+def test_a_tensor_shorter_than_its_shape_is_refused(verb: str, sample: dict[str, Path], tmp_path: Path, out: Path) -> None:
+    """numpy used to fail reshaping it (internal error) wherever the weights were first read."""
+    import onnx
+
+    proto = onnx.load(str(sample["onnx"]))
+    tensor = next(t for t in proto.graph.initializer if t.name == "3.weight")
+    tensor.raw_data = tensor.raw_data[:4]
+    model = tmp_path / "short.onnx"
+    model.write_bytes(proto.SerializeToString())
+    args = {
+        "inspect": inspect(model, out),
+        "bench": bench(model, out),
+        "convert": convert(model, out),
+        "quantize": ["quantize", model, "-r", "int8-static", *data_args("quantize"), "-o", out / "out.onnx"],
+        "prune": ["prune", model, "-r", "magnitude-50", *data_args("prune"), "-o", out / "out.onnx"],
+    }[verb]
+    refused_untouched(args, [model], 3, "tensor '3.weight' holds 4 bytes but its shape [64, 32, 3, 3] of FLOAT needs 73,728; corrupt", out)
+
+
 # --- file names ------------------------------------------------------------------------------------
 
 
