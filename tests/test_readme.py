@@ -57,7 +57,8 @@ def readme_commands() -> list[str]:
 
 
 def _verb(command: str) -> str:
-    return command.split("; ")[-1].split()[1]
+    """The verb of `edgecli [--trust-code ...] VERB ...` (root options come before it)."""
+    return next(word for word in command.split("; ")[-1].split()[1:] if not word.startswith("-"))
 
 
 def _with_overrides(command: str) -> str:

@@ -25,7 +25,7 @@ app = typer.Typer(
     name="edgecli",
     help="Make trained models fit edge devices: prune, distill, quantize, convert, bench. "
     "Exit codes: 0 ok, 1 gate not met, 2 bad usage/recipe, 3 unreadable model/data, 4 transformation failed, "
-    "5 missing backend.",
+    "5 missing backend, 6 output not written.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
