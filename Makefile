@@ -12,7 +12,7 @@ TRAIN := --data $(SAMPLE)/train.npz --eval-data $(SAMPLE)/eval.npz
 CALIB := --data $(SAMPLE)/calib.npz --eval-data $(SAMPLE)/eval.npz
 EVAL := --data $(SAMPLE)/eval.npz
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test test-slow test-all clean-demo
 
 install: $(STAMP)
 
@@ -23,8 +23,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps onnx2tf==1.29.24 tf-keras==2.21.0
 	@touch $@
 
+# Two tiers (tests/conftest.py): `make test` is the fast one (under 10 minutes on 2 cores);
+# `make test-slow` runs the heavy rest (examples chain, README commands, training, bad-input matrices).
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
+	$(PYTEST) -m "not slow"
+
+test-slow: $(STAMP)
+	$(PYTEST) -m slow
+
+test-all: test test-slow
 
 # ---- the demo chain: each artifact is a make target, rebuilt only when its inputs change ----
 

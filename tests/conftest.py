@@ -19,6 +19,30 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 SAMPLE = ROOT / "sample_models" / "fashion"
 
+# Two tiers. `make test` (the README's test command, under 10 minutes on 2 cores) runs every test not
+# marked slow; `make test-slow` (run by CI after it) runs the rest: the whole example chain, the
+# README's commands, training-heavy files, and the verb x case matrices of tests/robustness beyond
+# the verbs in FAST_VERBS (each kind of bad input still meets inspect and quantize in the fast tier).
+SLOW_FILES = (
+    "tests/examples/",
+    "tests/test_readme.py",
+    "tests/stages/test_distill.py",
+    "tests/stages/test_quantize_tflite.py",
+    "tests/stages/test_quantize_transformer.py",
+)
+MATRIX_FILES = ("tests/robustness/",)
+FAST_VERBS = {"inspect", "quantize"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        verb = params.get("verb")
+        if item.nodeid.startswith(SLOW_FILES) or (
+            item.nodeid.startswith(MATRIX_FILES) and isinstance(verb, str) and verb not in FAST_VERBS
+        ):
+            item.add_marker(pytest.mark.slow)
+
 
 _DATA_FILES = {
     "prune": ("train.npz", "eval.npz"),
