@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgecli import jsonout
 from edgecli.errors import BackendMissing, UsageError
 from edgecli.formats.files import STDIO, write_bytes_atomic, write_output
 
@@ -478,7 +478,7 @@ def check_destinations(dests: Destinations) -> None:
 
 
 def to_json(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, sort_keys=True) + "\n"
+    return jsonout.dumps(report, sort_keys=True) + "\n"
 
 
 def write_outputs(report: dict[str, Any], dests: Destinations) -> None:

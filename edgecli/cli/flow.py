@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from edgecli import console
+from edgecli import console, jsonout
 from edgecli.data import Dataset, load_dataset
 from edgecli.errors import GateFailed, UsageError
 from edgecli.formats import lineage as lin
@@ -146,7 +145,7 @@ def run_model_verb(
     write_output(output, payload)
     if report is not None:
         document = {"verb": verb, "input": model_arg, "output": output, "metrics": artifact.metrics, **(artifact.report or {})}
-        write_output(report, (json.dumps(document, indent=2, default=str) + "\n").encode())
+        write_output(report, (jsonout.dumps(document, default=str) + "\n").encode())
     console.show(summary_table(verb, output, artifact.metrics))
     console.info(f"wrote {output if output != STDIO else 'stdout'}: {artifact.format.value}, {len(payload):,} bytes")
     if artifact.gate_failures:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from rich.table import Table
 
-from edgecli import console
+from edgecli import console, jsonout
 from edgecli.cli.errors import handle_errors
 from edgecli.cli.options import JsonOpt, ModelArg
 from edgecli.formats.detect import Format
@@ -116,7 +115,7 @@ def inspect(model: ModelArg, json_out: JsonOpt = None) -> None:
     if model == "-":
         info["path"] = "-"
     if json_out:
-        write_output(json_out, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+        write_output(json_out, (jsonout.dumps(info, sort_keys=True) + "\n").encode())
         return
     table = Table(title=f"edgecli inspect {model}", title_justify="left", show_header=False, box=None)
     table.add_row("format", info["format"])

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from edgecli import console
+from edgecli import console, jsonout
 from edgecli.cli.errors import handle_errors
 from edgecli.cli.options import JsonOpt, QuietOpt, SetOpt
 from edgecli.formats.files import write_output, write_stdout
@@ -86,4 +85,4 @@ def run(
     console.info(f"{ran} of {len(outcomes)} steps ran; artifacts in {shown(folder)} (record: {STATE_FILE})")
     if json_out:
         document = {"pipeline": str(path), "out": str(folder), "steps": [vars(outcome) for outcome in outcomes]}
-        write_output(json_out, (json.dumps(document, indent=2) + "\n").encode())
+        write_output(json_out, (jsonout.dumps(document) + "\n").encode())

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 
 import edgecli
+from edgecli import jsonout
 from edgecli.formats.files import sha256_of
 
 LINEAGE_KEY = "edgecli.lineage"
@@ -120,7 +121,7 @@ def last_state(lineage: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def dumps(lineage: dict[str, Any]) -> str:
     """Canonical JSON (sorted keys) so identical lineages give identical bytes."""
-    return json.dumps(lineage, sort_keys=True, separators=(",", ":"), default=str)
+    return jsonout.dumps(lineage, indent=None, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def loads(text: str | bytes) -> dict[str, Any] | None:
