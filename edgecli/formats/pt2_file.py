@@ -55,6 +55,19 @@ def load(path: Path) -> Any:
     return program
 
 
+def check_archive(path: Path) -> None:
+    """The archive checks of `load` (pt2_archive.inspect), without torch: for a .pt2 that is read
+    later, refused before the work that comes first (distill's student.path, before the teacher runs)."""
+    from edgecli.formats import pt2_archive
+    from edgecli.security import trust_pickle
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ModelReadError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    pt2_archive.inspect(data, path, trust_pickle())
+
+
 def read_lineage(path: Path) -> dict[str, Any] | None:
     """The lineage stored in the archive, read without torch."""
     try:

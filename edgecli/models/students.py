@@ -68,17 +68,29 @@ def build_student(spec: StudentSpec, input_shape: tuple[int, ...], num_classes: 
     return nn.Sequential(*blocks)
 
 
-def student_from_pt2(path: Path) -> Any:
-    """A trainable eager module from a .pt2 file: its conv/linear/BatchNorm nodes lifted back into
-    nn modules, so that train()/eval() switch BatchNorm (an exported module's cannot)."""
+def check_student_file(path: Path) -> None:
+    """student.path is a .pt2 whose archive edgecli would read (pt2_archive): checked before any work."""
     from edgecli.formats import pt2_file
+
+    pt2_file.check_archive(_pt2_student(path).path)
+
+
+def _pt2_student(path: Path) -> Any:
     from edgecli.formats.model_file import ModelFile
-    from edgecli.stages.prune_lift import lift
 
     model = ModelFile.open(path)
     if model.format.value != "pt2":
         raise RecipeError(f"student.path {path} is {model.format.value}, not a .pt2 file")
-    return lift(pt2_file.load(model.path).module())
+    return model
+
+
+def student_from_pt2(path: Path) -> Any:
+    """A trainable eager module from a .pt2 file: its conv/linear/BatchNorm nodes lifted back into
+    nn modules, so that train()/eval() switch BatchNorm (an exported module's cannot)."""
+    from edgecli.formats import pt2_file
+    from edgecli.stages.prune_lift import lift
+
+    return lift(pt2_file.load(_pt2_student(path).path).module())
 
 
 def student_from_factory(spec: StudentSpec) -> Any:

@@ -27,7 +27,7 @@ from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.metrics import check_labels, is_classifier_output
 from edgecli.model_stats import check_finite_weights
-from edgecli.models.students import count_params, make_student
+from edgecli.models.students import check_student_file, count_params, make_student
 from edgecli.recipes import DistillRecipe
 from edgecli.stages.artifact import Artifact
 from edgecli.stages.distill_teacher import TeacherTargets, teacher_runner
@@ -281,6 +281,8 @@ def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, ev
         raise UsageError("distill needs training data", hint="pass --data train.npz or set data.path")
     if recipe.baseline and train.labels is None:
         raise RecipeError("baseline: true needs labels ('y') in the training data", hint="or set baseline: false")
+    if recipe.student.path is not None:
+        check_student_file(Path(recipe.student.path))  # a refused or damaged student: before the teacher runs
     seed_everything(recipe.seed)
     hint_layer = recipe.hint.teacher_layer if recipe.hint else None
     with distributed.process_group() as shard, teacher_runner(teacher, hint_layer) as runner:
