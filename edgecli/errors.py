@@ -7,6 +7,7 @@ Exit codes (the command-line contract, see README):
     3 a model or data file that cannot be read
     4 the transformation failed (unsupported op, parity check failed)
     5 a missing optional backend
+    6 an output could not be written after the work (disk full, read-only, stdout's reader gone)
 """
 
 from __future__ import annotations
@@ -87,6 +88,14 @@ class ParityError(TransformError):
     """The transformed model does not compute the same function as its parent."""
 
     label = "parity check failed"
+
+
+class OutputError(EdgecliError, OSError):
+    """An output that could not be written after the work was done (disk full, read-only, permission,
+    stdout closed by its reader). Also an OSError, so callers that tolerate a failed write still do."""
+
+    exit_code = 6
+    label = "cannot write output"
 
 
 class BackendMissing(EdgecliError):

@@ -50,8 +50,9 @@ def root(
         Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = None,
     trust_pickle: Annotated[
-        bool, typer.Option("--trust-pickle", help="Allow unpickling (it runs code from the file): whole pickled nn.Modules "
-                           "(torch.save(model)) and Keras Lambda layers. Only for files you trust.")
+        bool, typer.Option("--trust-pickle", help="Allow what runs code from a model file: unpickling (whole pickled nn.Modules "
+                           "from torch.save(model), pickled .pt2 parts), Keras Lambda layers, and file/Python "
+                           "ops in a SavedModel's graph. Only for files you trust.")
     ] = False,
     trust_code: Annotated[
         bool, typer.Option("--trust-code", help="Allow the code a recipe names (model.factory, student.factory): "

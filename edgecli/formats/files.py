@@ -24,19 +24,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from edgecli.errors import EdgecliError, ModelReadError, UsageError
+from edgecli.errors import ModelReadError, OutputError, UsageError
 
 STDIO = "-"
-OUTPUT_ERROR_EXIT = 6
 CHUNK = 1 << 20
-
-
-class OutputError(EdgecliError, OSError):
-    """An output that could not be written after the work was done (disk full, read-only, permission,
-    stdout closed by its reader). Also an OSError, so callers that tolerate a failed write still do."""
-
-    exit_code = OUTPUT_ERROR_EXIT
-    label = "cannot write output"
 
 
 def sha256_of(path: Path) -> str:

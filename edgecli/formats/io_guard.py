@@ -13,7 +13,7 @@ the option and the problem:
 - stdout or stdin a command needs but that is closed (`>&-`, `<&-`), two outputs on stdout, and
   model bytes (`-o -`) onto a terminal.
 
-A write that fails after the work (disk full, ...) is files.OutputError: exit 6.
+A write that fails after the work (disk full, ...) is errors.OutputError: exit 6.
 """
 
 from __future__ import annotations

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from edgecli.errors import ModelReadError, UsageError
+from edgecli.errors import ModelReadError, OutputError, UsageError
 from edgecli.formats import files
 from edgecli.formats.files import (
     TEMP_FILE,
-    OutputError,
     TempFolder,
     atomic_path,
     check_output_differs,
