@@ -21,7 +21,7 @@ import socket
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edgecli.errors import ModelReadError, OutputError, UsageError
@@ -86,19 +86,24 @@ def _stale(name: str, pattern: re.Pattern[str]) -> bool:
     return bool(found) and found.group(2) == NAMESPACE and not _alive(int(found.group(1)))
 
 
-def sweep_stale_files(folder: Path) -> list[str]:
-    """Remove the temporary files of dead edgecli processes from `folder`; their names."""
+def _sweep(folder: str | Path, prefix: str, pattern: re.Pattern[str], remove: Callable[[str], None]) -> list[str]:
+    """Remove (with `remove`) the entries of `folder` that dead edgecli processes left; their names."""
     removed = []
     try:
         names = os.listdir(folder)
     except OSError:
         return removed
     for name in names:
-        if name.startswith(".edgecli-") and _stale(name, TEMP_FILE):
+        if name.startswith(prefix) and _stale(name, pattern):
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(folder, name))
+                remove(os.path.join(folder, name))
                 removed.append(name)
     return removed
+
+
+def sweep_stale_files(folder: Path) -> list[str]:
+    """Remove the temporary files of dead edgecli processes from `folder`; their names."""
+    return _sweep(folder, ".edgecli-", TEMP_FILE, os.unlink)
 
 
 _swept_tempdirs: set[str] = set()
@@ -110,16 +115,7 @@ def sweep_temp_folders(root: str | None = None) -> list[str]:
     if root in _swept_tempdirs:
         return []
     _swept_tempdirs.add(root)
-    removed = []
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return removed
-    for name in names:
-        if name.startswith("edgecli-") and _stale(name, TEMP_FOLDER):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-            removed.append(name)
-    return removed
+    return _sweep(root, "edgecli-", TEMP_FOLDER, lambda path: shutil.rmtree(path, ignore_errors=True))
 
 
 class TempFolder(tempfile.TemporaryDirectory):
