@@ -305,7 +305,12 @@ class QuantizeRecipe(ReadsPyTorch):
     )
     weight_type: Literal["int8", "uint8"] = Field("int8", description="Weight integer type.")
     per_channel: bool = Field(True, description="Per-output-channel weight scales.")
-    reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI.")
+    reduce_range: bool | Literal["auto"] = Field(
+        "auto",
+        description="7-bit weights. onnxruntime's U8S8 int8 kernels saturate on x86 CPUs without VNNI (AVX2 or "
+        "AVX-512 only): measured mean relative logit error 0.076 on a small transformer against 0.0018 with it. "
+        "auto: on for x86 CPUs without VNNI/AMX, off elsewhere.",
+    )
     preprocess: bool = Field(True, description="Run onnxruntime's quant_pre_process (shape inference, fusion) first.")
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names kept in float.")
     exclude_op_types: list[str] = Field(default_factory=list, description="Op types kept in float (e.g. Softmax).")

@@ -31,6 +31,26 @@ DEQUANTIZE_OPS = {"DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", 
 QUANT_TYPES = {"int8": "QInt8", "uint8": "QUInt8"}
 
 
+INT8_DOT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # x86 int8 dot products without 16-bit saturation
+
+
+def resolve_reduce_range(setting: bool | str) -> bool:
+    """reduce_range for onnxruntime: the recipe's bool, or for 'auto' True on an x86 CPU without
+    VNNI/AMX, whose U8S8 kernels (pmaddubsw) saturate 16-bit sums with 8-bit weights."""
+    if isinstance(setting, bool):
+        return setting
+    import platform
+
+    if platform.machine().lower() not in {"x86_64", "amd64", "i686", "x86"}:
+        return False
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return False
+    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+    return bool(flags) and not flags & INT8_DOT_FLAGS
+
+
 def op_counts(proto: Any) -> Counter:
     return Counter(node.op_type for node in proto.graph.node)
 
@@ -214,6 +234,7 @@ class OnnxQuantizer:
             )
 
     def _quantize_file(self, target: Path, excluded_nodes: list[str]) -> None:
+        reduce_range = resolve_reduce_range(self.recipe.reduce_range)
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
         recipe = self.recipe
@@ -224,7 +245,7 @@ class OnnxQuantizer:
             with console.muted():
                 quantize_dynamic(
                     self.source, target, op_types_to_quantize=[op for op in DYNAMIC_OPS if op in present - excluded_ops],
-                    per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+                    per_channel=recipe.per_channel, reduce_range=reduce_range,
                     weight_type=types[recipe.weight_type], nodes_to_exclude=excluded_nodes,
                 )
             return
@@ -241,7 +262,7 @@ class OnnxQuantizer:
             quantize_static(
                 self.source, target, reader, quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=sorted(present - excluded_ops) if excluded_ops else None,
-                per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+                per_channel=recipe.per_channel, reduce_range=reduce_range,
                 activation_type=types[recipe.activation_type], weight_type=types[recipe.weight_type],
                 nodes_to_exclude=excluded_nodes, calibrate_method=methods[recipe.calibration.method],
                 extra_options={"CalibStridedMinMax": 1}, calibration_cache_path=self._ranges,
