@@ -19,10 +19,11 @@ class EdgecliError(Exception):
     exit_code: int = 4
     label: str = "error"
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, details: list[str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = details or []  # further lines on purpose (a list of problems), each kept one line
 
     def line(self) -> str:
         """The single line shown to the user."""

@@ -30,7 +30,8 @@ def describe(exc: BaseException) -> tuple[int, str]:
     """(exit code, one line) for any exception: a line break or control character in a message (a
     user's path, a name read from a file) is escaped, never printed, so the line stays one line."""
     code, line = _describe(exc)
-    return code, one_line(line)
+    details = exc.details if isinstance(exc, EdgecliError) else []
+    return code, "\n".join(one_line(text) for text in [line, *details])
 
 
 def _describe(exc: BaseException) -> tuple[int, str]:

@@ -316,8 +316,8 @@ def report(findings: Findings, what: str) -> None:
         return
     if len(findings.problems) == 1:
         raise TransformError(f"{what}: {findings.problems[0]}")
-    listed = "\n".join(f"  - {problem}" for problem in findings.problems)
-    raise TransformError(f"{what}: {len(findings.problems)} problems, nothing was converted:\n{listed}")
+    raise TransformError(f"{what}: {len(findings.problems)} problems, nothing was converted:",
+                         details=[f"  - {problem}" for problem in findings.problems])
 
 
 def preflight(model: ModelFile, recipe: Any) -> None:
