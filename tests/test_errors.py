@@ -7,6 +7,7 @@ import pytest
 from edgecli import errors
 from edgecli.errors import (
     BackendMissing,
+    OutputError,
     DataError,
     EdgecliError,
     GateFailed,
@@ -31,6 +32,7 @@ EXPECTED = [
     (TransformError, 4, "transformation failed"),
     (ParityError, 4, "parity check failed"),
     (BackendMissing, 5, "missing backend"),
+    (OutputError, 6, "cannot write output"),
     (EdgecliError, 4, "error"),
 ]
 
