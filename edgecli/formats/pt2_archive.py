@@ -234,13 +234,20 @@ def _check_expressions(node: Any, path: Path, part: str) -> None:
             stack.extend(item)
 
 
+def _expression(text: str) -> ast.Expression | None:
+    """`text` parsed as one Python expression (never run), or None if too long or not one."""
+    if len(text) > MAX_EXPR_CHARS:
+        return None
+    try:
+        return ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+
+
 def _safe_sympy(text: str) -> bool:
     """Whether `text` is a sympy expression built only of sympy/torch symbolic calls and constants."""
-    if len(text) > MAX_EXPR_CHARS:
-        return False
-    try:
-        tree = ast.parse(text, mode="eval")
-    except (SyntaxError, ValueError, RecursionError):
+    tree = _expression(text)
+    if tree is None:
         return False
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
@@ -263,14 +270,9 @@ def _safe_sympy(text: str) -> bool:
 def _safe_guard(text: str) -> bool:
     """Whether `text` is a guard torch can exec harmlessly: no string literal (quotes only inside
     input paths L['name']), no newline, only comparison/arithmetic over allowed names."""
-    if len(text) > MAX_EXPR_CHARS:
-        return False
     bare = _INPUT_PATH.sub("L", text)
-    if not _GUARD_CHARS.fullmatch(bare):
-        return False
-    try:
-        tree = ast.parse(bare, mode="eval")
-    except (SyntaxError, ValueError, RecursionError):
+    tree = _expression(bare) if len(text) <= MAX_EXPR_CHARS and _GUARD_CHARS.fullmatch(bare) else None
+    if tree is None:
         return False
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and node.id not in GUARD_NAMES:
