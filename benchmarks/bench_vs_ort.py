@@ -117,7 +117,7 @@ def check_options(threads: int) -> str:
 
 
 def synthetic_feed(session) -> dict[str, np.ndarray]:
-    """What edgecli.data.synthetic_dataset gives bench without --data (seed 0, batch 1)."""
+    """What edgecli.data.dataset.synthetic_dataset gives bench without --data (seed 0, batch 1)."""
     rng = np.random.default_rng(0)
     feeds = {}
     for arg in session.get_inputs():

@@ -6,7 +6,7 @@ for unknown keys, suggests the closest valid one; an error in a value a `--set` 
 checked before parsing. `-r NAME` is a shipped recipe only when NAME is a plain name (letters,
 digits, '-' and '_', optionally .yaml/.yml): anything else is a path, and never resolves inside
 configs/. A recipe that names code (model.factory, student.factory) is refused at load time unless
-the user passed --trust-code (edgecli/security.py).
+the user passed --trust-code (edgecli/core/security.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgecli.errors import RecipeError, UsageError, one_line
+from edgecli.core.errors import RecipeError, UsageError, one_line
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few hundred bytes; a pipeline a few KiB
@@ -731,7 +731,7 @@ def code_fields(recipe: BaseModel, prefix: tuple[str, ...] = ()) -> list[tuple[t
 def check_recipe_code(recipe: BaseModel, source: str, overrides: Overrides | None = None) -> None:
     """Refuse a recipe naming code unless --trust-code (and Python's own modules even then), before
     anything is imported. Raises RecipeError (exit 2)."""
-    from edgecli.security import check_code_allowed
+    from edgecli.core.security import check_code_allowed
 
     for loc, spec in code_fields(recipe):
         check_code_allowed(".".join(loc), spec, blamed(loc, source, overrides or []))

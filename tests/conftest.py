@@ -26,9 +26,9 @@ SAMPLE = ROOT / "sample_models" / "fashion"
 SLOW_FILES = (
     "tests/examples/",
     "tests/test_readme.py",
-    "tests/stages/test_distill.py",
-    "tests/stages/test_quantize_tflite.py",
-    "tests/stages/test_quantize_transformer.py",
+    "tests/stages/distill/test_stage.py",
+    "tests/stages/quantize/test_tflite.py",
+    "tests/stages/quantize/test_transformer.py",
 )
 MATRIX_FILES = ("tests/robustness/",)
 FAST_VERBS = {"inspect", "quantize"}

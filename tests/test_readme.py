@@ -1,8 +1,10 @@
-"""The README's verb examples run as written and succeed, in order (later ones use earlier outputs).
+"""The documented verb examples run as written and succeed, in order (later ones use earlier outputs).
 
-All of them run once, in one folder (the module fixture `readme`); the tests below check what the
-README says about their outputs. A few commands get `--set` overrides (OVERRIDES) that make them
-cheaper without changing what they do; the full run of each is checked where OVERRIDES says."""
+The commands are those of the ```sh blocks in DOC_SECTIONS: the README's chained example, then the
+examples of docs/verbs.md and docs/recipes.md. All of them run once, in one folder (the module fixture
+`readme`); the tests below check what the docs say about their outputs. A few commands get `--set`
+overrides (OVERRIDES) that make them cheaper without changing what they do; the full run of each is
+checked where OVERRIDES says."""
 
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from edgecli.data import load_dataset
+from edgecli.data.dataset import load_dataset
 from edgecli.formats.model_file import ModelFile
-from edgecli.metrics import agreement
+from edgecli.analysis.metrics import agreement
 from edgecli.recipes import DataSpec
 from edgecli.runtimes import open_runner
 from tests.conftest import ROOT
@@ -25,14 +27,14 @@ from tests.conftest import ROOT
 # verb of a command that does not pipe -> overrides appended to it. Only where the checks here do not
 # depend on the full run, and the full run is checked elsewhere.
 OVERRIDES = {
-    # the README trains 30 epochs on 8 augmented views; one epoch on one view proves it runs (the full
+    # the distill example trains 30 epochs on 8 augmented views; one epoch on one view proves it runs (the full
     # recipe is measured by benchmarks/distill.py)
     "distill": "--set epochs=1 --set augment.views=1 --set latency_runs=0",
     # fine-tuning on 256 images, accuracy on 256: the command as written (5000 images) runs, with its
-    # accuracy figures checked, in tests/stages/test_prune.py::test_finetune_keeps_zeros_and_recovers_accuracy
+    # accuracy figures checked, in tests/stages/prune/test_stage.py::test_finetune_keeps_zeros_and_recovers_accuracy
     "prune": "--set data.limit=256 --set eval_data.limit=256",
     # 20 timed runs, no per-model memory process: the default recipe's full timing and memory are
-    # checked in tests/stages/test_bench.py (fixture `report`); the int8 model is ~3.5x faster than
+    # checked in tests/stages/bench/test_stage.py (fixture `report`); the int8 model is ~3.5x faster than
     # the float one, far from the 1.2x gate
     "bench": "--set runs=20 --set min_time_s=0.05 --set warmup=2 --set memory=false",
 }
@@ -40,19 +42,49 @@ ARTIFACTS = ("pruned.pt2", "student.pt2", "model.int8.onnx", "model.int8.json", 
              "pruned.onnx", "model.tflite", "model.ort", "report.json", "pruned.int8.onnx", "fashion_cnn_from_pt.pt2")
 
 
+# (file, heading) of each section whose ```sh blocks run, in this order: a section runs from its
+# heading to the next heading of the same or a higher level (its subsections are part of it).
+DOC_SECTIONS = (
+    ("README.md", "## A chain"),
+    ("docs/verbs.md", "## Examples"),
+    ("docs/verbs.md", "## PyTorch state_dict + your model code"),
+    ("docs/recipes.md", "## Recipe tooling"),
+)
+
+
+def doc_section(path: str, heading: str) -> str:
+    """The text of the section `heading` (a whole line, e.g. '## Examples') of ROOT/path."""
+    text = (ROOT / path).read_text()
+    start = re.search(rf"^{re.escape(heading)}[ \t]*$", text, flags=re.M)
+    assert start, f"{path} has no heading {heading!r} (tests/test_readme.py DOC_SECTIONS)"
+    level = len(heading) - len(heading.lstrip("#"))
+    # a heading outside code blocks: fenced blocks hold '# comment' lines that are no headings
+    body, fenced = [], False
+    for line in text[start.end():].splitlines(keepends=True):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(rf"^#{{1,{level}}} ", line):
+            break
+        body.append(line)
+    return "".join(body)
+
+
 def readme_commands() -> list[str]:
-    """Shell commands of the ```sh blocks in the README's 'The verbs' section, continuations joined,
-    each prefixed with the variable assignments (S=...) the README makes before them."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## The verbs", 1)[1].split("\n## ", 1)[0]
+    """Shell commands of the ```sh blocks of DOC_SECTIONS, in order, continuations joined, each
+    prefixed with the variable assignments (S=...) made before it (a variable assigned again keeps
+    its last value only). A command the same as an earlier one (the README's chain and the verb
+    examples both prune the sample model into pruned.pt2) is run once: it would write the same bytes."""
     commands, setup = [], []
-    for block in re.findall(r"```sh\n(.*?)```", section, flags=re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split("  # ")[0].strip()
-            if re.match(r"^[A-Z_]+=", line):
-                setup.append(line)
-            elif line.startswith("edgecli"):
-                commands.append("; ".join([*setup, line]))
+    for path, heading in DOC_SECTIONS:
+        for block in re.findall(r"```sh\n(.*?)```", doc_section(path, heading), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split("  # ")[0].strip()
+                if re.match(r"^[A-Z_]+=", line):
+                    setup = [*(s for s in setup if s.split("=", 1)[0] != line.split("=", 1)[0]), line]
+                elif line.startswith("edgecli"):
+                    command = "; ".join([*setup, line])
+                    if command not in commands:
+                        commands.append(command)
     return commands
 
 
@@ -93,7 +125,14 @@ def _run(readme, pattern: str) -> subprocess.CompletedProcess:
 
 def test_readme_has_an_example_for_every_verb():
     verbs = {_verb(command) for command in readme_commands()}
-    assert {"prune", "distill", "quantize", "convert", "bench", "inspect"} <= verbs
+    assert {"prune", "distill", "quantize", "convert", "bench", "inspect", "recipe"} <= verbs
+
+
+@pytest.mark.parametrize(("path", "heading"), DOC_SECTIONS)
+def test_every_doc_section_has_commands(path, heading):
+    """A section that lost its ```sh block (renamed fence, moved text) would silently run nothing."""
+    blocks = re.findall(r"```sh\n(.*?)```", doc_section(path, heading), flags=re.S)
+    assert any(line.lstrip().startswith("edgecli ") for block in blocks for line in block.splitlines()), (path, heading)
 
 
 def test_readme_examples_run(readme):

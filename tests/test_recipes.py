@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecli.errors import RecipeError, UsageError
+from edgecli.core.errors import RecipeError, UsageError
 from edgecli.recipes import (
     CONFIGS_DIR,
     GATE_METRICS,

@@ -165,8 +165,8 @@ def build_tiny_transformer(folder: Path) -> TinyTransformer:
 
     from edgecli.formats import onnx_file
     from edgecli.formats.model_file import ModelFile
-    from edgecli.stages.convert_onnx import pt2_to_onnx
-    from edgecli.stages.quantize_onnx import strip_debug_metadata
+    from edgecli.backends.onnx_export import pt2_to_onnx
+    from edgecli.stages.quantize.onnx import strip_debug_metadata
 
     folder.mkdir(parents=True, exist_ok=True)
     model, eval_accuracy = train()

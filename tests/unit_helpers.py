@@ -113,7 +113,7 @@ def torch_models() -> TorchModels:
 @functools.cache
 def tflite_cnn() -> Path:
     """The tiny CNN converted ONNX -> TFLite by edgecli's own onnx2tf path (inputs become NHWC)."""
-    from edgecli.stages.convert_tflite import onnx_to_tflite
+    from edgecli.backends.tflite_convert import onnx_to_tflite
 
     path = session_folder() / "cnn.tflite"
     path.write_bytes(onnx_to_tflite(torch_models().onnx, "float32"))
@@ -176,7 +176,7 @@ def keras_models() -> KerasModels:
     tf = _quiet_tensorflow()
     import keras
 
-    from edgecli import console
+    from edgecli.core import console
 
     folder = session_folder()
     keras.utils.set_random_seed(0)

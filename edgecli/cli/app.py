@@ -61,11 +61,11 @@ def root(
 ) -> None:
     """edgecli: model compression for edge AI."""
     if trust_pickle:
-        from edgecli.security import allow_pickle
+        from edgecli.core.security import allow_pickle
 
         allow_pickle()
     if trust_code:
-        from edgecli.security import allow_code
+        from edgecli.core.security import allow_code
 
         allow_code()  # an environment variable: torchrun workers and `edgecli run` steps see it
 

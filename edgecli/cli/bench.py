@@ -10,13 +10,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgecli import console
+from edgecli.core import console
 from edgecli.cli.errors import handle_errors
 from edgecli.cli.flow import optional_dataset
 from edgecli.cli.bench_outputs import Destinations, check_destinations, write_outputs
 from edgecli.cli.bench_table import report_table
 from edgecli.cli.options import CsvOpt, DataOpt, JsonOpt, MarkdownOpt, PlotOpt, QuietOpt, RecipeOpt, SetOpt
-from edgecli.errors import GateFailed, ModelReadError, UsageError
+from edgecli.core.errors import GateFailed, ModelReadError, UsageError
 from edgecli.formats.detect import Format
 from edgecli.formats.files import STDIO
 from edgecli.formats.io_guard import CommandFiles
@@ -98,7 +98,7 @@ def bench(
     quiet: QuietOpt = False,
 ) -> None:
     """Size, latency p50/p90/p99, accuracy and agreement of MODELS side by side; gates exit 1."""
-    from edgecli.stages.bench import bench as run_bench
+    from edgecli.stages.bench.stage import bench as run_bench
 
     console.set_quiet(quiet)
     spec, recipe_path = load_recipe("bench", recipe, sets)

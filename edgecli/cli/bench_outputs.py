@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecli import jsonout
-from edgecli.errors import BackendMissing, UsageError
+from edgecli.core import jsonout
+from edgecli.core.errors import BackendMissing, UsageError
 from edgecli.formats.files import STDIO, write_bytes_atomic, write_output
 
 PLOT_HINT = "pip install 'edgecli[plot]'"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecli.errors import RecipeError, UsageError, one_line
+from edgecli.core.errors import RecipeError, UsageError, one_line
 from edgecli.recipes import CONFIGS_DIR, RECIPES, recipe_name
 
 PIPELINE = "pipeline"  # configs/pipelines/, listed when that folder exists

@@ -19,7 +19,7 @@ def convert(
 ) -> None:
     """Convert MODEL to ONNX, TFLite (float, float16, dynamic, INT8), TFLite Micro, ORT format or .pt2,
     and prove parity on --data (exit 4 above tolerance)."""
-    from edgecli.stages.convert import convert as convert_stage
+    from edgecli.stages.convert.stage import convert as convert_stage
 
     def stage(source, recipe_, data_, _eval):
         return convert_stage(source, recipe_, data_)

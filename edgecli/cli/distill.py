@@ -36,8 +36,8 @@ def distill(
     """Train a small student .pt2 from MODEL (the teacher, any format) on --data: Hinton KD (soft
     targets at temperature T, plus labels when present), optional hint loss, augmentation, early
     stopping, resume with --checkpoint, torchrun-ready; reports teacher vs student (vs baseline)."""
-    from edgecli.distributed import is_writer
-    from edgecli.stages.distill import distill as stage
+    from edgecli.training.distributed import is_writer
+    from edgecli.stages.distill.stage import distill as stage
 
     work = functools.partial(stage, checkpoint_path=checkpoint)
     run_model_verb("distill", model, recipe, output, sets, quiet, work, written_format, data, eval_data, report,

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import typer
 
-from edgecli import console
-from edgecli.errors import EdgecliError, one_line
+from edgecli.core import console
+from edgecli.core.errors import EdgecliError, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 INTERRUPTED = 130

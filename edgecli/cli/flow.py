@@ -9,9 +9,11 @@ from typing import Any
 
 from rich.table import Table
 
-from edgecli import console, jsonout
-from edgecli.data import Dataset, load_dataset
-from edgecli.errors import GateFailed, UsageError
+from edgecli.core import console
+
+from edgecli.core import jsonout
+from edgecli.data.dataset import Dataset, load_dataset
+from edgecli.core.errors import GateFailed, UsageError
 from edgecli.formats import lineage as lin
 from edgecli.formats.detect import Format
 from edgecli.formats.files import STDIO, materialize, write_output
@@ -155,7 +157,7 @@ def run_model_verb(
 def carried_state(verb: str, ancestor: ModelFile | None, artifact: Artifact) -> dict[str, Any] | None:
     """The artifact's weight state, with what the model it continues had and it lost (warned about:
     sparsity or quantization is never dropped silently)."""
-    from edgecli.model_stats import weight_state
+    from edgecli.analysis.model_stats import weight_state
 
     state = artifact.weight_state()
     if state is None:

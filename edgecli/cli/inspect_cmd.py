@@ -6,7 +6,9 @@ from typing import Any
 
 from rich.table import Table
 
-from edgecli import console, jsonout
+from edgecli.core import console
+
+from edgecli.core import jsonout
 from edgecli.cli.errors import handle_errors
 from edgecli.cli.options import JsonOpt, ModelArg
 from edgecli.formats.detect import Format
@@ -35,7 +37,7 @@ def describe_state_dict(model: ModelFile) -> dict[str, Any]:
 
 
 def describe_model(model: ModelFile) -> dict[str, Any]:
-    from edgecli.model_stats import op_histogram, param_count
+    from edgecli.analysis.model_stats import op_histogram, param_count
     from edgecli.runtimes import open_runner
 
     if model.format is Format.STATE_DICT:

@@ -27,6 +27,6 @@ def prune(
 ) -> None:
     """Prune a model: whole channels (method channel: a smaller, faster .pt2), or zeroed weights
     (magnitude, 2:4: smaller when compressed; .pt2 with fine-tuning on --data, or ONNX without training)."""
-    from edgecli.stages.prune import prune as stage
+    from edgecli.stages.prune.stage import prune as stage
 
     run_model_verb("prune", model, recipe, output, sets, quiet, stage, written_format, data, eval_data, report)

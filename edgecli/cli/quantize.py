@@ -23,7 +23,7 @@ def quantize(
     with an accuracy guard (max_accuracy_drop / min_agreement) and a per-layer --report."""
     from functools import partial
 
-    from edgecli.stages.quantize import quantize as stage
+    from edgecli.stages.quantize.stage import quantize as stage
 
     run_model_verb(
         "quantize", model, recipe, output, sets, quiet, partial(stage, diagnose=report is not None),

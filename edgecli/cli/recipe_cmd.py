@@ -18,7 +18,7 @@ from edgecli.cli import catalog
 from edgecli.cli.errors import handle_errors
 from edgecli.cli.options import JsonOpt
 from edgecli.cli.recipe_schema import SCHEMAS, recipe_schema
-from edgecli.errors import UsageError
+from edgecli.core.errors import UsageError
 from edgecli.formats.files import write_output, write_stdout
 from edgecli.formats.io_guard import CommandFiles, require_stdout
 from edgecli.recipes import RECIPES, load_recipe

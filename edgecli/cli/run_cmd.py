@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from edgecli import console, jsonout
+from edgecli.core import console
+
+from edgecli.core import jsonout
 from edgecli.cli.errors import handle_errors
 from edgecli.cli.options import JsonOpt, QuietOpt, SetOpt
 from edgecli.formats.files import write_output, write_stdout

@@ -6,7 +6,7 @@ import zipfile
 from enum import Enum
 from pathlib import Path
 
-from edgecli.errors import ModelReadError
+from edgecli.core.errors import ModelReadError
 
 
 class Format(str, Enum):

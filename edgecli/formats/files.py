@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from edgecli.errors import ModelReadError, OutputError, UsageError
+from edgecli.core.errors import ModelReadError, OutputError, UsageError
 
 STDIO = "-"
 CHUNK = 1 << 20
@@ -339,7 +339,7 @@ def check_output_differs(model_arg: str, output: str) -> None:
 def _stream_cap() -> int:
     """Bytes of a piped model worth keeping: what could still be loaded (the memory check's limit)."""
     from edgecli.formats.model_file import MEMORY_FACTOR
-    from edgecli.resources import available_memory
+    from edgecli.core.resources import available_memory
 
     return available_memory() // MEMORY_FACTOR
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgecli.errors import UsageError
+from edgecli.core.errors import UsageError
 from edgecli.formats.files import STDIO, reason, sweep_stale_files, sweep_temp_folders, temp_name
 
 _closed: set[int] = set()

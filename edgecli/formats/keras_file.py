@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from edgecli.errors import BackendMissing, ModelReadError, last_line, one_line
+from edgecli.core.errors import BackendMissing, ModelReadError, last_line, one_line
 from edgecli.formats.model_file import utf8_path
 from edgecli.formats.files import TempFolder
 
@@ -24,7 +24,7 @@ def import_tensorflow() -> Any:
 
 def load_keras(path: Path) -> Any:
     """A Keras model, loaded with safe_mode (no arbitrary code from Lambda layers) unless --trust-pickle."""
-    from edgecli.security import trust_pickle
+    from edgecli.core.security import trust_pickle
 
     import_tensorflow()
     import keras
@@ -142,7 +142,7 @@ def check_saved_model_ops(path: Path) -> None:
     read from saved_model.pb without running anything; --trust-pickle skips the check. The checkpoint
     ops of the SavedModel's own saver are allowed in the functions only the saver calls. Raises
     ModelReadError (and BackendMissing without TensorFlow)."""
-    from edgecli.security import trust_pickle
+    from edgecli.core.security import trust_pickle
 
     if trust_pickle():
         return

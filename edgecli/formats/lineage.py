@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 
 import edgecli
-from edgecli import jsonout
+from edgecli.core import jsonout
 from edgecli.formats.files import sha256_of
 
 LINEAGE_KEY = "edgecli.lineage"

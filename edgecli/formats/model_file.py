@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecli.errors import ModelTooLarge
+from edgecli.core.errors import ModelTooLarge
 from edgecli.formats.detect import Format, detect_format
 from edgecli.formats.files import sha256_of
-from edgecli.resources import MEMORY_LIMIT_ENV, check_fits
+from edgecli.core.resources import MEMORY_LIMIT_ENV, check_fits
 
 # A model takes about 3x its file size in memory while a verb works on it: the parsed model, the
 # working copy a transformation makes (or the runtime's session) and the serialized result.

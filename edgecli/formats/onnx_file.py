@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgecli.errors import ModelReadError, TransformError, one_line
+from edgecli.core.errors import ModelReadError, TransformError, one_line
 from edgecli.formats import lineage as lin
 
 MAX_PROTO_BYTES = 2**31 - 1

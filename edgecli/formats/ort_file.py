@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgecli.errors import ModelReadError, TransformError, damaged_hint
+from edgecli.core.errors import ModelReadError, TransformError, damaged_hint
 from edgecli.formats import lineage as lin
 from edgecli.formats.files import TempFolder
 

@@ -64,7 +64,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgecli.errors import ModelReadError, one_line
+from edgecli.core.errors import ModelReadError, one_line
 
 TRUST_HINT = "pass --trust-pickle if you trust this file"
 NO_UNPICKLING = "edgecli does not unpickle it (unpickling runs code the file chooses)"

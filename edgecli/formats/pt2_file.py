@@ -7,7 +7,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from edgecli.errors import ModelReadError, one_line
+from edgecli.core.errors import ModelReadError, one_line
 from edgecli.formats import lineage as lin
 
 LINEAGE_FILE = "edgecli_lineage.json"
@@ -21,7 +21,7 @@ def load(path: Path) -> Any:
     import pickle
 
     from edgecli.formats import pt2_archive
-    from edgecli.security import trust_pickle
+    from edgecli.core.security import trust_pickle
 
     trusted = trust_pickle()
     try:
@@ -59,7 +59,7 @@ def check_archive(path: Path) -> None:
     """The archive checks of `load` (pt2_archive.inspect), without torch: for a .pt2 that is read
     later, refused before the work that comes first (distill's student.path, before the teacher runs)."""
     from edgecli.formats import pt2_archive
-    from edgecli.security import trust_pickle
+    from edgecli.core.security import trust_pickle
 
     try:
         data = Path(path).read_bytes()

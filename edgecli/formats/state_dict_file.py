@@ -1,7 +1,7 @@
 """PyTorch state_dict files (.pt/.pth from `torch.save(model.state_dict(), path)`).
 
 A state_dict holds tensors only; the module they belong to comes from the user's own code, named in
-the recipe as `model.factory` and imported only with `--trust-code` (see edgecli/security.py).
+the recipe as `model.factory` and imported only with `--trust-code` (see edgecli/core/security.py).
 Files are read with `torch.load(weights_only=True)`: a pickled whole module (or any other Python
 object) is refused, never unpickled, unless the user passes `--trust-pickle`: then a pickled
 nn.Module is used as it is, without a factory. `built_pt2` turns file + factory (or the trusted
@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from edgecli import console
-from edgecli.data import Dataset
-from edgecli.errors import ModelReadError, ParityError, TransformError, UsageError, last_line
+from edgecli.core import console
+from edgecli.data.dataset import Dataset
+from edgecli.core.errors import ModelReadError, ParityError, TransformError, UsageError, last_line
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import ModelSource
 from edgecli.formats.files import TempFolder
@@ -71,7 +71,7 @@ def load_state_dict_or_module(path: Path) -> Any:
 
     import torch
 
-    from edgecli.security import trust_pickle
+    from edgecli.core.security import trust_pickle
 
     try:
         loaded = torch.load(path, weights_only=True, map_location="cpu")
@@ -122,9 +122,9 @@ def load_state_dict(path: Path) -> dict[str, Any]:
 
 def import_factory(spec: str, field: str = "model.factory") -> Callable[..., Any]:
     """The callable named 'package.module:function', imported from the working folder or the installed
-    packages, only with --trust-code and only if it is model code (edgecli/security.py): checked
+    packages, only with --trust-code and only if it is model code (edgecli/core/security.py): checked
     before the import, and the object after it. Raises UsageError (a recipe problem)."""
-    from edgecli.security import check_code_allowed, check_factory_object
+    from edgecli.core.security import check_code_allowed, check_factory_object
 
     check_code_allowed(field, spec)  # also done at recipe load time; here for every other caller
     module_name, _, attribute = spec.partition(":")
@@ -291,7 +291,7 @@ def built_pt2(
     figures (eager vs exported max abs diff, dynamic batch). Raises UsageError, ModelReadError,
     TransformError or ParityError."""
     from edgecli.formats import pt2_file
-    from edgecli.model_stats import refuse_non_finite
+    from edgecli.analysis.model_stats import refuse_non_finite
 
     loaded = load_state_dict_or_module(state_dict.path)
     if isinstance(loaded, dict) and spec is None:

@@ -6,7 +6,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from edgecli.errors import BackendMissing, ModelReadError
+from edgecli.core.errors import BackendMissing, ModelReadError
 from edgecli.formats import lineage as lin
 
 

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from edgecli.errors import RecipeError
+from edgecli.core.errors import RecipeError
 from edgecli.recipes import StudentSpec
 
 
@@ -88,14 +88,14 @@ def student_from_pt2(path: Path) -> Any:
     """A trainable eager module from a .pt2 file: its conv/linear/BatchNorm nodes lifted back into
     nn modules, so that train()/eval() switch BatchNorm (an exported module's cannot)."""
     from edgecli.formats import pt2_file
-    from edgecli.stages.prune_lift import lift
+    from edgecli.stages.prune.lift import lift
 
     return lift(pt2_file.load(_pt2_student(path).path).module())
 
 
 def student_from_factory(spec: StudentSpec) -> Any:
     """The user's nn.Module, with optional starting weights (weights_only=True). The factory is imported
-    only with --trust-code, and only if it is model code (edgecli/security.py)."""
+    only with --trust-code, and only if it is model code (edgecli/core/security.py)."""
     from edgecli.formats.state_dict_file import build_module, call_factory, load_state_dict
     from edgecli.recipes import ModelSource
 

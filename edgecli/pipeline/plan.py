@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from edgecli.errors import DataError, EdgecliError, ModelReadError, RecipeError, UsageError
+from edgecli.core.errors import DataError, EdgecliError, ModelReadError, RecipeError, UsageError
 from edgecli.formats.detect import Format, detect_format
 from edgecli.pipeline.spec import REFERENCE, SOURCE, PipelineSpec, StepSpec
 from edgecli.recipes import load_recipe, parse_set, resolve_recipe_path
@@ -37,7 +37,7 @@ class Command:
     settings: list[str] = field(default_factory=list)  # as written in the pipeline (${name}, not a path): the run key
 
     def shell(self) -> str:
-        from edgecli.security import trust_flags
+        from edgecli.core.security import trust_flags
 
         return shlex.join(["edgecli", *trust_flags(), *self.argv])
 

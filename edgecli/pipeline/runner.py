@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecli import console
-from edgecli.errors import UsageError
+from edgecli.core import console
+from edgecli.core.errors import UsageError
 from edgecli.formats import lineage as lin
 from edgecli.formats.files import sha256_of, write_bytes_atomic
 from edgecli.pipeline.plan import Command, shown

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgecli.errors import ModelReadError
+from edgecli.core.errors import ModelReadError
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.runtimes.base import Runner, TensorSpec

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecli import console
-from edgecli.data import Dataset, split_batches
-from edgecli.errors import DataError
+from edgecli.core import console
+from edgecli.data.dataset import Dataset, split_batches
+from edgecli.core.errors import DataError
 from edgecli.formats import lineage as lin
 from edgecli.formats.model_file import ModelFile
 

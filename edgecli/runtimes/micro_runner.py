@@ -28,7 +28,7 @@ class MicroRunner(Runner):
 
     def __init__(self, model: ModelFile, threads: int | None = None, arena_size: int | None = None) -> None:
         super().__init__(model, threads)
-        from edgecli.stages.convert_micro import io_tensors, measure_arena, open_interpreter
+        from edgecli.stages.convert.micro import io_tensors, measure_arena, open_interpreter
 
         data = model.path.read_bytes()
         self.arena_size = arena_size or measure_arena(data)

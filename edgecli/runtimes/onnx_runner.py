@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from edgecli.errors import ModelReadError, damaged_hint, one_line
+from edgecli.core.errors import ModelReadError, damaged_hint, one_line
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile, utf8_path
 from edgecli.runtimes.base import Runner, TensorSpec

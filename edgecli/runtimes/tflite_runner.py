@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from edgecli import console
-from edgecli.errors import BackendMissing, ModelReadError, damaged_hint, one_line
+from edgecli.core import console
+from edgecli.core.errors import BackendMissing, ModelReadError, damaged_hint, one_line
 from edgecli.formats.model_file import ModelFile, utf8_path
 from edgecli.runtimes.base import Runner, TensorSpec
 

@@ -41,7 +41,7 @@ class Artifact:
 
     def weight_state(self) -> dict[str, Any] | None:
         """Weight sparsity and dtype of the serialized artifact (an ORT file is measured as its ONNX)."""
-        from edgecli.model_stats import weight_state
+        from edgecli.analysis.model_stats import weight_state
 
         measured = replace(self, format=Format.ONNX) if self.format is Format.ORT else self
         with staged(measured) as model:

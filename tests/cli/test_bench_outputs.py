@@ -19,7 +19,7 @@ from edgecli.cli.bench_outputs import (
     to_csv,
     to_markdown,
 )
-from edgecli.errors import UsageError
+from edgecli.core.errors import UsageError
 from tests.conftest import data_args, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecli.errors import ModelReadError
+from edgecli.core.errors import ModelReadError
 from edgecli.formats import onnx_file, pt2_file
 from edgecli.formats.detect import Format, detect_format
 from edgecli.formats.model_file import ModelFile

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecli.errors import ModelReadError, OutputError, UsageError
+from edgecli.core.errors import ModelReadError, OutputError, UsageError
 from edgecli.formats import files
 from edgecli.formats.files import (
     TEMP_FILE,
@@ -311,7 +311,7 @@ def test_materialize_a_fifo_reads_it_once(tmp_path: Path, sample) -> None:
 def test_materialize_refuses_a_stream_larger_than_memory_allows(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGECLI_MEMORY_LIMIT_BYTES", str(3 * 1000))
     monkeypatch.setattr(sys, "stdin", FakeStdin(io.BytesIO(b"\x08" * (4 << 20))))
-    from edgecli.errors import ModelTooLarge
+    from edgecli.core.errors import ModelTooLarge
 
     with pytest.raises(ModelTooLarge, match="needs ~"):
         with materialize("-"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecli.errors import ModelReadError, UsageError
+from edgecli.core.errors import ModelReadError, UsageError
 from edgecli.formats.state_dict_file import build_module, load_state_dict
 from edgecli.recipes import ModelSource
 from tests.conftest import SAMPLE, leftovers, run_cli

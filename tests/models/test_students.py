@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgecli.errors import RecipeError
+from edgecli.core.errors import RecipeError
 from edgecli.models.students import build_student, cnn_stages, count_params, mlp_hidden
 from edgecli.recipes import StudentSpec
 

@@ -316,9 +316,9 @@ def test_inf_is_refused_in_layer_weights_only(sample: dict[str, Path], tmp_path:
     import onnx
     from onnx import helper, numpy_helper
 
-    from edgecli.errors import ModelReadError
+    from edgecli.core.errors import ModelReadError
     from edgecli.formats.model_file import ModelFile
-    from edgecli.model_stats import check_finite_weights
+    from edgecli.analysis.model_stats import check_finite_weights
 
     proto = onnx.load(str(sample["onnx"]))
     mask = np.zeros((1, 10), np.float32)

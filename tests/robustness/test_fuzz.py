@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edgecli.data import Dataset, load_dataset
-from edgecli.errors import DataError, EdgecliError, ModelReadError, RecipeError, UsageError
+from edgecli.data.dataset import Dataset, load_dataset
+from edgecli.core.errors import DataError, EdgecliError, ModelReadError, RecipeError, UsageError
 from edgecli.formats.detect import Format, detect_format
 from edgecli.recipes import RECIPES, DataSpec, Strict, load_recipe
 from tests.conftest import SAMPLE

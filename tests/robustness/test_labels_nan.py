@@ -196,7 +196,7 @@ class _Stub:
 
 
 def _data(count: int):
-    from edgecli.data import Dataset
+    from edgecli.data.dataset import Dataset
 
     return Dataset({"x": np.zeros((count, 3), np.float32)}, None, "d.npz")
 
@@ -204,9 +204,9 @@ def _data(count: int):
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 @pytest.mark.parametrize("side", ["parent", "child", "both"])
 def test_check_parity_refuses_non_finite_outputs(bad: float, side: str) -> None:
-    from edgecli.errors import ParityError
+    from edgecli.core.errors import ParityError
     from edgecli.recipes import ParitySpec
-    from edgecli.stages.parity import check_parity
+    from edgecli.analysis.parity import check_parity
 
     good = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     broken = good.copy()
@@ -219,7 +219,7 @@ def test_check_parity_refuses_non_finite_outputs(bad: float, side: str) -> None:
 
 
 def test_metrics_never_make_nan_look_fine() -> None:
-    from edgecli.metrics import accuracy, agreement, compare, mean_cosine, non_finite_samples
+    from edgecli.analysis.metrics import accuracy, agreement, compare, mean_cosine, non_finite_samples
 
     reference = np.eye(4, dtype=np.float32) * 5
     candidate = reference.copy()
@@ -236,7 +236,7 @@ def test_metrics_never_make_nan_look_fine() -> None:
 
 
 def test_first_divergence_sees_nan_on_one_side_only() -> None:
-    from edgecli.stages.parity_layers import differs, worst_samples
+    from edgecli.analysis.parity_layers import differs, worst_samples
 
     a = np.ones((3, 4))
     b = a.copy()
@@ -247,7 +247,7 @@ def test_first_divergence_sees_nan_on_one_side_only() -> None:
 
 
 def test_the_guard_target_fails_non_finite_metrics() -> None:
-    from edgecli.stages.quant_guard import Target
+    from edgecli.stages.quantize.guard import Target
 
     clean = {"eval_samples": 10, "agreement": 1.0, "accuracy_drop": 0.0}
     tainted = {**clean, "non_finite_samples": 2}
@@ -259,10 +259,10 @@ def test_the_guard_target_fails_non_finite_metrics() -> None:
 
 
 def test_labels_are_checked_against_the_models_classes(files: dict[str, Path]) -> None:
-    from edgecli.data import load_dataset
-    from edgecli.errors import DataError
+    from edgecli.data.dataset import load_dataset
+    from edgecli.core.errors import DataError
     from edgecli.formats.model_file import ModelFile
-    from edgecli.metrics import check_labels, output_classes
+    from edgecli.analysis.metrics import check_labels, output_classes
     from edgecli.recipes import DataSpec
     from edgecli.runtimes import open_runner
 

@@ -154,7 +154,7 @@ def test_pipeline_model_factory_is_refused(tmp_path: Path, out: Path, inputs) ->
 
 
 def _predictions(path: Path) -> np.ndarray:
-    from edgecli.data import load_dataset
+    from edgecli.data.dataset import load_dataset
     from edgecli.formats.model_file import ModelFile
     from edgecli.recipes import DataSpec
     from edgecli.runtimes import open_runner

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecli.data import Dataset
-from edgecli.errors import DataError
+from edgecli.data.dataset import Dataset
+from edgecli.core.errors import DataError
 from edgecli.formats import tflite_file
 from edgecli.formats.model_file import ModelFile
 from edgecli.runtimes import Runner, open_runner

@@ -1,0 +1,1 @@
+"""edgecli.stages.bench.stage"""

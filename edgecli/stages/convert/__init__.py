@@ -1,0 +1,1 @@
+"""edgecli.stages.convert.stage"""

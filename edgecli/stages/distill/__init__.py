@@ -1,0 +1,1 @@
+"""edgecli.stages.distill.stage"""

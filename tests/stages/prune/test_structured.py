@@ -1,0 +1,220 @@
+"""prune method channel: structured pruning (Torch-Pruning) of the sample .pt2 and state_dict, of a
+residual network built here, and the refusals (unknown keep_layers name, a construct it cannot follow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgecli.formats.model_file import ModelFile
+from edgecli.analysis.model_stats import macs
+from edgecli.stages.prune.lift import lift, lift_difference
+from tests.conftest import ROOT, data_args, run_cli
+
+SAMPLE_CONVS = {"0": 32, "3": 64, "6": 64, "9": 64, "12": 64, "16": 128, "20": 128}  # layer -> dense width
+
+
+def _report(path: Path) -> dict:
+    return json.loads(path.read_text())["metrics"]
+
+
+def _program_params(path: Path) -> int:
+    return sum(p.numel() for p in torch.export.load(str(path)).parameters())
+
+
+# ------------------------------------------------------------------ models built here
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = x if self.down is None else self.down(x)
+        return torch.relu(skip + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+class TinyResNet(nn.Module):
+    """Stem, two residual stages (identity and 1x1-projection shortcuts), a flatten by view(n, -1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.layer1 = nn.Sequential(_Block(16, 16), _Block(16, 16))
+        self.layer2 = nn.Sequential(_Block(16, 32, stride=2), _Block(32, 32))
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(32 * 2 * 2, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(x.view(x.size(0), -1))
+
+
+class ChannelShuffle(nn.Module):
+    """A ShuffleNet-style channel shuffle: its reshape names the channel count in literals."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.mix = nn.Conv2d(16, 16, 1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x))
+        n, c, h, w = x.shape
+        x = x.view(n, 2, 8, h, w).transpose(1, 2).reshape(n, 16, h, w)
+        return self.fc(torch.relu(self.mix(x)).mean((2, 3)))
+
+
+def _export(module: nn.Module, folder: Path, name: str) -> tuple[Path, Path]:
+    """The module (random BatchNorm statistics, eval mode) as a dynamic-batch .pt2, and a labelled npz."""
+    torch.manual_seed(0)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    module.eval()
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 1, 16, 16), dtype=np.float32)
+    y = rng.integers(0, 10, 64)
+    program = torch.export.export(module, (torch.from_numpy(x[:2]),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    path, data = folder / f"{name}.pt2", folder / f"{name}.npz"
+    torch.export.save(program, str(path))
+    np.savez(data, x=x, y=y)
+    return path, data
+
+
+# ------------------------------------------------------------------ lifting
+
+
+def test_lift_names_layers_as_the_user_did_and_computes_the_same(tmp_path):
+    path, data = _export(TinyResNet(), tmp_path, "res")
+    program = torch.export.load(str(path))
+    lifted = lift(program.module())
+    names = dict(lifted.named_modules())
+    assert isinstance(names["stem.0"], nn.Conv2d) and isinstance(names["stem.1"], nn.BatchNorm2d)
+    assert isinstance(names["layer2.0.down.0"], nn.Conv2d) and isinstance(names["fc"], nn.Linear)
+    x = torch.from_numpy(np.load(data)["x"])
+    assert lift_difference(lifted, program.module(), [x]) == 0.0
+    lifted.train()  # BatchNorm follows train()/eval(), unlike the exported module
+    assert names["stem.1"].training
+
+
+# ------------------------------------------------------------------ the sample model
+
+
+def test_channels50_halves_every_layer_and_finetunes(sample, tmp_path):
+    out, report = tmp_path / "c50.pt2", tmp_path / "c50.json"
+    result = run_cli("prune", sample["pt2"], "-r", "channels-50", *data_args("prune"), "--set", "finetune.epochs=1",
+                     "--set", "data.limit=1000", "--set", "eval_data.limit=500", "--report", report, "-o", out, "-q")
+    assert result.code == 0, result.stderr
+    state = torch.export.load(str(out)).state_dict
+    for layer, width in SAMPLE_CONVS.items():
+        assert state[f"{layer}.weight"].shape[0] == width // 2
+    assert state["25.weight"].shape == (10, 64)  # the classifier keeps its 10 classes
+    metrics = _report(report)
+    expected = 1 * 16 * 9 + 16 * 32 * 9 + 3 * 32 * 32 * 9 + 32 * 64 * 9 + 64 * 64 * 9 + 2 * (16 + 4 * 32 + 2 * 64) + 64 * 10 + 10
+    assert metrics["params"] == expected == _program_params(out)  # parameters (BatchNorm statistics not counted)
+    assert metrics["params_before"] == _program_params(sample["pt2"]) == 352_874
+    assert metrics["layers"]["0"] == "32 -> 16" and metrics["layers"]["20"] == "128 -> 64"
+    assert metrics["finetune_epochs"] == 1 and len(metrics["finetune_loss"]) == 1
+    assert metrics["accuracy_before"] > 0.9
+    assert metrics["accuracy"] > metrics["accuracy_pruned"]  # fine-tuning recovers
+    assert metrics["accuracy"] > 0.5  # 1 epoch on 1000 images (0.556; the full recipe: see the benchmark)
+    assert abs(metrics["accuracy_drop"] - (metrics["accuracy_before"] - metrics["accuracy"])) < 1e-9
+
+
+def test_macs_target_from_a_state_dict(sample, tmp_path):
+    out, report = tmp_path / "m.pt2", tmp_path / "m.json"
+    result = run_cli("--trust-code", "prune", ROOT / "sample_models" / "fashion" / "fashion_cnn.pt", "-r", "macs-2x",
+                     "--set", "model.factory=sample_models.fashion_cnn:build", *data_args("prune"),
+                     "--set", "finetune.epochs=0", "--set", "data.limit=200", "--set", "eval_data.limit=200",
+                     "--report", report, "-o", out, "-q")
+    assert result.code == 0, result.stderr
+    metrics = _report(report)
+    assert metrics["macs_ratio"] <= 0.5
+    one = {"input": np.load(sample["eval"])["x"][:1].astype(np.float32)}
+    assert macs(ModelFile.open(out), one) == metrics["macs"] <= 0.5 * macs(ModelFile.open(sample["pt2"]), one)
+    program = torch.export.load(str(out))
+    widths = [v.shape[0] for k, v in program.state_dict.items() if k.endswith(".weight") and v.dim() == 4]
+    assert all(w % 8 == 0 for w in widths)  # round_to 8
+    logits = program.module()(torch.from_numpy(np.load(sample["eval"])["x"][:3]))
+    assert logits.shape == (3, 10)
+
+
+# ------------------------------------------------------------------ a residual network
+
+
+def test_residual_network_prunes_and_still_converts(tmp_path):
+    path, data = _export(TinyResNet(), tmp_path, "res")
+    out, report = tmp_path / "res-pruned.pt2", tmp_path / "res.json"
+    result = run_cli("prune", path, "--set", "method=channel", "--set", "channel.ratio=0.5", "--set", "scope=layer",
+                     "--data", data, "--eval-data", data, "--report", report, "-o", out, "-q")
+    assert result.code == 0, result.stderr
+    state = torch.export.load(str(out)).state_dict
+    # both sides of every skip add keep the same width: the stem with layer1, the projection with layer2
+    assert state["stem.0.weight"].shape[0] == state["layer1.0.conv2.weight"].shape[0] == state["layer1.1.conv2.weight"].shape[0] == 8
+    assert state["layer2.0.down.0.weight"].shape[0] == state["layer2.1.conv2.weight"].shape[0] == 16
+    assert state["fc.weight"].shape == (10, 16 * 2 * 2)  # the view(n, -1) followed the pruned channels
+    assert _report(report)["params"] == _program_params(out)
+    again = tmp_path / "again.pt2"
+    result = run_cli("prune", path, "--set", "method=channel", "--set", "channel.ratio=0.5", "--set", "scope=layer",
+                     "--data", data, "--eval-data", data, "-o", again, "-q")
+    assert result.code == 0 and again.read_bytes() == out.read_bytes()  # same input, recipe, seed: same bytes
+    onnx, tflite = tmp_path / "res.onnx", tmp_path / "res.tflite"
+    result = run_cli("convert", out, "-r", "onnx", "--data", data, "-o", onnx, "-q")
+    assert result.code == 0, result.stderr
+    result = run_cli("convert", onnx, "-r", "tflite", "--data", data, "-o", tflite, "-q")
+    assert result.code == 0, result.stderr
+    assert tflite.stat().st_size > 0
+
+
+# ------------------------------------------------------------------ refusals
+
+
+def test_unknown_keep_layer_is_a_usage_error(sample, tmp_path):
+    out = tmp_path / "x.pt2"
+    result = run_cli("prune", sample["pt2"], "-r", "channels-50", "--set", "channel.keep_layers=[12, '21x']",
+                     *data_args("prune"), "--set", "finetune.epochs=0", "-o", out, "-q")
+    assert result.code == 2, result.stderr
+    assert "21x" in result.stderr and "20" in result.stderr  # names the close layer
+    assert not out.exists()
+
+
+def test_a_construct_that_cannot_follow_is_refused_naming_it(tmp_path):
+    path, data = _export(ChannelShuffle(), tmp_path, "shuffle")
+    out = tmp_path / "x.pt2"
+    result = run_cli("prune", path, "--set", "method=channel", "--set", "channel.ratio=0.5", "--set", "scope=layer",
+                     "--data", data, "-o", out, "-q")
+    assert result.code == 4, result.stderr
+    assert "through node view after layer conv" in result.stderr and "keep_layers: [conv]" in result.stderr
+    assert not out.exists()
+    # keeping the layer that feeds it makes the same model prunable
+    result = run_cli("prune", path, "--set", "method=channel", "--set", "channel.ratio=0.5", "--set", "scope=layer",
+                     "--set", "channel.keep_layers=[conv]", "--data", data, "-o", out, "-q")
+    assert result.code == 0, result.stderr
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["channel.ratio=0.5", "channel.macs_ratio=0.5"], "exactly one target"),
+    (["channel.importance=taylor", "channel.ratio=0.3"], "labelled training data"),
+    (["channel.ratio=0.3", "finetune.patience=2"], "val_split"),
+])
+def test_bad_channel_recipes(sample, tmp_path, sets, message):
+    args = [a for s in sets for a in ("--set", s)]
+    result = run_cli("prune", sample["pt2"], "--set", "method=channel", *args, "--eval-data", sample["eval"],
+                     "-o", tmp_path / "x.pt2", "-q")
+    assert result.code == 2, result.stderr
+    assert message in result.stderr
