@@ -62,14 +62,20 @@ def busy_note(loads: list[float], threads: int) -> str:
     others = max(loads) - threads
     head = f"1-min load peaked at {max(loads):.2f}, of which ~{threads} is this benchmark: other jobs ~{max(others, 0):.2f}"
     if others >= 0.5:
-        return (f"{head}.\nNOTE: the machine was busy while measuring: other jobs compete for the CPU and the figures are "
-                "disturbed; re-run on an idle machine before quoting them.")
+        return (
+            f"{head}.\nNOTE: the machine was busy while measuring: other jobs compete for the CPU and the figures are "
+            "disturbed; re-run on an idle machine before quoting them."
+        )
     return f"{head} (quiet enough)."
 
 
 def cpu_name() -> str:
     try:
-        return next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+        return next(
+            l.split(":", 1)[1].strip()
+            for l in Path("/proc/cpuinfo").read_text().splitlines()
+            if l.startswith("model name")
+        )
     except (OSError, StopIteration):
         return platform.processor() or "?"
 
@@ -112,8 +118,10 @@ def main() -> None:
 
     print(f"cpu: {cpu_name()}; logical cores: {os.cpu_count()}; {platform.platform()}")
     print(f"python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, edgecli {__version__}")
-    print(f"edgecli bench -r default (warm-up 10, >= 200 runs and >= 1 s per model, batch 1), {args.threads} thread(s), "
-          f"{args.repeats} repeats")
+    print(
+        f"edgecli bench -r default (warm-up 10, >= 200 runs and >= 1 s per model, batch 1), {args.threads} thread(s), "
+        f"{args.repeats} repeats"
+    )
     print("before:", load())
     with tempfile.TemporaryDirectory(prefix="bench_repeatability-") as tmp:
         folder = Path(tmp)
@@ -135,13 +143,16 @@ def main() -> None:
                 p50s[name].append(report_p50(row, args.threads))
                 spreads[name].append(tool_spread(row, args.threads))
             shown = ", ".join(
-                f"{Path(r['path']).name} {p50s[n][-1]:.4f} ms" + ("" if spreads[n][-1] is None else f" (tool spread {spreads[n][-1]:.1%})")
+                f"{Path(r['path']).name} {p50s[n][-1]:.4f} ms"
+                + ("" if spreads[n][-1] is None else f" (tool spread {spreads[n][-1]:.1%})")
                 for r, n in zip(rows, models)
             )
             loads.append(os.getloadavg()[0])
             print(f"run {repeat + 1}: {shown}   (1-min load {loads[-1]:.2f})")
     print()
-    print(f"{'model':<26}{'p50 per run (ms)':<{10 * args.repeats + 2}}{'median':>9}{'spread':>8}{'tool':>16}  verdict (<= {TOLERANCE:.0%})")
+    print(
+        f"{'model':<26}{'p50 per run (ms)':<{10 * args.repeats + 2}}{'median':>9}{'spread':>8}{'tool':>16}  verdict (<= {TOLERANCE:.0%})"
+    )
     passed = True
     for name in models:
         values = p50s[name]
@@ -152,7 +163,9 @@ def main() -> None:
         reported = [s for s in spreads[name] if s is not None]
         tool = "-" if not reported else f"{min(reported):.1%}..{max(reported):.1%}"
         runs = " ".join(f"{v:9.4f}" for v in values)
-        print(f"{name:<26}{runs:<{10 * args.repeats + 2}}{median:>9.4f}{spread:>8.1%}{tool:>16}  {'PASS' if ok else 'FAIL'}")
+        print(
+            f"{name:<26}{runs:<{10 * args.repeats + 2}}{median:>9.4f}{spread:>8.1%}{tool:>16}  {'PASS' if ok else 'FAIL'}"
+        )
     print("after:", load())
     print(busy_note(loads, args.threads))
     if all(s is None for v in spreads.values() for s in v):

@@ -68,15 +68,21 @@ def busy_note(loads: list[float], threads: int) -> str:
     others = max(loads) - threads
     head = f"1-min load peaked at {max(loads):.2f}, of which ~{threads} is this benchmark: other jobs ~{max(others, 0):.2f}"
     if others >= 0.5:
-        return (f"{head}.\nNOTE: the machine was busy while measuring: other jobs compete for the CPU and the figures are "
-                "disturbed; re-run on an idle machine before quoting them.")
+        return (
+            f"{head}.\nNOTE: the machine was busy while measuring: other jobs compete for the CPU and the figures are "
+            "disturbed; re-run on an idle machine before quoting them."
+        )
     return f"{head} (quiet enough)."
 
 
 def machine() -> str:
     name = platform.processor() or "?"
     try:
-        name = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+        name = next(
+            l.split(":", 1)[1].strip()
+            for l in Path("/proc/cpuinfo").read_text().splitlines()
+            if l.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
@@ -108,10 +114,22 @@ def check_options(threads: int) -> str:
     """Compare ours with edgecli's session_options(), so a change there does not go unnoticed."""
     from edgecli.runtimes.onnx_runner import session_options
 
-    fields = ("intra_op_num_threads", "inter_op_num_threads", "execution_mode", "graph_optimization_level",
-              "enable_cpu_mem_arena", "enable_mem_pattern", "enable_mem_reuse", "use_per_session_threads")
+    fields = (
+        "intra_op_num_threads",
+        "inter_op_num_threads",
+        "execution_mode",
+        "graph_optimization_level",
+        "enable_cpu_mem_arena",
+        "enable_mem_pattern",
+        "enable_mem_reuse",
+        "use_per_session_threads",
+    )
     ours, theirs = plain_options(threads), session_options(threads)
-    diff = [f"{f}: plain {getattr(ours, f)} vs edgecli {getattr(theirs, f)}" for f in fields if getattr(ours, f) != getattr(theirs, f)]
+    diff = [
+        f"{f}: plain {getattr(ours, f)} vs edgecli {getattr(theirs, f)}"
+        for f in fields
+        if getattr(ours, f) != getattr(theirs, f)
+    ]
     shown = ", ".join(f"{f}={getattr(ours, f)}" for f in fields)
     return f"session options: {shown}" + ("" if not diff else "\nWARNING, differs from edgecli: " + "; ".join(diff))
 
@@ -131,7 +149,10 @@ def plain_loop(paths: list[Path], threads: int, runs: int, min_time_s: float, in
     """p50 (ms) per model of a plain `session.run` loop."""
     import onnxruntime as ort
 
-    sessions = [ort.InferenceSession(str(p), sess_options=plain_options(threads), providers=["CPUExecutionProvider"]) for p in paths]
+    sessions = [
+        ort.InferenceSession(str(p), sess_options=plain_options(threads), providers=["CPUExecutionProvider"])
+        for p in paths
+    ]
     feeds = [synthetic_feed(s) for s in sessions]
     for session, feed in zip(sessions, feeds):
         for _ in range(WARMUP):
@@ -170,9 +191,26 @@ def report_p50(row: dict, threads: int) -> float:
     return float(row["latency_ms"]["p50"])
 
 
-def bench_p50(paths: list[Path], threads: int, runs: int, min_time_s: float, out: Path) -> tuple[list[float], list[int]]:
-    edgecli("bench", *paths, "-r", "default", "--set", f"threads={threads}", "--set", f"runs={runs}",
-            "--set", f"min_time_s={min_time_s}", "--set", f"warmup={WARMUP}", "--json", out, "-q")
+def bench_p50(
+    paths: list[Path], threads: int, runs: int, min_time_s: float, out: Path
+) -> tuple[list[float], list[int]]:
+    edgecli(
+        "bench",
+        *paths,
+        "-r",
+        "default",
+        "--set",
+        f"threads={threads}",
+        "--set",
+        f"runs={runs}",
+        "--set",
+        f"min_time_s={min_time_s}",
+        "--set",
+        f"warmup={WARMUP}",
+        "--json",
+        out,
+        "-q",
+    )
     rows = json.loads(out.read_text())["models"]
     return [report_p50(r, threads) for r in rows], [r.get("runs", -1) for r in rows]
 
@@ -185,24 +223,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="alternations of plain loop and bench (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for both (default 1)")
-    parser.add_argument("--runs", type=int, default=200, help="minimum timed runs per model (default 200, as default.yaml)")
+    parser.add_argument(
+        "--runs", type=int, default=200, help="minimum timed runs per model (default 200, as default.yaml)"
+    )
     parser.add_argument("--min-time", type=float, default=1.0, help="minimum timed seconds per model (default 1.0)")
     args = parser.parse_args()
 
     print(machine())
     print(versions())
     print(check_options(args.threads))
-    print(f"batch 1, {args.threads} thread(s), warm-up {WARMUP}, >= {args.runs} runs and >= {args.min_time} s per model, "
-          f"{args.rounds} rounds")
+    print(
+        f"batch 1, {args.threads} thread(s), warm-up {WARMUP}, >= {args.runs} runs and >= {args.min_time} s per model, "
+        f"{args.rounds} rounds"
+    )
     print("before:", load())
     with tempfile.TemporaryDirectory(prefix="bench_vs_ort-") as tmp:
         int8 = Path(tmp) / "int8.onnx"
-        edgecli("quantize", SAMPLE / "fashion_cnn.onnx", "-r", "int8-static", "--data", SAMPLE / "calib.npz", "-o", int8, "-q")
+        edgecli(
+            "quantize",
+            SAMPLE / "fashion_cnn.onnx",
+            "-r",
+            "int8-static",
+            "--data",
+            SAMPLE / "calib.npz",
+            "-o",
+            int8,
+            "-q",
+        )
         paths = [SAMPLE / "fashion_cnn.onnx", int8]
         names = ["fashion_cnn.onnx (float)", "int8.onnx (int8-static)"]
         results: dict[str, list[list[float]]] = {n: [] for n in names}  # per model: [plain, plain rr, bench] per round
         print()
-        print(f"{'round':<6}{'model':<26}{'plain p50':>11}{'plain rr':>11}{'bench p50':>11}{'runs':>6}{'ratio':>8}  verdict  load(1m)")
+        print(
+            f"{'round':<6}{'model':<26}{'plain p50':>11}{'plain rr':>11}{'bench p50':>11}{'runs':>6}{'ratio':>8}  verdict  load(1m)"
+        )
         loads: list[float] = []
         for rnd in range(args.rounds):
             order = ["plain", "bench"] if rnd % 2 == 0 else ["bench", "plain"]
@@ -212,25 +266,35 @@ def main() -> None:
                     got["plain"] = plain_loop(paths, args.threads, args.runs, args.min_time, interleaved=False)
                     got["rr"] = plain_loop(paths, args.threads, args.runs, args.min_time, interleaved=True)
                 else:
-                    got["bench"], bench_runs = bench_p50(paths, args.threads, args.runs, args.min_time, Path(tmp) / f"r{rnd}.json")
+                    got["bench"], bench_runs = bench_p50(
+                        paths, args.threads, args.runs, args.min_time, Path(tmp) / f"r{rnd}.json"
+                    )
             loads.append(os.getloadavg()[0])
             for i, name in enumerate(names):
                 plain, rr, bench = got["plain"][i], got["rr"][i], got["bench"][i]
                 results[name].append([plain, rr, bench])
                 ratio = bench / plain
-                print(f"{rnd + 1:<6}{name:<26}{plain:>9.4f}ms{rr:>9.4f}ms{bench:>9.4f}ms{bench_runs[i]:>6}{ratio:>8.3f}  {verdict(ratio):<7}  "
-                      f"{loads[-1]:.2f}")
+                print(
+                    f"{rnd + 1:<6}{name:<26}{plain:>9.4f}ms{rr:>9.4f}ms{bench:>9.4f}ms{bench_runs[i]:>6}{ratio:>8.3f}  {verdict(ratio):<7}  "
+                    f"{loads[-1]:.2f}"
+                )
     print()
-    print(f"summary (median over {args.rounds} rounds; PASS when bench p50 is within {TOLERANCE:.0%} of the plain loop's)")
-    print(f"{'model':<26}{'plain p50':>11}{'plain rr':>11}{'bench p50':>11}{'ratio':>8}{'rr ratio':>10}  verdict  round-to-round spread (plain, bench)")
+    print(
+        f"summary (median over {args.rounds} rounds; PASS when bench p50 is within {TOLERANCE:.0%} of the plain loop's)"
+    )
+    print(
+        f"{'model':<26}{'plain p50':>11}{'plain rr':>11}{'bench p50':>11}{'ratio':>8}{'rr ratio':>10}  verdict  round-to-round spread (plain, bench)"
+    )
     passed = True
     for name, rounds in results.items():
         plain, rr, bench = (statistics.median(col) for col in zip(*rounds))
         ratio = bench / plain
         passed &= verdict(ratio) == "PASS"
         spread = [(max(col) - min(col)) / statistics.median(col) for col in zip(*rounds)]
-        print(f"{name:<26}{plain:>9.4f}ms{rr:>9.4f}ms{bench:>9.4f}ms{ratio:>8.3f}{bench / rr:>10.3f}  {verdict(ratio):<7}  "
-              f"{spread[0]:.1%}, {spread[2]:.1%}")
+        print(
+            f"{name:<26}{plain:>9.4f}ms{rr:>9.4f}ms{bench:>9.4f}ms{ratio:>8.3f}{bench / rr:>10.3f}  {verdict(ratio):<7}  "
+            f"{spread[0]:.1%}, {spread[2]:.1%}"
+        )
     print("after:", load())
     print(busy_note(loads, args.threads))
     print("overall:", "PASS" if passed else "FAIL")

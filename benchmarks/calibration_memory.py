@@ -48,7 +48,9 @@ def peak_rss_mb(command: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, nargs="+", default=[256, 1024, 4096])
-    parser.add_argument("--methods", nargs="+", default=["minmax", "entropy"], choices=["minmax", "entropy", "percentile"])
+    parser.add_argument(
+        "--methods", nargs="+", default=["minmax", "entropy"], choices=["minmax", "entropy", "percentile"]
+    )
     args = parser.parse_args()
     model, data = SAMPLE / "fashion_cnn.onnx", SAMPLE / "train.npz"
     rows = []
@@ -56,21 +58,48 @@ def main() -> None:
         out = Path(folder) / "q.onnx"
         for method in args.methods:
             for samples in args.samples:
-                ours = peak_rss_mb([sys.executable, "-m", "edgecli", "quantize", str(model), "-r", "int8-static", "--data", str(data),
-                                    "--set", f"calibration.samples={samples}", "--set", f"calibration.method={method}",
-                                    "--set", "max_accuracy_drop=null", "--set", "speed_check=false", "-o", str(out), "-q"])
+                ours = peak_rss_mb(
+                    [
+                        sys.executable,
+                        "-m",
+                        "edgecli",
+                        "quantize",
+                        str(model),
+                        "-r",
+                        "int8-static",
+                        "--data",
+                        str(data),
+                        "--set",
+                        f"calibration.samples={samples}",
+                        "--set",
+                        f"calibration.method={method}",
+                        "--set",
+                        "max_accuracy_drop=null",
+                        "--set",
+                        "speed_check=false",
+                        "-o",
+                        str(out),
+                        "-q",
+                    ]
+                )
                 ort_method = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}[method]
-                ort = peak_rss_mb([sys.executable, "-c", ORT_DEFAULT, str(data), str(model), str(samples), str(out), ort_method])
+                ort = peak_rss_mb(
+                    [sys.executable, "-c", ORT_DEFAULT, str(data), str(model), str(samples), str(out), ort_method]
+                )
                 rows.append((method, samples, ours, ort))
-    print("| method | calibration samples | edgecli quantize peak RSS (MiB) | onnxruntime quantize_static default (MiB) |")
+    print(
+        "| method | calibration samples | edgecli quantize peak RSS (MiB) | onnxruntime quantize_static default (MiB) |"
+    )
     print("|---|---|---|---|")
     for method, samples, ours, ort in rows:
         print(f"| {method} | {samples} | {ours:.0f} | {ort:.0f} |")
     for method in args.methods:
         runs = [r for r in rows if r[0] == method]
         first, last = runs[0], runs[-1]
-        print(f"{method}: growth from {first[1]} to {last[1]} samples: edgecli {last[2] - first[2]:+.0f} MiB, "
-              f"onnxruntime default {last[3] - first[3]:+.0f} MiB")
+        print(
+            f"{method}: growth from {first[1]} to {last[1]} samples: edgecli {last[2] - first[2]:+.0f} MiB, "
+            f"onnxruntime default {last[3] - first[3]:+.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,11 @@ MIB = 1024.0 * 1024.0
 def _write_member(archive: zipfile.ZipFile, name: str, source: np.ndarray, samples: int) -> None:
     """Write `source` tiled along axis 0 to `samples` rows as the .npy member `name`, one copy of
     `source` at a time: the same bytes as np.savez(..., name=np.resize(source, ...)) would write."""
-    header = {"descr": np.lib.format.dtype_to_descr(source.dtype), "fortran_order": False,
-              "shape": (samples, *source.shape[1:])}
+    header = {
+        "descr": np.lib.format.dtype_to_descr(source.dtype),
+        "fortran_order": False,
+        "shape": (samples, *source.shape[1:]),
+    }
     source = np.ascontiguousarray(source)
     with archive.open(f"{name}.npy", "w", force_zip64=True) as stream:
         try:
@@ -79,32 +82,75 @@ def measure(command: list[str], env: dict[str, str], cwd: Path, stderr_path: Pat
     """Run `command` in a fresh child process: (exit code, peak RSS in MiB, wall seconds, last stderr line)."""
     with stderr_path.open("wb") as stderr:
         start = time.perf_counter()
-        proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+        proc = subprocess.Popen(
+            command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss / 1024.0, seconds, last_line(stderr_path.read_text(errors="replace"))  # Linux: KiB
+    return (
+        proc.returncode,
+        usage.ru_maxrss / 1024.0,
+        seconds,
+        last_line(stderr_path.read_text(errors="replace")),
+    )  # Linux: KiB
 
 
 def verb_command(python: str, verb: str, data: Path, out_dir: Path) -> list[str]:
     model, eval_data = SAMPLE / "fashion_cnn.onnx", SAMPLE / "eval.npz"
     if verb == "quantize":
-        return [python, "-m", "edgecli", "quantize", str(model), "-r", "int8-static", "--data", str(data),
-                "--eval-data", str(eval_data), "-o", str(out_dir / "out.onnx"), "-q"]
-    return [python, "-m", "edgecli", "distill", str(model), "-r", "kd", "--data", str(data), "--eval-data", str(eval_data),
-            "--set", "epochs=1", "--set", "augment.views=1", "-o", str(out_dir / "out.pt2"), "-q"]
+        return [
+            python,
+            "-m",
+            "edgecli",
+            "quantize",
+            str(model),
+            "-r",
+            "int8-static",
+            "--data",
+            str(data),
+            "--eval-data",
+            str(eval_data),
+            "-o",
+            str(out_dir / "out.onnx"),
+            "-q",
+        ]
+    return [
+        python,
+        "-m",
+        "edgecli",
+        "distill",
+        str(model),
+        "-r",
+        "kd",
+        "--data",
+        str(data),
+        "--eval-data",
+        str(eval_data),
+        "--set",
+        "epochs=1",
+        "--set",
+        "augment.views=1",
+        "-o",
+        str(out_dir / "out.pt2"),
+        "-q",
+    ]
 
 
 def describe_code(python: str, env: dict[str, str], cwd: Path) -> str:
     """The git revision of the checkout the child imports edgecli from (and that file), for the header."""
-    found = subprocess.run([python, "-c", "import edgecli; print(edgecli.__file__)"], cwd=cwd, env=env,
-                           capture_output=True, text=True)
+    found = subprocess.run(
+        [python, "-c", "import edgecli; print(edgecli.__file__)"], cwd=cwd, env=env, capture_output=True, text=True
+    )
     if found.returncode != 0:
         return f"edgecli not importable with {python}: {last_line(found.stderr)}"
     package = Path(found.stdout.strip()).resolve().parent
     rev = subprocess.run(["git", "-C", str(package), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(package.parent), "status", "--porcelain", "--", "edgecli", "configs"],
-                           capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "-C", str(package.parent), "status", "--porcelain", "--", "edgecli", "configs"],
+        capture_output=True,
+        text=True,
+    )
     revision = rev.stdout.strip()[:90] if rev.returncode == 0 else "no git revision"
     if rev.returncode == 0 and dirty.stdout.strip():
         changed = [line[3:] for line in dirty.stdout.splitlines()]
@@ -139,15 +185,24 @@ def main() -> None:
                 for verb in args.verbs:
                     run = folder / f"{verb}-{samples}-{storage}"
                     (run / "cache").mkdir(parents=True)
-                    code, peak, seconds, error = measure(verb_command(args.python, verb, data, run),
-                                                         {**env, "EDGECLI_CACHE_DIR": str(run / "cache")}, cwd, run / "stderr.txt")
+                    code, peak, seconds, error = measure(
+                        verb_command(args.python, verb, data, run),
+                        {**env, "EDGECLI_CACHE_DIR": str(run / "cache")},
+                        cwd,
+                        run / "stderr.txt",
+                    )
                     rows.append((verb, storage, samples, samples * x[0].size * 4 / MIB, code, peak, seconds, error))
-                    print(f"  {verb} {storage} {samples}: exit {code}, {peak:.0f} MiB, {seconds:.0f} s", file=sys.stderr, flush=True)
+                    print(
+                        f"  {verb} {storage} {samples}: exit {code}, {peak:.0f} MiB, {seconds:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 data.unlink()
     print("| verb | storage | samples | data (float32 MiB) | peak RSS MiB | seconds |")
     print("|---|---|---|---|---|---|")
     for verb, storage, samples, data_mib, code, peak, seconds, error in sorted(
-            rows, key=lambda r: (args.verbs.index(r[0]), args.storage.index(r[1]), r[2])):
+        rows, key=lambda r: (args.verbs.index(r[0]), args.storage.index(r[1]), r[2])
+    ):
         rss = f"{peak:.0f}" if code == 0 else f"failed: {error} (exit {code}, peak {peak:.0f})"
         print(f"| {verb} | {storage} | {samples} | {data_mib:.0f} | {rss} | {seconds:.1f} |")
 

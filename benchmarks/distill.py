@@ -32,10 +32,31 @@ def distill(recipe: str, seed: int, out: Path, cache: Path) -> tuple[dict, float
     student, report = out / f"{recipe}-seed{seed}.pt2", out / f"{recipe}-seed{seed}.json"
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "edgecli", "distill", SAMPLE / "fashion_cnn.onnx", "-r", recipe, "--data", SAMPLE / "train.npz",
-         "--eval-data", SAMPLE / "eval.npz", "--set", "baseline=true", "--set", f"seed={seed}", "-o", student,
-         "--report", report, "-q"],
-        capture_output=True, cwd=ROOT, env={**os.environ, "EDGECLI_CACHE_DIR": str(cache)},
+        [
+            sys.executable,
+            "-m",
+            "edgecli",
+            "distill",
+            SAMPLE / "fashion_cnn.onnx",
+            "-r",
+            recipe,
+            "--data",
+            SAMPLE / "train.npz",
+            "--eval-data",
+            SAMPLE / "eval.npz",
+            "--set",
+            "baseline=true",
+            "--set",
+            f"seed={seed}",
+            "-o",
+            student,
+            "--report",
+            report,
+            "-q",
+        ],
+        capture_output=True,
+        cwd=ROOT,
+        env={**os.environ, "EDGECLI_CACHE_DIR": str(cache)},
     )
     if result.returncode != 0:
         sys.exit(f"edgecli distill -r {recipe} failed ({result.returncode}): {result.stderr.decode()[-600:]}")
@@ -54,8 +75,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-distill")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    print("| recipe | student params (of teacher) | size (of teacher) | p50 ratio | teacher acc % | distilled acc % | "
-          "baseline acc % | distilled / teacher | gain over baseline (pt) | seconds per run |")
+    print(
+        "| recipe | student params (of teacher) | size (of teacher) | p50 ratio | teacher acc % | distilled acc % | "
+        "baseline acc % | distilled / teacher | gain over baseline (pt) | seconds per run |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="edgecli-bench-cache-") as cache:
         for recipe in args.recipes:
@@ -63,13 +86,18 @@ def main() -> None:
             m = [report["metrics"] for report, _ in runs]
             p50 = [report["student_p50_ms"] / report["teacher_p50_ms"] for report, _ in runs]
             gains = [x["accuracy"] - x["baseline_accuracy"] for x in m]
-            print(f"| `{recipe}` | {m[0]['student_params']:,} ({m[0]['params_ratio']:.1%}) | "
-                  f"{m[0]['student_bytes'] / m[0]['teacher_bytes']:.1%} | {statistics.median(p50):.3f}x | "
-                  f"{m[0]['teacher_accuracy'] * 100:.2f} | {spread([x['accuracy'] for x in m])} | "
-                  f"{spread([x['baseline_accuracy'] for x in m])} | {spread([x['accuracy_ratio'] for x in m])} % | "
-                  f"{spread(gains)} | {statistics.mean(t for _, t in runs):.0f} |", flush=True)
-    print(f"\nseeds {args.seeds}; figures: mean (min-max) over seeds; p50 ratio: median over seeds of student/teacher "
-          "p50 (onnxruntime, batch 1, 1 thread)")
+            print(
+                f"| `{recipe}` | {m[0]['student_params']:,} ({m[0]['params_ratio']:.1%}) | "
+                f"{m[0]['student_bytes'] / m[0]['teacher_bytes']:.1%} | {statistics.median(p50):.3f}x | "
+                f"{m[0]['teacher_accuracy'] * 100:.2f} | {spread([x['accuracy'] for x in m])} | "
+                f"{spread([x['baseline_accuracy'] for x in m])} | {spread([x['accuracy_ratio'] for x in m])} % | "
+                f"{spread(gains)} | {statistics.mean(t for _, t in runs):.0f} |",
+                flush=True,
+            )
+    print(
+        f"\nseeds {args.seeds}; figures: mean (min-max) over seeds; p50 ratio: median over seeds of student/teacher "
+        "p50 (onnxruntime, batch 1, 1 thread)"
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ RECIPES = ["channels-50", "macs-2x", "magnitude-50", "magnitude-80", "sparse-2of
 def edgecli(*args: object) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "edgecli", *map(str, args)], capture_output=True, cwd=ROOT)
     if result.returncode != 0:
-        sys.exit(f"edgecli {' '.join(map(str, args[:2]))} failed ({result.returncode}): {result.stderr.decode()[-600:]}")
+        sys.exit(
+            f"edgecli {' '.join(map(str, args[:2]))} failed ({result.returncode}): {result.stderr.decode()[-600:]}"
+        )
     return result
 
 
@@ -34,8 +36,19 @@ def prune(recipe: str, out: Path) -> tuple[Path, float]:
     """The pruned model as ONNX, and the seconds the prune step took."""
     pruned = out / f"{recipe}.pt2"
     start = time.perf_counter()
-    edgecli("prune", SAMPLE / "fashion_cnn.pt2", "-r", recipe, "--data", SAMPLE / "train.npz",
-            "--eval-data", SAMPLE / "eval.npz", "-o", pruned, "-q")
+    edgecli(
+        "prune",
+        SAMPLE / "fashion_cnn.pt2",
+        "-r",
+        recipe,
+        "--data",
+        SAMPLE / "train.npz",
+        "--eval-data",
+        SAMPLE / "eval.npz",
+        "-o",
+        pruned,
+        "-q",
+    )
     seconds = time.perf_counter() - start
     onnx = out / f"{recipe}.onnx"
     edgecli("convert", pruned, "-r", "onnx", "--data", SAMPLE / "eval.npz", "-o", onnx, "-q")
@@ -51,8 +64,22 @@ def main() -> None:
     dense = SAMPLE / "fashion_cnn.onnx"
     pruned = {recipe: prune(recipe, args.out) for recipe in args.recipes}
     report = json.loads(
-        edgecli("bench", dense, *(path for path, _ in pruned.values()), "-r", "default", "--data", SAMPLE / "eval.npz",
-                "--set", "min_time_s=2", "--set", "memory=false", "--json", "-", "-q").stdout
+        edgecli(
+            "bench",
+            dense,
+            *(path for path, _ in pruned.values()),
+            "-r",
+            "default",
+            "--data",
+            SAMPLE / "eval.npz",
+            "--set",
+            "min_time_s=2",
+            "--set",
+            "memory=false",
+            "--json",
+            "-",
+            "-q",
+        ).stdout
     )
     reference, rows = report["models"][0], report["models"][1:]
     print(f"machine: {report['machine']['cpu']}, {report['machine']['cpu_count']} cores; 1 thread, batch 1")

@@ -25,8 +25,19 @@ def edgecli(*args: object) -> subprocess.CompletedProcess:
 
 
 def bench(models: list[Path], threads: int) -> list[dict]:
-    result = edgecli("bench", *models, "-r", "default", "--data", SAMPLE / "eval.npz", "--set", f"threads={threads}",
-                     "--json", "-", "-q")
+    result = edgecli(
+        "bench",
+        *models,
+        "-r",
+        "default",
+        "--data",
+        SAMPLE / "eval.npz",
+        "--set",
+        f"threads={threads}",
+        "--json",
+        "-",
+        "-q",
+    )
     return json.loads(result.stdout)["models"]
 
 
@@ -41,8 +52,21 @@ def main() -> None:
     outputs = {}
     for recipe in RECIPES:
         out = args.out / (f"{recipe}.tflite" if recipe.startswith("tflite") else f"{recipe}.onnx")
-        edgecli("quantize", float_onnx, "-r", recipe, "--data", SAMPLE / "calib.npz", "--eval-data", SAMPLE / "eval.npz",
-                "--set", "max_accuracy_drop=null", "-o", out, "-q")
+        edgecli(
+            "quantize",
+            float_onnx,
+            "-r",
+            recipe,
+            "--data",
+            SAMPLE / "calib.npz",
+            "--eval-data",
+            SAMPLE / "eval.npz",
+            "--set",
+            "max_accuracy_drop=null",
+            "-o",
+            out,
+            "-q",
+        )
         outputs[recipe] = out
     rows = {}
     for threads in (1, 2):
@@ -60,7 +84,9 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for recipe in RECIPES:
         r = rows[recipe]
-        print(f"| {recipe} | {r['size_ratio']:.3f} | {r['p50_ratio_1t']:.2f} | {r['p50_ratio_2t']:.2f} | {r['accuracy_drop_pt']:.2f} |")
+        print(
+            f"| {recipe} | {r['size_ratio']:.3f} | {r['p50_ratio_1t']:.2f} | {r['p50_ratio_2t']:.2f} | {r['accuracy_drop_pt']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

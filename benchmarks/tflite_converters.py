@@ -130,15 +130,18 @@ def _first(exc: BaseException, chars: int = 120) -> str:
 
 def worker(mode: str, out: str) -> None:
     started = time.perf_counter()
+    import litert_torch
     import numpy as np
     import torch
-
-    import litert_torch
 
     imported = time.perf_counter()
     x = np.load(EVAL)["x"]
     model = eager_model()
-    result: dict = {"import_s": imported - started, "litert_torch": litert_torch.__version__, "torch": torch.__version__}
+    result: dict = {
+        "import_s": imported - started,
+        "litert_torch": litert_torch.__version__,
+        "torch": torch.__version__,
+    }
     if mode == "convert":
         t = time.perf_counter()
         edge = litert_torch.convert(model, (torch.from_numpy(x[:1]),))
@@ -152,7 +155,7 @@ def worker(mode: str, out: str) -> None:
             edge = litert_torch.convert(model, (torch.from_numpy(x[:2]),), dynamic_shapes=({0: dim},))
             edge.export(out)
             result["dynamic_shapes"] = f"converted: {out}"
-        except Exception as exc:  # noqa: BLE001 - any failure is the answer
+        except Exception as exc:
             result["dynamic_shapes"] = f"fails: {_first(exc)}"
         edge = litert_torch.convert(model, (torch.from_numpy(x[:PROBE_BATCH]),))
         static = str(Path(out).with_name(f"static{PROBE_BATCH}.tflite"))
@@ -237,7 +240,7 @@ def batch_probe(path: Path, x, reference) -> str:
         it.invoke()
         got = it.get_tensor(it.get_output_details()[0]["index"])
         return f"batch {PROBE_BATCH} runs (max diff {np.abs(got - reference[:PROBE_BATCH]).max():.1e})"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"batch {PROBE_BATCH} fails ({_first(exc, 40)})"
 
 
@@ -260,7 +263,7 @@ def static_batch(path: Path, x, reference) -> str:
         it.set_tensor(it.get_input_details()[0]["index"], x[:1])
         it.invoke()
         one = "batch 1 runs too"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         one = f"batch 1 fails ({_first(exc, 60)})"
     return f"input {shape}, max diff {max(diffs):.2e} over {len(diffs) * n} samples at batch {n}; {one}"
 
@@ -332,10 +335,17 @@ def litert_in_project(litert: dict) -> tuple[str, list[str]]:
                     for other in dist.requires or []:
                         dep = Requirement(other)
                         ok = dep.marker is None or dep.marker.evaluate({"extra": ""})
-                        if ok and _norm(dep.name) == name and resolved and not dep.specifier.contains(resolved, prereleases=True):
+                        if (
+                            ok
+                            and _norm(dep.name) == name
+                            and resolved
+                            and not dep.specifier.contains(resolved, prereleases=True)
+                        ):
                             moved = litert["all_versions"].get(dependant, "?")
-                            lines.append(f"  -> {dependant} {here[dependant]} needs {dep.name}{dep.specifier}: "
-                                         f"pip moves it (litert venv has {dependant} {moved})")
+                            lines.append(
+                                f"  -> {dependant} {here[dependant]} needs {dep.name}{dep.specifier}: "
+                                f"pip moves it (litert venv has {dependant} {moved})"
+                            )
     return f"+{added / 2**20:.0f} MiB in {len(new)} packages", list(dict.fromkeys(lines))
 
 
@@ -389,7 +399,9 @@ def main() -> None:
         if args.litert_python:
             files["litert-torch"] = folder / "litert_torch.tflite"
             print("converting with litert-torch ...", file=sys.stderr)
-            info, wall = best_of(args.convert_runs, lambda: run_worker(args.litert_python, "convert", files["litert-torch"]))
+            info, wall = best_of(
+                args.convert_runs, lambda: run_worker(args.litert_python, "convert", files["litert-torch"])
+            )
             probe, _ = run_worker(args.litert_python, "probe-batch", folder / "litert_dynamic.tflite")
             weigh, _ = run_worker(args.litert_python, "weight", folder / "unused")
             res["litert-torch"] = {**info, "convert_wall_s": wall, "probe": probe, "weight": weigh["weight"]}
@@ -419,8 +431,10 @@ def main() -> None:
             row("max abs diff vs eager", lambda r: f"{r['fidelity']['max_abs']:.2e}"),
             row("mean abs diff vs eager", lambda r: f"{r['fidelity']['mean_abs']:.2e}"),
             row("top-1 agreement", lambda r: f"{r['fidelity']['agreement']:.4f}"),
-            row("accuracy (eager {:.4f})".format(float((reference.argmax(1) == labels).mean())),
-                lambda r: f"{r['fidelity']['accuracy']:.4f}"),
+            row(
+                f"accuracy (eager {float((reference.argmax(1) == labels).mean()):.4f})",
+                lambda r: f"{r['fidelity']['accuracy']:.4f}",
+            ),
             row("input layout / shape", lambda r: f"{r['fidelity']['layout']} {r['fidelity']['input']}"),
             row("file size", lambda r: f"{r['bytes']:,} B"),
             row("conversion, fresh process", lambda r: f"{r['convert_wall_s']:.1f} s"),
@@ -430,18 +444,28 @@ def main() -> None:
             row("install: whole venv (du)", lambda r: r["venv"].split()[0]),
         ]
         print(table(rows))
-        print(f"load average while measuring: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
+        print(
+            f"load average while measuring: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores"
+        )
         print()
         o = res["onnx2tf"]
         print(f"onnx2tf: edgecli's own check: {o['edgecli_parity']}")
-        print(f"onnx2tf: conversion time includes edgecli's 256-sample parity check; largest packages: {', '.join(o['weight']['largest'])}")
-        print(f"onnx2tf: base = edgecli's own dependencies (torch, onnx, onnxruntime, onnxscript, ...); venv {o['venv']}")
+        print(
+            f"onnx2tf: conversion time includes edgecli's 256-sample parity check; largest packages: {', '.join(o['weight']['largest'])}"
+        )
+        print(
+            f"onnx2tf: base = edgecli's own dependencies (torch, onnx, onnxruntime, onnxscript, ...); venv {o['venv']}"
+        )
         if "litert-torch" in res:
             lt = res["litert-torch"]
-            print(f"litert-torch {lt['litert_torch']} (torch {lt['torch']}): import {lt['import_s']:.1f} s, convert() {lt['convert_s']:.1f} s, export {lt['export_s']:.2f} s")
+            print(
+                f"litert-torch {lt['litert_torch']} (torch {lt['torch']}): import {lt['import_s']:.1f} s, convert() {lt['convert_s']:.1f} s, export {lt['export_s']:.2f} s"
+            )
             print(f"litert-torch: dynamic batch (Dim('batch') with a batch-2 example): {lt['probe']['dynamic_shapes']}")
             print(f"litert-torch: converted with a batch-{PROBE_BATCH} example instead: {lt['static_n']}")
-            print(f"litert-torch: base = torch + numpy; largest packages: {', '.join(lt['weight']['largest'])}; venv {lt['venv']}")
+            print(
+                f"litert-torch: base = torch + numpy; largest packages: {', '.join(lt['weight']['largest'])}; venv {lt['venv']}"
+            )
             added, conflicts = litert_in_project(lt["weight"])
             print(f"litert-torch in this venv would add {added}; what it would change here:")
             for line in conflicts or ["none"]:

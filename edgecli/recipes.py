@@ -82,11 +82,16 @@ class FinetuneSpec(Strict):
         "constant", description="Learning-rate schedule: constant, or one-cycle (warm-up then anneal) peaking at lr."
     )
     val_split: float = Field(
-        0.0, ge=0.0, lt=0.5, description="Fraction of the training data held out to validate after each epoch (0: none)."
+        0.0,
+        ge=0.0,
+        lt=0.5,
+        description="Fraction of the training data held out to validate after each epoch (0: none).",
     )
     patience: int | None = Field(
-        None, ge=1, description="Stop after this many epochs without a better validation accuracy (needs val_split); "
-        "the best epoch's weights are kept."
+        None,
+        ge=1,
+        description="Stop after this many epochs without a better validation accuracy (needs val_split); "
+        "the best epoch's weights are kept.",
     )
     distill: bool = Field(False, description="Learn from the unpruned model's outputs too (knowledge distillation).")
     temperature: float = Field(4.0, gt=0, le=100, description="distill: softmax temperature of the soft targets.")
@@ -97,11 +102,15 @@ class ChannelSpec(Strict):
     """method channel: structured pruning of whole channels with Torch-Pruning's dependency graph."""
 
     importance: Literal["l1", "l2", "bn_scale", "taylor"] = Field(
-        "l1", description="Channel importance: L1/L2 norm of its weights, BatchNorm scale, or first-order Taylor "
-        "(gradient x weight, on a few training batches)."
+        "l1",
+        description="Channel importance: L1/L2 norm of its weights, BatchNorm scale, or first-order Taylor "
+        "(gradient x weight, on a few training batches).",
     )
     ratio: float | None = Field(
-        None, gt=0.0, lt=1.0, description="Target: fraction of channels removed (in each layer, or overall with scope global)."
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Target: fraction of channels removed (in each layer, or overall with scope global).",
     )
     macs_ratio: float | None = Field(
         None, gt=0.0, lt=1.0, description="Target: MACs of the pruned model at most this fraction of the dense model's."
@@ -115,15 +124,26 @@ class ChannelSpec(Strict):
     round_to: int | None = Field(
         None, ge=1, description="Keep channel counts multiples of this (4 or 8 suit SIMD kernels)."
     )
-    max_layer_ratio: float = Field(0.9, gt=0.0, lt=1.0, description="No layer loses more than this fraction of its channels.")
-    steps: int = Field(1, ge=1, le=100, description="Iterative pruning steps towards the target (fine-tuning between "
-                       "steps when finetune.epochs > 0 is split over them).")
+    max_layer_ratio: float = Field(
+        0.9, gt=0.0, lt=1.0, description="No layer loses more than this fraction of its channels."
+    )
+    steps: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="Iterative pruning steps towards the target (fine-tuning between "
+        "steps when finetune.epochs > 0 is split over them).",
+    )
 
     @field_validator("keep_layers", mode="before")
     @classmethod
     def _layer_names_as_text(cls, value: Any) -> Any:
         """nn.Sequential layers are named 0, 1, ...: `keep_layers: [0, 3]` means the names '0', '3'."""
-        return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value] if isinstance(value, list) else value
+        return (
+            [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+            if isinstance(value, list)
+            else value
+        )
 
 
 class PruneRecipe(ReadsPyTorch):
@@ -138,10 +158,12 @@ class PruneRecipe(ReadsPyTorch):
     )
     sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="magnitude: fraction of prunable weights set to zero.")
     scope: Literal["global", "layer"] = Field(
-        "global", description="global: one threshold (or channel ranking) over all layers; layer: the same fraction in every layer."
+        "global",
+        description="global: one threshold (or channel ranking) over all layers; layer: the same fraction in every layer.",
     )
     schedule: Literal["oneshot", "gradual"] = Field(
-        "oneshot", description="magnitude: all at once, or raised gradually over the fine-tuning epochs (cubic schedule)."
+        "oneshot",
+        description="magnitude: all at once, or raised gradually over the fine-tuning epochs (cubic schedule).",
     )
     channel: ChannelSpec = Field(default_factory=ChannelSpec, description="method channel: importance and target.")
     min_params: int = Field(
@@ -157,11 +179,13 @@ class StudentSpec(Strict):
     """The student: a built-in family (cnn, mlp) with width and depth knobs, a `.pt2` file, or your code."""
 
     family: Literal["cnn", "mlp"] | None = Field(
-        None, description="Built-in family (the default, cnn, when neither path nor factory is given): "
-        "cnn: stages of 3x3 conv + BatchNorm + ReLU with 2x2 max-pooling between stages; mlp: dense layers."
+        None,
+        description="Built-in family (the default, cnn, when neither path nor factory is given): "
+        "cnn: stages of 3x3 conv + BatchNorm + ReLU with 2x2 max-pooling between stages; mlp: dense layers.",
     )
     channels: list[Annotated[int, Field(ge=1)] | list[Annotated[int, Field(ge=1)]]] = Field(
-        default_factory=lambda: [16, 32, 64], min_length=1,
+        default_factory=lambda: [16, 32, 64],
+        min_length=1,
         description="cnn: output channels of each stage: a number (one conv) or a list (one conv each), "
         "e.g. [[32, 64, 64, 64, 64], 128, 128] is the sample teacher's layout.",
     )
@@ -171,13 +195,21 @@ class StudentSpec(Strict):
     hidden: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [128], description="mlp: width of each hidden layer."
     )
-    width: float = Field(1.0, gt=0, le=16, description="Multiplies every channel count / hidden width (0.5: half width).")
-    depth: float = Field(
-        1.0, gt=0, le=16, description="Multiplies the convs of each cnn stage (or the mlp's hidden layers); at least one is kept."
+    width: float = Field(
+        1.0, gt=0, le=16, description="Multiplies every channel count / hidden width (0.5: half width)."
     )
-    path: Path | None = Field(None, description="A .pt2 file (torch.export) to train as the student instead of a built-in family.")
+    depth: float = Field(
+        1.0,
+        gt=0,
+        le=16,
+        description="Multiplies the convs of each cnn stage (or the mlp's hidden layers); at least one is kept.",
+    )
+    path: Path | None = Field(
+        None, description="A .pt2 file (torch.export) to train as the student instead of a built-in family."
+    )
     factory: str | None = Field(
-        None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="package.module:function returning the student nn.Module (your own architecture). This runs "
         "code: imported only with `edgecli --trust-code` (or EDGECLI_TRUST_CODE=1), and only a function or "
         "nn.Module class outside Python's standard library.",
@@ -189,7 +221,9 @@ class StudentSpec(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> StudentSpec:
-        sources = [name for name, value in (("family", self.family), ("path", self.path), ("factory", self.factory)) if value]
+        sources = [
+            name for name, value in (("family", self.family), ("path", self.path), ("factory", self.factory)) if value
+        ]
         if len(sources) > 1:
             raise ValueError(f"give one of student.family, student.path, student.factory (got {', '.join(sources)})")
         if (self.kwargs or self.weights) and not self.factory:
@@ -207,7 +241,10 @@ class AugmentSpec(Strict):
         2, ge=0, le=64, description="Zero-pad by this many pixels, then crop back at a random offset (0: no crops)."
     )
     views: int = Field(
-        8, ge=1, le=1000, description="Distinct augmented copies of the training set, used in turn by the epochs; "
+        8,
+        ge=1,
+        le=1000,
+        description="Distinct augmented copies of the training set, used in turn by the epochs; "
         "the teacher's outputs on each are computed once and cached.",
     )
 
@@ -215,8 +252,12 @@ class AugmentSpec(Strict):
 class HintSpec(Strict):
     """FitNets-style feature loss: a student layer, through a learned 1x1 conv / linear adapter, regresses a teacher layer."""
 
-    teacher_layer: str = Field(..., min_length=1, description="ONNX tensor name or .pt2 graph node name in the teacher.")
-    student_layer: str = Field(..., min_length=1, description="Module name in the student (as in named_modules(), e.g. '5').")
+    teacher_layer: str = Field(
+        ..., min_length=1, description="ONNX tensor name or .pt2 graph node name in the teacher."
+    )
+    student_layer: str = Field(
+        ..., min_length=1, description="Module name in the student (as in named_modules(), e.g. '5')."
+    )
     weight: float = Field(1.0, gt=0, le=1000, description="Weight of the mean-squared feature loss.")
 
 
@@ -233,14 +274,20 @@ class DistillRecipe(ReadsPyTorch):
     batch_size: int = Field(64, ge=1, le=65536, description="Mini-batch size (the global batch under torchrun).")
     lr: float = Field(2e-3, gt=0, le=10, description="Learning rate (the peak, with onecycle).")
     weight_decay: float = Field(0.0, ge=0, le=1, description="Weight decay (decoupled, with adamw).")
-    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="Optimiser: adam, adamw, or sgd with momentum 0.9.")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field(
+        "adam", description="Optimiser: adam, adamw, or sgd with momentum 0.9."
+    )
     schedule: Literal["constant", "onecycle", "cosine"] = Field(
-        "onecycle", description="Learning-rate schedule: constant, one-cycle (warm-up then anneal) peaking at lr, "
+        "onecycle",
+        description="Learning-rate schedule: constant, one-cycle (warm-up then anneal) peaking at lr, "
         "or cosine decay from lr.",
     )
     augment: AugmentSpec | None = Field(None, description="Image augmentation (flips, crops); none when absent.")
     val_split: float = Field(
-        0.1, ge=0.0, lt=0.5, description="Fraction of the training data held out to pick the best epoch (0: keep the last)."
+        0.1,
+        ge=0.0,
+        lt=0.5,
+        description="Fraction of the training data held out to pick the best epoch (0: keep the last).",
     )
     patience: int | None = Field(
         None, ge=1, description="Stop after this many epochs without a better validation score (needs val_split)."
@@ -251,7 +298,9 @@ class DistillRecipe(ReadsPyTorch):
     teacher_cache: bool = Field(
         True, description="Cache the teacher's outputs on disk ($EDGECLI_CACHE_DIR, else ~/.cache/edgecli)."
     )
-    latency_runs: int = Field(200, ge=0, le=100000, description="Batch-1 runs timed for the teacher/student p50 (0: skip).")
+    latency_runs: int = Field(
+        200, ge=0, le=100000, description="Batch-1 runs timed for the teacher/student p50 (0: skip)."
+    )
     data: DataSpec = Field(default_factory=DataSpec, description="Training data; labels under `y` are optional.")
     eval_data: DataSpec | None = Field(None, description="Labelled data for the accuracy report.")
     seed: int = Field(0, ge=0, description="Random seed; the same seed gives the same student bytes.")
@@ -276,9 +325,7 @@ class GuardSpec(Strict):
 
     group_size: int = Field(1, ge=1, description="Layers moved to float per step.")
     max_steps: int = Field(8, ge=0, le=1000, description="Steps before giving up (0: measure only, never fall back).")
-    samples: int = Field(
-        128, ge=1, description="Calibration samples on which per-layer errors (SNR) are measured."
-    )
+    samples: int = Field(128, ge=1, description="Calibration samples on which per-layer errors (SNR) are measured.")
 
 
 class QuantizeRecipe(ReadsPyTorch):
@@ -329,7 +376,9 @@ class QuantizeRecipe(ReadsPyTorch):
         le=1,
         description="Accuracy guard without labels: smallest allowed top-1 agreement with the float model.",
     )
-    guard: GuardSpec = Field(default_factory=GuardSpec, description="How the accuracy guard searches when a target is missed.")
+    guard: GuardSpec = Field(
+        default_factory=GuardSpec, description="How the accuracy guard searches when a target is missed."
+    )
     speed_check: bool = Field(
         True, description="Time float and quantized models briefly and warn when the quantized one is not faster."
     )
@@ -382,7 +431,9 @@ class ConvertRecipe(ReadsPyTorch):
     io_type: Literal["float", "int8"] = Field(
         "float", description="precision int8 / tflite-micro: float32 or int8 model inputs and outputs."
     )
-    calibration_samples: int = Field(256, ge=1, description="precision int8 / tflite-micro: calibration samples from --data.")
+    calibration_samples: int = Field(
+        256, ge=1, description="precision int8 / tflite-micro: calibration samples from --data."
+    )
     micro: MicroSpec = Field(default_factory=MicroSpec, description="target tflite-micro: memory budgets.")
     ort_optimization: Literal["basic", "extended", "all"] = Field(
         "basic",
@@ -390,12 +441,16 @@ class ConvertRecipe(ReadsPyTorch):
         "(phones); all adds x86 layout transforms (NCHWc) that only suit the converting machine's kind of CPU.",
     )
     parity: ParitySpec = Field(default_factory=ParitySpec, description="Parity check against the parent model.")
-    data: DataSpec = Field(default_factory=DataSpec, description="Real inputs for the parity check (and int8 calibration).")
+    data: DataSpec = Field(
+        default_factory=DataSpec, description="Real inputs for the parity check (and int8 calibration)."
+    )
 
     @model_validator(mode="after")
     def _fields_fit_the_target(self) -> ConvertRecipe:
         if self.simplify and self.target not in ("onnx", "ort"):
-            raise ValueError(f"simplify applies to targets onnx and ort, not {self.target} (onnx2tf simplifies on its own)")
+            raise ValueError(
+                f"simplify applies to targets onnx and ort, not {self.target} (onnx2tf simplifies on its own)"
+            )
         if self.target == "tflite-micro" and self.precision not in ("float32", "int8"):
             raise ValueError(f"tflite-micro models are full-integer int8; precision {self.precision} does not apply")
         int8 = self.target == "tflite-micro" or (self.target == "tflite" and self.precision == "int8")
@@ -405,10 +460,29 @@ class ConvertRecipe(ReadsPyTorch):
 
 
 GATE_METRICS = (
-    "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_per_s", "p50_spread",
-    "size_bytes", "gzip_bytes", "params", "macs", "sparsity",
-    "accuracy", "accuracy_drop", "agreement", "max_abs_diff", "mean_abs_diff", "relative_error", "cosine",
-    "speedup", "size_ratio", "peak_mib", "model_mib",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "std_ms",
+    "throughput_per_s",
+    "p50_spread",
+    "size_bytes",
+    "gzip_bytes",
+    "params",
+    "macs",
+    "sparsity",
+    "accuracy",
+    "accuracy_drop",
+    "agreement",
+    "max_abs_diff",
+    "mean_abs_diff",
+    "relative_error",
+    "cosine",
+    "speedup",
+    "size_ratio",
+    "peak_mib",
+    "model_mib",
 )
 GATE_PATTERN = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>|==)\s*([-+]?[0-9][0-9_]*\.?[0-9_]*(?:[eE][-+]?[0-9]+)?)\s*$")
 DEFAULT_DYNAMIC_DIM = 128  # a dynamic dimension (other than batch) of a synthesised input: sequence-like length
@@ -536,7 +610,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.events.AliasEvent):
             event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in recipes", event.start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in recipes", event.start_mark
+            )
         return super().compose_node(parent, index)
 
 
@@ -545,9 +621,7 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, 
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key '{key}' appears twice", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"key '{key}' appears twice", key_node.start_mark)
         seen.add(key)
     return loader.construct_mapping(node, deep)
 
@@ -652,7 +726,9 @@ def blamed(loc: tuple[Any, ...], source: str, overrides: Overrides) -> str:
     return source
 
 
-def _explain(exc: ValidationError, model: type[BaseModel], source: str, overrides: Overrides | None = None) -> RecipeError:
+def _explain(
+    exc: ValidationError, model: type[BaseModel], source: str, overrides: Overrides | None = None
+) -> RecipeError:
     err = exc.errors()[0]
     loc = tuple(err["loc"])
     source = blamed(loc, source, overrides or [])
@@ -662,7 +738,11 @@ def _explain(exc: ValidationError, model: type[BaseModel], source: str, override
     if err["type"] == "extra_forbidden":
         valid = _fields_at(model, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-        hint = f"did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else f"valid keys: {', '.join(valid)}"
+        hint = (
+            f"did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?"
+            if close
+            else f"valid keys: {', '.join(valid)}"
+        )
         message = f"unknown key '{key}' in {source}{more}"
     elif err["type"] == "value_error" and not loc:
         message = f"{source}: {err['msg'].removeprefix('Value error, ')}{more}"
@@ -691,8 +771,10 @@ def _read_bounded(path: Path, what: str) -> str:
     with path.open("rb") as handle:
         data = handle.read(MAX_RECIPE_BYTES + 1)
     if len(data) > MAX_RECIPE_BYTES:
-        raise RecipeError(f"{what} {path} is larger than {MAX_RECIPE_BYTES >> 20} MiB; edgecli reads {what}s of at most "
-                          f"{MAX_RECIPE_BYTES >> 20} MiB")
+        raise RecipeError(
+            f"{what} {path} is larger than {MAX_RECIPE_BYTES >> 20} MiB; edgecli reads {what}s of at most "
+            f"{MAX_RECIPE_BYTES >> 20} MiB"
+        )
     return data.decode("utf-8")
 
 
@@ -701,7 +783,7 @@ def read_yaml_mapping(path: Path, what: str, folder: str) -> dict[str, Any]:
     most MAX_RECIPE_BYTES. Raises RecipeError naming the file (and line) for unreadable, too large,
     invalid, empty or non-mapping files."""
     try:
-        raw = yaml.load(_read_bounded(path, what), Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
+        raw = yaml.load(_read_bounded(path, what), Loader=_UniqueKeyLoader)
     except (yaml.YAMLError, RecursionError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

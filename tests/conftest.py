@@ -71,7 +71,9 @@ class CliResult:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
 
-def run_cli(*args: object, stdin: bytes | None = None, env: dict[str, str] | None = None, cwd: Path = ROOT) -> CliResult:
+def run_cli(
+    *args: object, stdin: bytes | None = None, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> CliResult:
     """Run `python -m edgecli ARGS` as a user would; stdout is kept as bytes (it may carry a model)."""
     full_env = {k: v for k, v in os.environ.items() if k != "EDGECLI_DEBUG"}
     full_env.update(env or {})

@@ -63,7 +63,9 @@ def links(path: Path) -> list[str]:
 
 def test_readme_is_a_landing_page():
     lines = (ROOT / "README.md").read_text().splitlines()
-    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move detail into docs/"
+    assert len(lines) <= README_MAX_LINES, (
+        f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move detail into docs/"
+    )
 
 
 def test_every_docs_page_is_linked_from_the_readme():
@@ -80,7 +82,9 @@ def test_relative_links_resolve(page: Path):
         file_part, _, anchor = target.partition("#")
         destination = (page.parent / file_part).resolve() if file_part else page
         if not destination.exists():
-            broken.append(f"{target}: no file {destination.relative_to(ROOT) if destination.is_relative_to(ROOT) else destination}")
+            broken.append(
+                f"{target}: no file {destination.relative_to(ROOT) if destination.is_relative_to(ROOT) else destination}"
+            )
         elif anchor:
             if destination.suffix != ".md" or destination.is_dir():
                 broken.append(f"{target}: an anchor into a file that is not markdown")

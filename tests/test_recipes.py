@@ -89,7 +89,10 @@ def test_unknown_recipe_name_lists_shipped_ones() -> None:
     with pytest.raises(RecipeError) as caught:
         load_recipe("quantize", "int8-statc")
     assert "int8-statc" in caught.value.message
-    assert caught.value.hint == "shipped: fp16, int8-dynamic, int8-static, tflite-dynamic, tflite-fp16, tflite-int16, tflite-int8"
+    assert (
+        caught.value.hint
+        == "shipped: fp16, int8-dynamic, int8-static, tflite-dynamic, tflite-fp16, tflite-int16, tflite-int8"
+    )
     assert caught.value.exit_code == 2
 
 
@@ -165,7 +168,9 @@ def test_wrong_type_names_the_key(tmp_path: Path, verb: str, text: str, key: str
         ("bench", "data:\n  limit: 0\n", "'data.limit'", "greater than or equal to 1", "0"),
     ],
 )
-def test_out_of_range_names_the_key_and_value(tmp_path: Path, verb: str, text: str, key: str, detail: str, given: str) -> None:
+def test_out_of_range_names_the_key_and_value(
+    tmp_path: Path, verb: str, text: str, key: str, detail: str, given: str
+) -> None:
     exc = recipe_error(verb, text, tmp_path)
     assert key in exc.message
     assert detail in exc.message
@@ -211,7 +216,14 @@ def test_yaml_tags_are_not_executed(tmp_path: Path) -> None:
 
 def test_parse_set_types_values_as_yaml() -> None:
     parsed = parse_set(
-        ["finetune.epochs=3", "lr=0.01", "per_channel=false", "exclude_op_types=[Softmax, Gather]", "data.path=d.npz", "x="]
+        [
+            "finetune.epochs=3",
+            "lr=0.01",
+            "per_channel=false",
+            "exclude_op_types=[Softmax, Gather]",
+            "data.path=d.npz",
+            "x=",
+        ]
     )
     assert parsed == [
         (["finetune", "epochs"], 3),
@@ -234,7 +246,9 @@ def test_scientific_notation_is_a_number(tmp_path: Path) -> None:
 def test_set_overrides_file_values(tmp_path: Path) -> None:
     path = write(tmp_path, "sparsity: 0.5\nfinetune:\n  epochs: 1\n  lr: 0.0005\n")
     recipe, _ = load_recipe(
-        "prune", str(path), ["sparsity=0.8", "finetune.epochs=4", "scope=layer", "eval_data.path=e.npz", "data.mean=[0.5]"]
+        "prune",
+        str(path),
+        ["sparsity=0.8", "finetune.epochs=4", "scope=layer", "eval_data.path=e.npz", "data.mean=[0.5]"],
     )
     assert recipe.sparsity == pytest.approx(0.8)
     assert recipe.finetune.epochs == 4
@@ -332,8 +346,6 @@ def test_bad_gate_in_recipe_names_gates_key(tmp_path: Path) -> None:
     exc = recipe_error("bench", "gates:\n  - accuracy_drop <= 0.01\n  - p99 <= 3\n", tmp_path)
     assert exc.message.startswith("'gates' in ")
     assert "did you mean 'p99_ms'" in exc.message
-
-
 
 
 def test_yaml_aliases_are_refused(tmp_path):

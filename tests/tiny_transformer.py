@@ -106,7 +106,9 @@ def _module() -> Any:
             self.pooler = nn.Linear(HIDDEN, HIDDEN)
             self.classifier = nn.Linear(HIDDEN, NUM_CLASSES)
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        ) -> torch.Tensor:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
             x = self.norm(self.tokens(input_ids) + self.types(token_type_ids) + self.positions(positions))
             # Hugging Face BERT's extended attention mask: 0 where attended, the float minimum where padded
@@ -163,9 +165,9 @@ def build_tiny_transformer(folder: Path) -> TinyTransformer:
     """Train, export (.pt2 and self-contained ONNX, dynamic batch, opset 18) and write the datasets."""
     import torch
 
+    from edgecli.backends.onnx_export import pt2_to_onnx
     from edgecli.formats import onnx_file
     from edgecli.formats.model_file import ModelFile
-    from edgecli.backends.onnx_export import pt2_to_onnx
     from edgecli.stages.quantize.onnx import strip_debug_metadata
 
     folder.mkdir(parents=True, exist_ok=True)

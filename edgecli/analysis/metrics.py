@@ -70,8 +70,10 @@ def check_labels(runner: Runner, data: Dataset | None) -> str | None:
         return None
     classes, described = output_classes(runner, data)
     if classes is None:
-        return (f"labels 'y' of {data.source} are not used: the model's output {described} is not "
-                "[N, classes], so there is no accuracy")
+        return (
+            f"labels 'y' of {data.source} are not used: the model's output {described} is not "
+            "[N, classes], so there is no accuracy"
+        )
     data.check_labels(classes)
     return None
 

@@ -51,8 +51,11 @@ def op_histogram(model: ModelFile) -> dict[str, int]:
         from edgecli.formats import pt2_file
 
         program = pt2_file.load(model.path)
-        ops = Counter(str(n.target).split(".")[1] if "." in str(n.target) else str(n.target)
-                      for n in program.graph.nodes if n.op == "call_function")
+        ops = Counter(
+            str(n.target).split(".")[1] if "." in str(n.target) else str(n.target)
+            for n in program.graph.nodes
+            if n.op == "call_function"
+        )
         return dict(ops.most_common())
     if model.format is Format.TFLITE:
         from ai_edge_litert import schema_py_generated as schema
@@ -61,10 +64,14 @@ def op_histogram(model: ModelFile) -> dict[str, int]:
 
         names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
         _, flat = tflite_file.load(model.path)
-        codes = [max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode())
-                 for i in range(flat.OperatorCodesLength())]
+        codes = [
+            max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode())
+            for i in range(flat.OperatorCodesLength())
+        ]
         graph = flat.Subgraphs(0)
-        ops = Counter(names.get(codes[graph.Operators(i).OpcodeIndex()], "CUSTOM") for i in range(graph.OperatorsLength()))
+        ops = Counter(
+            names.get(codes[graph.Operators(i).OpcodeIndex()], "CUSTOM") for i in range(graph.OperatorsLength())
+        )
         return dict(ops.most_common())
     return {}
 
@@ -106,9 +113,22 @@ def _pt2_weights(model: ModelFile) -> list[np.ndarray]:
 def _tflite_numpy_types() -> dict[int, np.dtype]:
     from ai_edge_litert import schema_py_generated as schema
 
-    names = {"FLOAT32": np.float32, "FLOAT16": np.float16, "FLOAT64": np.float64, "INT8": np.int8, "UINT8": np.uint8,
-             "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
-    return {getattr(schema.TensorType, name): np.dtype(dtype) for name, dtype in names.items() if hasattr(schema.TensorType, name)}
+    names = {
+        "FLOAT32": np.float32,
+        "FLOAT16": np.float16,
+        "FLOAT64": np.float64,
+        "INT8": np.int8,
+        "UINT8": np.uint8,
+        "INT16": np.int16,
+        "INT32": np.int32,
+        "INT64": np.int64,
+        "BOOL": np.bool_,
+    }
+    return {
+        getattr(schema.TensorType, name): np.dtype(dtype)
+        for name, dtype in names.items()
+        if hasattr(schema.TensorType, name)
+    }
 
 
 def _tflite_buffer_bytes(raw: bytes, flat: Any, index: int) -> bytes:
@@ -203,11 +223,23 @@ def _pt2_floats(path: Any) -> list[Tensor] | None:
                         continue
                     raw = archive.read(member)
                     if dtype == "bfloat16":  # the upper half of a float32
-                        values = (np.frombuffer(raw[: len(raw) // 2 * 2], np.uint16).astype(np.uint32) << 16).view(np.float32)
+                        values = (np.frombuffer(raw[: len(raw) // 2 * 2], np.uint16).astype(np.uint32) << 16).view(
+                            np.float32
+                        )
                     else:
-                        values = np.frombuffer(raw[: len(raw) // np.dtype(dtype).itemsize * np.dtype(dtype).itemsize], dtype)
+                        values = np.frombuffer(
+                            raw[: len(raw) // np.dtype(dtype).itemsize * np.dtype(dtype).itemsize], dtype
+                        )
                     found.append((fqn, values, bool(meta.get("is_param"))))
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, AttributeError, TypeError) as exc:  # a damaged member, bad JSON
+    except (
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        KeyError,
+        EOFError,
+        AttributeError,
+        TypeError,
+    ) as exc:  # a damaged member, bad JSON
         raise ModelReadError(f"{path} is a damaged .pt2 archive ({part}{str(exc)[:160]})") from None
     return found if configs else None
 
@@ -232,8 +264,11 @@ def stored_floats(model: ModelFile) -> list[Tensor] | None:
             program = pt2_file.load(model.path)
             params = set(program.graph_signature.parameters)
             tensors = {**program.state_dict, **program.constants}
-            found = [(k, t.detach().float().numpy(), k in params) for k, t in tensors.items()
-                     if hasattr(t, "is_floating_point") and t.is_floating_point()]
+            found = [
+                (k, t.detach().float().numpy(), k in params)
+                for k, t in tensors.items()
+                if hasattr(t, "is_floating_point") and t.is_floating_point()
+            ]
         return found
     if model.format is Format.TFLITE:
         from edgecli.formats import tflite_file
@@ -242,10 +277,17 @@ def stored_floats(model: ModelFile) -> list[Tensor] | None:
         graph = flat.Subgraphs(0)
         names = _tflite_op_names(flat)
         ops = [graph.Operators(o) for o in range(graph.OperatorsLength())]
-        weights = {int(i) for op in ops if op.OpcodeIndex() < len(names) and names[op.OpcodeIndex()] in TFLITE_MAC_OPS
-                   for i in op.InputsAsNumpy()[1:]}
-        return [(name, array, index in weights) for index, (name, array) in _tflite_constants(raw, flat, 0).items()
-                if array.dtype.kind == "f"]
+        weights = {
+            int(i)
+            for op in ops
+            if op.OpcodeIndex() < len(names) and names[op.OpcodeIndex()] in TFLITE_MAC_OPS
+            for i in op.InputsAsNumpy()[1:]
+        }
+        return [
+            (name, array, index in weights)
+            for index, (name, array) in _tflite_constants(raw, flat, 0).items()
+            if array.dtype.kind == "f"
+        ]
     return None
 
 
@@ -254,20 +296,27 @@ def _tflite_op_names(flat: Any) -> list[str]:
     from ai_edge_litert import schema_py_generated as schema
 
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    codes = [max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode())
-             for i in range(flat.OperatorCodesLength())]
+    codes = [
+        max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode())
+        for i in range(flat.OperatorCodesLength())
+    ]
     return [names.get(code, "CUSTOM") for code in codes]
 
 
 def non_finite(tensors: Iterable[Tensor]) -> str | None:
-    """"tensor 'x' holds 3 NaN and 1 Inf values" for the first tensor with a NaN (or, in a layer
+    """ "tensor 'x' holds 3 NaN and 1 Inf values" for the first tensor with a NaN (or, in a layer
     weight, an Inf); None if there is none."""
-    bad = [(name, int(np.isnan(a).sum()), int(np.isinf(a).sum())) for name, a, weight in tensors
-           if np.isnan(a).any() or (weight and np.isinf(a).any())]
+    bad = [
+        (name, int(np.isnan(a).sum()), int(np.isinf(a).sum()))
+        for name, a, weight in tensors
+        if np.isnan(a).any() or (weight and np.isinf(a).any())
+    ]
     if not bad:
         return None
     name, nans, infs = bad[0]
-    return f"tensor '{name}' holds {nans} NaN and {infs} Inf values" + (f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else "")
+    return f"tensor '{name}' holds {nans} NaN and {infs} Inf values" + (
+        f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+    )
 
 
 def refuse_non_finite(path: Any, tensors: Iterable[Tensor]) -> None:
@@ -278,7 +327,8 @@ def refuse_non_finite(path: Any, tensors: Iterable[Tensor]) -> None:
     found = non_finite(tensors)
     if found:
         raise ModelReadError(
-            f"{path} has non-finite weights: {found}", hint="export the model again from a checkpoint taken before training diverged"
+            f"{path} has non-finite weights: {found}",
+            hint="export the model again from a checkpoint taken before training diverged",
         )
 
 
@@ -305,7 +355,14 @@ def macs(model: ModelFile, inputs: dict[str, np.ndarray]) -> int | None:
             return pt2_macs(model, inputs)
         if model.format is Format.TFLITE:
             return tflite_macs(model)
-    except (ValueError, RuntimeError, KeyError, IndexError, TypeError, AttributeError):  # a construct not followed: not computable
+    except (
+        ValueError,
+        RuntimeError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+    ):  # a construct not followed: not computable
         return None
     return None
 
@@ -339,6 +396,7 @@ def _matmul_macs(out: tuple, a: tuple, transposed: bool = False) -> int:
 
 def _onnx_node_macs(node: Any, shapes: dict[str, tuple[int, ...] | None]) -> int | None:
     """MACs of one ONNX node (0 for ops that are not counted); None if a needed shape is unknown."""
+
     def shape(index: int, outputs: bool = False) -> tuple[int, ...] | None:
         names = node.output if outputs else node.input
         return shapes.get(names[index]) if index < len(names) else None
@@ -466,8 +524,10 @@ def tflite_macs(model: ModelFile) -> int:
 
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     _, flat = tflite_file.load(model.path)
-    codes = [max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode())
-             for i in range(flat.OperatorCodesLength())]
+    codes = [
+        max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode())
+        for i in range(flat.OperatorCodesLength())
+    ]
     graph = flat.Subgraphs(0)
 
     def shape(index: int) -> tuple[int, ...]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgecli.core import console
-from edgecli.data.dataset import Dataset
-from edgecli.core.errors import ParityError
 from edgecli.analysis.metrics import compare, non_finite_samples
-from edgecli.recipes import ParitySpec
 from edgecli.analysis.parity_layers import locate, locate_non_finite
+from edgecli.core import console
+from edgecli.core.errors import ParityError
+from edgecli.data.dataset import Dataset
+from edgecli.recipes import ParitySpec
 from edgecli.runtimes.base import Runner
 
 
@@ -35,7 +35,9 @@ def check_parity(
         _check_finite(parent, child, sample, ref, out, name, what, data.source)
         problems, fields = [], []
         if reduced_precision and not result["relative_error"] <= spec.max_relative_error:
-            problems.append(f"relative error {result['relative_error']:.3g} > max_relative_error {spec.max_relative_error:g}")
+            problems.append(
+                f"relative error {result['relative_error']:.3g} > max_relative_error {spec.max_relative_error:g}"
+            )
             fields.append("raise parity.max_relative_error")
         if not reduced_precision and not result["max_abs_diff"] <= spec.atol:
             problems.append(f"max abs diff {result['max_abs_diff']:.3g} > atol {spec.atol:g}")
@@ -47,8 +49,7 @@ def check_parity(
             where = "" if reduced_precision else locate(parent, child, sample, ref, out, spec.atol)
             raise ParityError(
                 f"{what}: output '{name}' diverges on {len(sample)} samples of {data.source}: {'; '.join(problems)}{where}",
-                hint=f"{' / '.join(fields)} in the recipe "
-                "only if this difference is acceptable",
+                hint=f"{' / '.join(fields)} in the recipe only if this difference is acceptable",
             )
         if not worst or result["relative_error"] > worst["relative_error"]:
             worst = result

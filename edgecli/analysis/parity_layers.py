@@ -159,7 +159,9 @@ def locate_non_finite(runner: Runner, sample: Dataset, output: np.ndarray) -> st
     return f"; first non-finite tensor: '{found.tensor}' ({found.op_type} node '{found.node}')"
 
 
-def locate(parent: Runner, child: Runner, sample: Dataset, reference: np.ndarray, candidate: np.ndarray, atol: float) -> str:
+def locate(
+    parent: Runner, child: Runner, sample: Dataset, reference: np.ndarray, candidate: np.ndarray, atol: float
+) -> str:
     """'; first divergent tensor: ...' for a parity error message, or '' when it cannot be found.
     Never raises: locating is a help for the error, not a reason for another one."""
     try:

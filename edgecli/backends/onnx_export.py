@@ -12,8 +12,8 @@ from edgecli.core import console
 from edgecli.core.errors import BackendMissing, TransformError, last_line
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
-from edgecli.formats.model_file import ModelFile
 from edgecli.formats.files import TempFolder
+from edgecli.formats.model_file import ModelFile
 
 
 def pt2_to_onnx(model: ModelFile, opset: int, dynamic_batch: bool) -> Any:
@@ -88,9 +88,9 @@ def as_onnx_file(model: ModelFile, opset: int = 18) -> Iterator[Path]:
 def checked_onnx_file(model: ModelFile, data: Any | None, samples: int = 64) -> Iterator[ModelFile]:
     """A .pt2 model as a temporary ONNX ModelFile for steps that read ONNX (quantize to ONNX), checked
     for parity with the program on `samples` of `data` when there is data (ParitySpec defaults)."""
+    from edgecli.analysis.parity import check_parity
     from edgecli.recipes import ParitySpec
     from edgecli.runtimes import open_runner
-    from edgecli.analysis.parity import check_parity
 
     with as_onnx_file(model) as path:
         onnx_model = ModelFile.open(path)
@@ -134,7 +134,9 @@ def _drop_attributes_the_target_lacks(proto: Any, source: int, target: int) -> N
                 continue
             default = before.get(attribute.name)
             has_default = default is not None and default.default_value.type != 0
-            if not has_default or helper.get_attribute_value(attribute) != helper.get_attribute_value(default.default_value):
+            if not has_default or helper.get_attribute_value(attribute) != helper.get_attribute_value(
+                default.default_value
+            ):
                 raise TransformError(
                     f"opset {target} cannot express {node.op_type} node '{node.name}': its attribute "
                     f"'{attribute.name}' exists only from a later opset",
@@ -170,7 +172,9 @@ def onnx_to_onnx(model: ModelFile, opset: int, dynamic_batch: bool) -> Any:
         try:
             onnx.checker.check_model(proto)
         except Exception as exc:
-            raise TransformError(f"the opset {current} -> {opset} conversion gave an invalid model: {last_line(exc)}") from None
+            raise TransformError(
+                f"the opset {current} -> {opset} conversion gave an invalid model: {last_line(exc)}"
+            ) from None
     if not dynamic_batch:
         _fix_batch(proto)
     return proto

@@ -10,16 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgecli.backends.onnx_export import as_onnx_file
 from edgecli.core import console
-from edgecli.data.dataset import Dataset
 from edgecli.core.errors import BackendMissing, ModelReadError, TransformError, UsageError, last_line, one_line
+from edgecli.data.dataset import Dataset
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
+from edgecli.formats.files import TempFolder
 from edgecli.formats.model_file import ModelFile, library_path
 from edgecli.recipes import ConvertRecipe
-from edgecli.backends.onnx_export import as_onnx_file
 from edgecli.stages.convert.preflight import require_onnx2tf_support
-from edgecli.formats.files import TempFolder
 
 ONNX2TF_HINT = "pip install --no-deps onnx2tf==1.29.24 tf-keras==2.21.0 (make install does it)"
 
@@ -82,7 +82,14 @@ def gelu_for_onnx2tf(proto: Any) -> int:
         if other_input(first, 0.5) == add.output[0] and set(second.input) == {x, first.output[0]}:
             return x, erf, add, first, second, next(n for n in first.input if n != add.output[0])  # 0.5 * (1 + erf) * x
         if set(first.input) == {x, add.output[0]} and other_input(second, 0.5) == first.output[0]:
-            return x, erf, add, first, second, next(n for n in second.input if n != first.output[0])  # x * (1 + erf) * 0.5
+            return (
+                x,
+                erf,
+                add,
+                first,
+                second,
+                next(n for n in second.input if n != first.output[0]),
+            )  # x * (1 + erf) * 0.5
         return None
 
     nodes, rewritten = [], 0
@@ -141,7 +148,9 @@ def onnx2tf_output(onnx_path: Path) -> Iterator[Path]:
                     non_verbose=True,
                 )
         except SystemExit as exc:  # onnx2tf calls sys.exit on unsupported ops
-            raise TransformError(f"onnx2tf could not convert {onnx_path} (exit {exc.code}); see EDGECLI_DEBUG=1") from None
+            raise TransformError(
+                f"onnx2tf could not convert {onnx_path} (exit {exc.code}); see EDGECLI_DEBUG=1"
+            ) from None
         except Exception as exc:
             raise TransformError(f"onnx2tf could not convert {onnx_path}: {last_line(exc)}") from None
         finally:
@@ -185,7 +194,8 @@ def saved_model_converter(tf: Any, path: Path, shown: Path) -> Any:
     except ValueError as exc:
         if "signature" in str(exc):
             raise ModelReadError(
-                f"{shown} has no signature to convert", hint="save it with tf.saved_model.save(..., signatures=...) or model.export()"
+                f"{shown} has no signature to convert",
+                hint="save it with tf.saved_model.save(..., signatures=...) or model.export()",
             ) from None
         raise ModelReadError(f"{shown} is not a loadable SavedModel ({last_line(exc)})") from None
     except (tf.errors.OpError, OSError) as exc:  # e.g. "not an sstable (bad magic number)": damaged variables

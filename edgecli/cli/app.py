@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,9 +17,9 @@ from edgecli.cli.errors import INTERRUPTED
 from edgecli.cli.inspect_cmd import inspect
 from edgecli.cli.prune import prune
 from edgecli.cli.quantize import quantize
+from edgecli.cli.recipe_cmd import recipe_app
 from edgecli.cli.run_cmd import run
 from edgecli.formats.io_guard import startup
-from edgecli.cli.recipe_cmd import recipe_app
 
 app = typer.Typer(
     name="edgecli",
@@ -47,16 +47,24 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = None,
     trust_pickle: Annotated[
-        bool, typer.Option("--trust-pickle", help="Allow what runs code from a model file: unpickling (whole pickled nn.Modules "
-                           "from torch.save(model), pickled .pt2 parts), Keras Lambda layers, and file/Python "
-                           "ops in a SavedModel's graph. Only for files you trust.")
+        bool,
+        typer.Option(
+            "--trust-pickle",
+            help="Allow what runs code from a model file: unpickling (whole pickled nn.Modules "
+            "from torch.save(model), pickled .pt2 parts), Keras Lambda layers, and file/Python "
+            "ops in a SavedModel's graph. Only for files you trust.",
+        ),
     ] = False,
     trust_code: Annotated[
-        bool, typer.Option("--trust-code", help="Allow the code a recipe names (model.factory, student.factory): "
-                           "edgecli imports and runs it. Only for recipes and pipelines you trust.")
+        bool,
+        typer.Option(
+            "--trust-code",
+            help="Allow the code a recipe names (model.factory, student.factory): "
+            "edgecli imports and runs it. Only for recipes and pipelines you trust.",
+        ),
     ] = False,
 ) -> None:
     """edgecli: model compression for edge AI."""
@@ -80,7 +88,9 @@ def main() -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        app(prog_name="edgecli")  # also under `python -m edgecli`: completion scripts and usage lines name the command users type
+        app(
+            prog_name="edgecli"
+        )  # also under `python -m edgecli`: completion scripts and usage lines name the command users type
     except KeyboardInterrupt:
         # The command already said "interrupted" and its outputs are gone; this is the same interrupt
         # raised again while the stack unwinds (seen under load in torch training: exit -2 instead of

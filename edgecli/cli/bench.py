@@ -6,16 +6,16 @@ import contextlib
 import os
 import stat
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from edgecli.core import console
-from edgecli.cli.errors import handle_errors
-from edgecli.cli.flow import optional_dataset
 from edgecli.cli.bench_outputs import Destinations, check_destinations, write_outputs
 from edgecli.cli.bench_table import report_table
+from edgecli.cli.errors import handle_errors
+from edgecli.cli.flow import optional_dataset
 from edgecli.cli.options import CsvOpt, DataOpt, JsonOpt, MarkdownOpt, PlotOpt, QuietOpt, RecipeOpt, SetOpt
+from edgecli.core import console
 from edgecli.core.errors import GateFailed, ModelReadError, UsageError
 from edgecli.formats.detect import Format
 from edgecli.formats.files import STDIO
@@ -41,19 +41,28 @@ def _refuse_streams(models: list[str]) -> None:
         with contextlib.suppress(OSError):
             mode = os.stat(model).st_mode
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                raise ModelReadError(f"bench reads model files, not pipes or devices: {model}",
-                                     hint="save the model to a file first")
+                raise ModelReadError(
+                    f"bench reads model files, not pipes or devices: {model}", hint="save the model to a file first"
+                )
 
 
-def files_of(models: list[str], reference: Path | None, spec: object, data: Path | None, recipe_path: Path | None,
-             outputs: Destinations) -> CommandFiles:
+def files_of(
+    models: list[str],
+    reference: Path | None,
+    spec: object,
+    data: Path | None,
+    recipe_path: Path | None,
+    outputs: Destinations,
+) -> CommandFiles:
     """Every file bench reads and writes, for the checks made before any work."""
     files = CommandFiles()
     for model in models:
         files.input("a benched model", model)
     files.input("the --reference model", reference)
     files.input("the recipe file", recipe_path)
-    files.input("the --data file" if data is not None else "the recipe's data file", data or getattr(spec.data, "path", None))
+    files.input(
+        "the --data file" if data is not None else "the recipe's data file", data or getattr(spec.data, "path", None)
+    )
     for option, dest in outputs.texts().items():
         files.output(option, dest)
     files.output("--plot", outputs.plot)
@@ -61,7 +70,7 @@ def files_of(models: list[str], reference: Path | None, spec: object, data: Path
 
 
 ReferenceOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--reference",
         metavar="MODEL",
@@ -86,7 +95,10 @@ def with_reference(files: list[ModelFile], reference: Path | None) -> tuple[list
 
 @handle_errors
 def bench(
-    models: Annotated[list[str], typer.Argument(metavar="MODEL...", help="Models to compare; the first is the reference unless --reference.")],
+    models: Annotated[
+        list[str],
+        typer.Argument(metavar="MODEL...", help="Models to compare; the first is the reference unless --reference."),
+    ],
     recipe: RecipeOpt = None,
     data: DataOpt = None,
     sets: SetOpt = None,

@@ -376,7 +376,12 @@ def _draw_panel(axes: Any, xs: list[Any], ys: list[Any], names: list[str], *, ma
     axes.scatter([xs[i] for i in shown], [ys[i] for i in shown], color="tab:blue", s=36, zorder=2, label="model")
     ordered = sorted(front, key=lambda i: (xs[i], ys[i]))
     axes.plot(  # a staircase: the best quality (or latency) reachable at each size (or latency)
-        [xs[i] for i in ordered], [ys[i] for i in ordered], drawstyle="steps-post", color="tab:red", linewidth=1.2, zorder=1
+        [xs[i] for i in ordered],
+        [ys[i] for i in ordered],
+        drawstyle="steps-post",
+        color="tab:red",
+        linewidth=1.2,
+        zorder=1,
     )
     axes.scatter(
         [xs[i] for i in ordered],
@@ -391,7 +396,12 @@ def _draw_panel(axes: Any, xs: list[Any], ys: list[Any], names: list[str], *, ma
     for rank, i in enumerate(sorted(shown, key=lambda i: (xs[i], ys[i]))):
         below = rank % 2  # neighbours in x alternate above and below their marker, so close names stay apart
         axes.annotate(
-            names[i], (xs[i], ys[i]), xytext=(5, -12 if below else 5), textcoords="offset points", fontsize=8, va="bottom"
+            names[i],
+            (xs[i], ys[i]),
+            xytext=(5, -12 if below else 5),
+            textcoords="offset points",
+            fontsize=8,
+            va="bottom",
         )
     axes.grid(True, alpha=0.3)
     axes.margins(0.15)
@@ -452,7 +462,11 @@ class Destinations:
     plot: Path | None = None
 
     def texts(self) -> dict[str, str]:
-        return {f"--{name}": dest for name, dest in (("json", self.json), ("markdown", self.markdown), ("csv", self.csv)) if dest}
+        return {
+            f"--{name}": dest
+            for name, dest in (("json", self.json), ("markdown", self.markdown), ("csv", self.csv))
+            if dest
+        }
 
 
 def _check_folder(option: str, dest: Path) -> None:
@@ -466,7 +480,9 @@ def check_destinations(dests: Destinations) -> None:
     path not ending in .png, a missing folder (exit 2); --plot without matplotlib (exit 5)."""
     on_stdout = [option for option, dest in dests.texts().items() if dest == STDIO]
     if len(on_stdout) > 1:
-        raise UsageError(f"{' and '.join(on_stdout)} both write to stdout (-)", hint="give all but one of them a file path")
+        raise UsageError(
+            f"{' and '.join(on_stdout)} both write to stdout (-)", hint="give all but one of them a file path"
+        )
     for option, dest in dests.texts().items():
         if dest != STDIO:
             _check_folder(option, Path(dest))

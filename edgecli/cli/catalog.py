@@ -69,8 +69,10 @@ def find(name: str, kind: str | None = None) -> Shipped:
     only ever looked up among the listed files, never by joining `name` onto configs/."""
     given_kind, _, bare = name.rpartition("/")
     if recipe_name(bare) is None or (given_kind and recipe_name(given_kind) is None):
-        raise RecipeError(one_line(f"'{name}' is not a shipped recipe name"),
-                          hint="give NAME or VERB/NAME as `edgecli recipe list` shows them")
+        raise RecipeError(
+            one_line(f"'{name}' is not a shipped recipe name"),
+            hint="give NAME or VERB/NAME as `edgecli recipe list` shows them",
+        )
     if given_kind and kind and given_kind != kind:
         raise UsageError(f"'{name}' names a {given_kind} recipe but --verb is {kind}")
     kind = check_kind(given_kind or kind) if (given_kind or kind) else None
@@ -108,7 +110,10 @@ def complete_name(ctx: Any, incomplete: str) -> list[tuple[str, str]]:
     for s in items:
         kinds.setdefault(s.name, []).append(s.kind)
     names = [
-        (s.name, s.description if len(kinds[s.name]) == 1 else f"shipped for {', '.join(kinds[s.name])}: give VERB/NAME")
+        (
+            s.name,
+            s.description if len(kinds[s.name]) == 1 else f"shipped for {', '.join(kinds[s.name])}: give VERB/NAME",
+        )
         for s in items
         if s.name.startswith(incomplete) and kinds[s.name][0] == s.kind
     ]

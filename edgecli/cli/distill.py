@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,9 +15,13 @@ from edgecli.cli.options import DataOpt, EvalDataOpt, ModelArg, OutputOpt, Quiet
 from edgecli.formats.detect import Format
 
 CheckpointOpt = Annotated[
-    Optional[Path],
-    typer.Option("--checkpoint", metavar="PATH", help="Save training state here after every epoch; if the file exists "
-                 "(an interrupted run of the same recipe, teacher and data), resume from it. Removed on success."),
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        metavar="PATH",
+        help="Save training state here after every epoch; if the file exists "
+        "(an interrupted run of the same recipe, teacher and data), resume from it. Removed on success.",
+    ),
 ]
 
 
@@ -36,12 +40,24 @@ def distill(
     """Train a small student .pt2 from MODEL (the teacher, any format) on --data: Hinton KD (soft
     targets at temperature T, plus labels when present), optional hint loss, augmentation, early
     stopping, resume with --checkpoint, torchrun-ready; reports teacher vs student (vs baseline)."""
-    from edgecli.training.distributed import is_writer
     from edgecli.stages.distill.stage import distill as stage
+    from edgecli.training.distributed import is_writer
 
     work = functools.partial(stage, checkpoint_path=checkpoint)
-    run_model_verb("distill", model, recipe, output, sets, quiet, work, written_format, data, eval_data, report,
-                   extra_outputs=[("--checkpoint", checkpoint)])
+    run_model_verb(
+        "distill",
+        model,
+        recipe,
+        output,
+        sets,
+        quiet,
+        work,
+        written_format,
+        data,
+        eval_data,
+        report,
+        extra_outputs=[("--checkpoint", checkpoint)],
+    )
     if checkpoint is not None and is_writer():
         with contextlib.suppress(FileNotFoundError):
             checkpoint.unlink()  # the run finished: a later run starts afresh

@@ -9,11 +9,9 @@ from typing import Any
 
 from rich.table import Table
 
-from edgecli.core import console
-
-from edgecli.core import jsonout
-from edgecli.data.dataset import Dataset, load_dataset
+from edgecli.core import console, jsonout
 from edgecli.core.errors import GateFailed, UsageError
+from edgecli.data.dataset import Dataset, load_dataset
 from edgecli.formats import lineage as lin
 from edgecli.formats.detect import Format
 from edgecli.formats.files import STDIO, materialize, write_output
@@ -31,7 +29,9 @@ def check_output_suffix(output: str, target: Format) -> None:
     """Refuse `-o model.onnx` for a TFLite result (and the like) before any work is done."""
     suffix = Path(output).suffix.lower()
     if output != STDIO and suffix in KNOWN_SUFFIXES and suffix != target.suffix:
-        raise UsageError(f"-o {output} ends in {suffix} but this step writes {target.value}", hint=f"use a {target.suffix} path")
+        raise UsageError(
+            f"-o {output} ends in {suffix} but this step writes {target.value}", hint=f"use a {target.suffix} path"
+        )
 
 
 def check_report_path(report: str, output: str) -> None:
@@ -49,17 +49,28 @@ def check_report_path(report: str, output: str) -> None:
 
 
 def command_files(
-    verb: str, model_arg: str, recipe: Strict, recipe_path: Path | None, output: str, data: Path | None,
-    eval_data: Path | None, report: str | None, extra_outputs: list[tuple[str, Path | None]] = (),
+    verb: str,
+    model_arg: str,
+    recipe: Strict,
+    recipe_path: Path | None,
+    output: str,
+    data: Path | None,
+    eval_data: Path | None,
+    report: str | None,
+    extra_outputs: list[tuple[str, Path | None]] = (),
 ) -> CommandFiles:
     """Every file a model verb reads and writes, for the checks made before any work."""
     files = CommandFiles()
     files.input("the teacher model" if verb == "distill" else "the input model", model_arg)
     files.input("the recipe file", recipe_path)
     data_spec, eval_spec = getattr(recipe, "data", None), getattr(recipe, "eval_data", None)
-    files.input("the --data file" if data is not None else "the recipe's data file", data or getattr(data_spec, "path", None))
-    files.input("the --eval-data file" if eval_data is not None else "the recipe's eval_data file",
-                eval_data or getattr(eval_spec, "path", None))
+    files.input(
+        "the --data file" if data is not None else "the recipe's data file", data or getattr(data_spec, "path", None)
+    )
+    files.input(
+        "the --eval-data file" if eval_data is not None else "the recipe's eval_data file",
+        eval_data or getattr(eval_spec, "path", None),
+    )
     student = getattr(recipe, "student", None)
     files.input("the student.path model", getattr(student, "path", None))
     files.input("the student.weights file", getattr(student, "weights", None))
@@ -146,7 +157,13 @@ def run_model_verb(
     payload = artifact.to_bytes(lineage)
     write_output(output, payload)
     if report is not None:
-        document = {"verb": verb, "input": model_arg, "output": output, "metrics": artifact.metrics, **(artifact.report or {})}
+        document = {
+            "verb": verb,
+            "input": model_arg,
+            "output": output,
+            "metrics": artifact.metrics,
+            **(artifact.report or {}),
+        }
         write_output(report, (jsonout.dumps(document, default=str) + "\n").encode())
     console.show(summary_table(verb, output, artifact.metrics))
     console.info(f"wrote {output if output != STDIO else 'stdout'}: {artifact.format.value}, {len(payload):,} bytes")
@@ -164,7 +181,9 @@ def carried_state(verb: str, ancestor: ModelFile | None, artifact: Artifact) -> 
         return None
     before = None
     if ancestor is not None:
-        before = lin.last_state(ancestor.lineage) or (weight_state(ancestor) if ancestor.format is not Format.STATE_DICT else None)
+        before = lin.last_state(ancestor.lineage) or (
+            weight_state(ancestor) if ancestor.format is not Format.STATE_DICT else None
+        )
     lost = lin.lost_state(before, state)
     if lost:
         console.warn(f"{verb} did not keep what its input had: {'; '.join(lost)} (recorded in the lineage)")
@@ -180,13 +199,18 @@ def check_model_source(model: ModelFile, recipe: Strict) -> None:
 
 
 @contextlib.contextmanager
-def model_from_state_dict(source: ModelFile, recipe: Any, data: Dataset | None) -> Iterator[tuple[ModelFile, dict[str, Any]]]:
+def model_from_state_dict(
+    source: ModelFile, recipe: Any, data: Dataset | None
+) -> Iterator[tuple[ModelFile, dict[str, Any]]]:
     """The state_dict as the model the verb reads: a .pt2 built with model.factory, with the export's
     figures for the lineage."""
     from edgecli.formats.state_dict_file import built_pt2
 
     parity = getattr(recipe, "parity", ParitySpec())
-    with built_pt2(source, recipe.model, data, getattr(recipe, "dynamic_batch", True), parity.atol) as (program, figures):
+    with built_pt2(source, recipe.model, data, getattr(recipe, "dynamic_batch", True), parity.atol) as (
+        program,
+        figures,
+    ):
         yield program, figures
 
 

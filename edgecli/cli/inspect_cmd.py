@@ -6,11 +6,9 @@ from typing import Any
 
 from rich.table import Table
 
-from edgecli.core import console
-
-from edgecli.core import jsonout
 from edgecli.cli.errors import handle_errors
 from edgecli.cli.options import JsonOpt, ModelArg
+from edgecli.core import console, jsonout
 from edgecli.formats.detect import Format
 from edgecli.formats.files import materialize, write_output
 from edgecli.formats.io_guard import CommandFiles
@@ -56,12 +54,27 @@ def describe_model(model: ModelFile) -> dict[str, Any]:
     }
 
 
-KEY_METRICS = ("sparsity", "macs_ratio", "params_ratio", "accuracy", "accuracy_drop", "agreement", "size_ratio",
-               "parity_max_abs_diff", "parity_agreement", "student_params", "best_epoch")
+KEY_METRICS = (
+    "sparsity",
+    "macs_ratio",
+    "params_ratio",
+    "accuracy",
+    "accuracy_drop",
+    "agreement",
+    "size_ratio",
+    "parity_max_abs_diff",
+    "parity_agreement",
+    "student_params",
+    "best_epoch",
+)
 
 
 def _metrics_text(metrics: dict[str, Any]) -> str:
-    shown = [(k, metrics[k]) for k in KEY_METRICS if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics.get(k), bool)]
+    shown = [
+        (k, metrics[k])
+        for k in KEY_METRICS
+        if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics.get(k), bool)
+    ]
     return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v:,}" for k, v in shown)
 
 
@@ -88,9 +101,14 @@ def _lineage_table(lineage: dict[str, Any]) -> Table:
         files = "\n".join(f"{f.get('name')} {f.get('sha256', '')[:8]}" for f in (step.get("files") or {}).values())
         tools = step.get("tools") or {}
         table.add_row(
-            str(index), step.get("verb", "?"), step.get("recipe_name") or "(inline)",
-            f"{parent.get('format', '?')} {parent.get('sha256', '')[:12]}", files or "-", _state_text(step.get("state")),
-            _metrics_text(step.get("metrics") or {}), _tools_text(tools, previous_tools),
+            str(index),
+            step.get("verb", "?"),
+            step.get("recipe_name") or "(inline)",
+            f"{parent.get('format', '?')} {parent.get('sha256', '')[:12]}",
+            files or "-",
+            _state_text(step.get("state")),
+            _metrics_text(step.get("metrics") or {}),
+            _tools_text(tools, previous_tools),
         )
         previous_tools = tools
     return table
@@ -125,7 +143,9 @@ def inspect(model: ModelArg, json_out: JsonOpt = None) -> None:
     table.add_row("sha256", info["sha256"])
     table.add_row("params", "-" if info["params"] is None else f"{info['params']:,}")
     if "tensors" in info:
-        table.add_row("tensors", f"{info['tensors']} (inputs, outputs and operators come with the model code: model.factory)")
+        table.add_row(
+            "tensors", f"{info['tensors']} (inputs, outputs and operators come with the model code: model.factory)"
+        )
     else:
         table.add_row("inputs", "; ".join(info["inputs"]))
         table.add_row("outputs", "; ".join(info["outputs"]))

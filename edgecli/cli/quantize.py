@@ -26,8 +26,17 @@ def quantize(
     from edgecli.stages.quantize.stage import quantize as stage
 
     run_model_verb(
-        "quantize", model, recipe, output, sets, quiet, partial(stage, diagnose=report is not None),
-        written_format, data, eval_data, report,
+        "quantize",
+        model,
+        recipe,
+        output,
+        sets,
+        quiet,
+        partial(stage, diagnose=report is not None),
+        written_format,
+        data,
+        eval_data,
+        report,
     )
 
 

@@ -7,7 +7,7 @@ import io
 import json
 import shutil
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 import yaml
@@ -31,8 +31,13 @@ recipe_app = typer.Typer(
 )
 
 VerbOpt = Annotated[
-    Optional[str],
-    typer.Option("--verb", metavar="VERB", autocompletion=catalog.complete_kind, help="Look NAME up among this verb's recipes (or pipeline)."),
+    str | None,
+    typer.Option(
+        "--verb",
+        metavar="VERB",
+        autocompletion=catalog.complete_kind,
+        help="Look NAME up among this verb's recipes (or pipeline).",
+    ),
 ]
 
 
@@ -55,7 +60,8 @@ def _table(rows: list[catalog.Shipped]) -> Table:
 @handle_errors
 def list_recipes(
     verb: Annotated[
-        Optional[str], typer.Argument(metavar="[VERB]", autocompletion=catalog.complete_kind, help="Only this verb's recipes.")
+        str | None,
+        typer.Argument(metavar="[VERB]", autocompletion=catalog.complete_kind, help="Only this verb's recipes."),
     ] = None,
     json_out: JsonOpt = None,
 ) -> None:
@@ -79,11 +85,17 @@ def list_recipes(
 @handle_errors
 def show(
     name: Annotated[
-        str, typer.Argument(metavar="NAME", autocompletion=catalog.complete_name, help="Recipe name, or VERB/NAME if several verbs ship it.")
+        str,
+        typer.Argument(
+            metavar="NAME",
+            autocompletion=catalog.complete_name,
+            help="Recipe name, or VERB/NAME if several verbs ship it.",
+        ),
     ],
     verb: VerbOpt = None,
     resolved: Annotated[
-        bool, typer.Option("--resolved", help="The validated recipe with every default filled in: all the knobs there are.")
+        bool,
+        typer.Option("--resolved", help="The validated recipe with every default filled in: all the knobs there are."),
     ] = False,
 ) -> None:
     """Print a shipped recipe to stdout: `edgecli recipe show kd > my-kd.yaml` starts your own."""
@@ -96,7 +108,9 @@ def show(
         raise UsageError(f"--resolved is not available for {found.kind} recipes")
     recipe, _ = load_recipe(found.kind, str(found.path))
     header = f"# {found.label} with every default filled in (edgecli recipe show --resolved)\n"
-    write_stdout((header + yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)).encode())
+    write_stdout(
+        (header + yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)).encode()
+    )
 
 
 def _complete_schema_kind(incomplete: str) -> list[str]:
@@ -106,12 +120,22 @@ def _complete_schema_kind(incomplete: str) -> list[str]:
 @recipe_app.command("schema")
 @handle_errors
 def schema(
-    verb: Annotated[str, typer.Argument(metavar="VERB", autocompletion=_complete_schema_kind, help="The verb whose recipe schema to print.")],
-    output: Annotated[str, typer.Option("-o", "--output", metavar="PATH", help="Write the schema to this file; - for stdout.")] = "-",
+    verb: Annotated[
+        str,
+        typer.Argument(
+            metavar="VERB", autocompletion=_complete_schema_kind, help="The verb whose recipe schema to print."
+        ),
+    ],
+    output: Annotated[
+        str, typer.Option("-o", "--output", metavar="PATH", help="Write the schema to this file; - for stdout.")
+    ] = "-",
 ) -> None:
     """The JSON Schema of VERB's recipes, for editor completion and checks (e.g. VS Code's YAML extension)."""
     if verb not in SCHEMAS:
         close = difflib.get_close_matches(verb, list(SCHEMAS), n=1)
-        raise UsageError(f"no recipe schema for '{verb}'", hint=f"did you mean '{close[0]}'?" if close else f"verbs: {', '.join(SCHEMAS)}")
+        raise UsageError(
+            f"no recipe schema for '{verb}'",
+            hint=f"did you mean '{close[0]}'?" if close else f"verbs: {', '.join(SCHEMAS)}",
+        )
     _check_output("-o", output)
     write_output(output, (json.dumps(recipe_schema(verb), indent=2) + "\n").encode())

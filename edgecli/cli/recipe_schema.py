@@ -11,6 +11,7 @@ from edgecli.recipes import RECIPES
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
+
 def _pipeline() -> type[BaseModel]:
     from edgecli.pipeline.spec import PipelineSpec
 
@@ -18,7 +19,9 @@ def _pipeline() -> type[BaseModel]:
 
 
 # Kind -> its recipe model.
-SCHEMAS: dict[str, Callable[[], type[BaseModel]]] = {verb: (lambda model=model: model) for verb, model in RECIPES.items()}
+SCHEMAS: dict[str, Callable[[], type[BaseModel]]] = {
+    verb: (lambda model=model: model) for verb, model in RECIPES.items()
+}
 SCHEMAS["pipeline"] = _pipeline
 
 

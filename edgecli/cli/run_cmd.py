@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from edgecli.core import console
-
-from edgecli.core import jsonout
 from edgecli.cli.errors import handle_errors
 from edgecli.cli.options import JsonOpt, QuietOpt, SetOpt
+from edgecli.core import console, jsonout
 from edgecli.formats.files import write_output, write_stdout
 from edgecli.formats.io_guard import CommandFiles, require_stdout
 
-PipelineArg = Annotated[str, typer.Argument(metavar="PIPELINE", help="Pipeline YAML path, or the name of one in configs/pipelines/.")]
+PipelineArg = Annotated[
+    str, typer.Argument(metavar="PIPELINE", help="Pipeline YAML path, or the name of one in configs/pipelines/.")
+]
 OutOpt = Annotated[
-    Optional[Path], typer.Option("--out", metavar="DIR", help="Folder for every artifact; default: the file's `out`, else ./<pipeline name>-out.")
+    Path | None,
+    typer.Option(
+        "--out", metavar="DIR", help="Folder for every artifact; default: the file's `out`, else ./<pipeline name>-out."
+    ),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Run every step, also those that are up to date.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the edgecli commands (stdout) and what is up to date; run nothing.")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Print the edgecli commands (stdout) and what is up to date; run nothing.")
+]
 
 
 def _summary(outcomes: list) -> Table:
@@ -80,7 +85,9 @@ def run(
         try:
             outcomes = run_commands(commands, folder, quiet, force)
         except StepFailed as failed:
-            console.error_line(f"run {path.stem}: step '{failed.command.name}' failed (exit {failed.code}); later steps did not run")
+            console.error_line(
+                f"run {path.stem}: step '{failed.command.name}' failed (exit {failed.code}); later steps did not run"
+            )
             raise typer.Exit(failed.code) from None
     console.show(_summary(outcomes))
     ran = sum(outcome.status == "ran" for outcome in outcomes)

@@ -144,5 +144,8 @@ def progress(description: str, total: int) -> Iterator[Tracker]:
     if not terminal:  # a log (CI, a pipe): one line when the work is done, none when it failed
         task = bar.tasks[0]
         status = f"  {task.fields['status']}" if task.fields.get("status") else ""
-        get_console().print(f"{description}: {task.completed:g}/{total} in {task.finished_time or task.elapsed or 0:.1f} s{status}",
-                            markup=False, highlight=False)
+        get_console().print(
+            f"{description}: {task.completed:g}/{total} in {task.finished_time or task.elapsed or 0:.1f} s{status}",
+            markup=False,
+            highlight=False,
+        )

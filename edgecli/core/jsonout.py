@@ -21,7 +21,15 @@ def finite(value: Any) -> Any:
     return value
 
 
-def dumps(value: Any, *, indent: int | None = 2, sort_keys: bool = False, separators: tuple[str, str] | None = None,
-          default: Callable[[Any], Any] | None = None) -> str:
+def dumps(
+    value: Any,
+    *,
+    indent: int | None = 2,
+    sort_keys: bool = False,
+    separators: tuple[str, str] | None = None,
+    default: Callable[[Any], Any] | None = None,
+) -> str:
     """json.dumps of `value` with NaN/Inf as null (allow_nan=False proves none slipped through)."""
-    return json.dumps(finite(value), indent=indent, sort_keys=sort_keys, separators=separators, default=default, allow_nan=False)
+    return json.dumps(
+        finite(value), indent=indent, sort_keys=sort_keys, separators=separators, default=default, allow_nan=False
+    )

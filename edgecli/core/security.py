@@ -100,4 +100,6 @@ def check_factory_object(field: str, spec: str, factory: Any) -> None:
     if problem is None and isinstance(defined_in, str) and _not_model_code(defined_in):
         problem = f"'{name}' is {defined_in}.{getattr(factory, '__qualname__', name)}, part of Python, not model code"
     if problem:
-        raise UsageError(f"{field} {spec}: {problem}; edgecli calls only a function or nn.Module class of your own code")
+        raise UsageError(
+            f"{field} {spec}: {problem}; edgecli calls only a function or nn.Module class of your own code"
+        )

@@ -12,10 +12,10 @@ from typing import IO
 
 import numpy as np
 
-from edgecli.data.rows import RowArray, Spill, sub_rows
 from edgecli.core.errors import DataError, UsageError, one_line
-from edgecli.recipes import DEFAULT_DYNAMIC_DIM, DEFAULT_INT_RANGE, DataSpec
 from edgecli.core.resources import check_fits
+from edgecli.data.rows import RowArray, Spill, sub_rows
+from edgecli.recipes import DEFAULT_DYNAMIC_DIM, DEFAULT_INT_RANGE, DataSpec
 
 LABEL_KEY = "y"
 SINGLE_INPUT_KEY = "x"
@@ -46,7 +46,9 @@ class Dataset:
     def skip(self, count: int) -> Dataset:
         """The samples after the first `count`."""
         labels = None if self.labels is None else self.labels[count:]
-        return Dataset({k: sub_rows(v, count, len(v)) for k, v in self.inputs.items()}, labels, f"{self.source}[{count}:]")
+        return Dataset(
+            {k: sub_rows(v, count, len(v)) for k, v in self.inputs.items()}, labels, f"{self.source}[{count}:]"
+        )
 
     def batch(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Samples [start, stop) of every input, in memory."""
@@ -117,7 +119,9 @@ def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> _Me
         shape, fortran, dtype = reader(stream)
         offset = stream.tell()
     if dtype.hasobject:
-        raise DataError(f"{source} is not a readable .npz file: '{key}' holds pickled objects, and a dataset never runs code")
+        raise DataError(
+            f"{source} is not a readable .npz file: '{key}' holds pickled objects, and a dataset never runs code"
+        )
     member = _Member(info, tuple(shape), dtype, fortran, offset)
     if member.read_bytes(None) > info.file_size - offset:
         raise DataError(f"{source}: '{key}' is truncated (its header promises more bytes than it holds)")
@@ -186,8 +190,9 @@ def _data_offset(handle: IO[bytes], info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_length + extra_length
 
 
-def _on_disk(archive: zipfile.ZipFile, handle: IO[bytes], member: _Member, spec: DataSpec, name: str,
-             source: str) -> RowArray:
+def _on_disk(
+    archive: zipfile.ZipFile, handle: IO[bytes], member: _Member, spec: DataSpec, name: str, source: str
+) -> RowArray:
     """The member's first `spec.limit` samples, normalised, as rows on disk: read in place from an
     uncompressed archive when normalisation changes nothing, else streamed block by block into a
     temporary spill file. Every value is checked finite on the way."""
@@ -244,8 +249,12 @@ def _check(members: dict[str, _Member], labels: _Member | None, source: str) -> 
     count = next(iter(lengths.values()))
     if count == 0:
         raise DataError(f"{source} holds zero samples")
-    if labels is not None and (len(labels.shape) != 1 or labels.shape[0] != count or not np.issubdtype(labels.dtype, np.integer)):
-        raise DataError(f"{source}: labels '{LABEL_KEY}' must be {count} integers, got {labels.dtype}{list(labels.shape)}")
+    if labels is not None and (
+        len(labels.shape) != 1 or labels.shape[0] != count or not np.issubdtype(labels.dtype, np.integer)
+    ):
+        raise DataError(
+            f"{source}: labels '{LABEL_KEY}' must be {count} integers, got {labels.dtype}{list(labels.shape)}"
+        )
 
 
 def _sample_arrays(members: dict[str, _Member], source: str) -> dict[str, _Member]:
@@ -273,8 +282,9 @@ def _sample_arrays(members: dict[str, _Member], source: str) -> dict[str, _Membe
         from edgecli.core import console
 
         described = ", ".join(f"'{k}' {list(members[k].shape)}" for k in ignored)
-        console.warn(f"{source}: ignoring {described}: not {count} samples like the inputs "
-                     f"({', '.join(repr(k) for k in kept)})")
+        console.warn(
+            f"{source}: ignoring {described}: not {count} samples like the inputs ({', '.join(repr(k) for k in kept)})"
+        )
     return kept
 
 
@@ -298,7 +308,9 @@ def _kind(path: Path, source: str) -> None:
     with path.open("rb") as handle:
         head = handle.read(8)
     if head.startswith(NPY_MAGIC):
-        raise DataError(f"{source} is a single .npy array, not an .npz archive", hint="np.savez(path, x=inputs, y=labels)")
+        raise DataError(
+            f"{source} is a single .npy array, not an .npz archive", hint="np.savez(path, x=inputs, y=labels)"
+        )
     if not head.startswith(ZIP_MAGICS):
         what = "empty" if not head else "not a zip archive"
         raise DataError(f"{source} is not a readable .npz file ({what})", hint="np.savez(path, x=inputs, y=labels)")
@@ -330,12 +342,26 @@ def load_dataset(spec: DataSpec, override: Path | None = None, what: str = "data
                 raise DataError(f"{source} has labels '{LABEL_KEY}' but no inputs", hint="put inputs under 'x'")
             members = _sample_arrays(members, source)
             _check(members, labels, source)
-            check_fits(_needed_bytes(members, labels, spec), f"{what} {source}", MEMORY_FACTOR, DataError,
-                       hint="set data.limit to use fewer samples")
+            check_fits(
+                _needed_bytes(members, labels, spec),
+                f"{what} {source}",
+                MEMORY_FACTOR,
+                DataError,
+                hint="set data.limit to use fewer samples",
+            )
             y = None if labels is None else _read(archive, labels, spec.limit, source).astype(np.int64)
             handle = path.open("rb")
             inputs = {key: _on_disk(archive, handle, m, spec, key, source) for key, m in members.items()}
-    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError, NotImplementedError, RuntimeError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        ValueError,
+        OSError,
+        EOFError,
+        KeyError,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:
         raise DataError(f"{source} is not a readable .npz file ({one_line(str(exc)[:160])})") from None
     return Dataset(inputs, y, source)
 
@@ -352,13 +378,17 @@ def _dynamic_dim(axis: int, name: str | None, dims: dict[str, int]) -> int:
     return dims.get(str(axis), DEFAULT_DYNAMIC_DIM)
 
 
-def synthetic_sample_shape(spec, shapes: dict[str, list[int]] | None = None, dims: dict[str, int] | None = None) -> tuple[int, ...]:
+def synthetic_sample_shape(
+    spec, shapes: dict[str, list[int]] | None = None, dims: dict[str, int] | None = None
+) -> tuple[int, ...]:
     """The shape of one sample (no batch axis) of a synthesised input: `shapes[name]` if given (checked
     against the model's static dimensions), else the model's dimensions with dynamic ones from `dims`."""
     model_dims = tuple(spec.shape[1:])
     if shapes and spec.name in shapes:
         shape = tuple(shapes[spec.name])
-        fits = len(shape) == len(model_dims) and all(want is None or want == got for got, want in zip(shape, model_dims))
+        fits = len(shape) == len(model_dims) and all(
+            want is None or want == got for got, want in zip(shape, model_dims)
+        )
         if not fits:
             wanted = [("?" if d is None else d) for d in model_dims]
             raise UsageError(

@@ -36,8 +36,16 @@ class RowArray:
     returns a numpy array read from disk), np.asarray() (reads everything) and `rows(start, stop)`
     (another RowArray, nothing read). `source` names the data in messages."""
 
-    def __init__(self, handle: IO[bytes], offset: int, shape: tuple[int, ...], dtype: np.dtype, source: str,
-                 start: int = 0, stop: int | None = None) -> None:
+    def __init__(
+        self,
+        handle: IO[bytes],
+        offset: int,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        source: str,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> None:
         self._handle, self._offset, self._full_shape = handle, offset, tuple(shape)
         self.dtype = np.dtype(dtype)
         self.source = source
@@ -72,8 +80,15 @@ class RowArray:
     def rows(self, start: int, stop: int) -> RowArray:
         """Rows [start, stop) of this array, read later (bounds clipped like a slice)."""
         start, stop, _ = slice(start, stop).indices(len(self))
-        return RowArray(self._handle, self._offset, self._full_shape, self.dtype, self.source,
-                        self._start + start, self._start + max(start, stop))
+        return RowArray(
+            self._handle,
+            self._offset,
+            self._full_shape,
+            self.dtype,
+            self.source,
+            self._start + start,
+            self._start + max(start, stop),
+        )
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, tuple):
@@ -136,8 +151,13 @@ class RowArray:
     def _check(self, count: int) -> None:
         nbytes = count * self._row_bytes
         if nbytes > CHECKED_READ_BYTES:
-            check_fits(nbytes, f"reading {count} samples of {self.source} at once", READ_FACTOR, DataError,
-                       hint="set data.limit to use fewer samples")
+            check_fits(
+                nbytes,
+                f"reading {count} samples of {self.source} at once",
+                READ_FACTOR,
+                DataError,
+                hint="set data.limit to use fewer samples",
+            )
 
     def _read(self, start: int, stop: int, checked: bool = True) -> np.ndarray:
         count = stop - start
@@ -188,8 +208,11 @@ class Spill:
         folder = tempfile.gettempdir()
         free = shutil.disk_usage(folder).free
         if nbytes > free:
-            raise DataError(f"{source} needs {nbytes / 2**20:.0f} MiB of temporary disk space to stream, "
-                            f"{free / 2**20:.0f} MiB free in {folder}", hint="point TMPDIR at a larger disk or set data.limit")
+            raise DataError(
+                f"{source} needs {nbytes / 2**20:.0f} MiB of temporary disk space to stream, "
+                f"{free / 2**20:.0f} MiB free in {folder}",
+                hint="point TMPDIR at a larger disk or set data.limit",
+            )
         self._handle = tempfile.TemporaryFile(prefix="edgecli-data-")
         self._written = 0
 

@@ -21,7 +21,12 @@ class Format(str, Enum):
     @property
     def suffix(self) -> str:
         return {
-            "onnx": ".onnx", "pt2": ".pt2", "tflite": ".tflite", "keras": ".keras", "saved_model": "", "ort": ".ort",
+            "onnx": ".onnx",
+            "pt2": ".pt2",
+            "tflite": ".tflite",
+            "keras": ".keras",
+            "saved_model": "",
+            "ort": ".ort",
             "state_dict": ".pt",
         }[self.value]
 
@@ -30,7 +35,13 @@ def _zip_names(path: Path) -> list[str]:
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:  # e.g. "zip file version 6.4"
+    except (
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        EOFError,
+        NotImplementedError,
+    ) as exc:  # e.g. "zip file version 6.4"
         raise ModelReadError(f"{path} looks like a zip archive but cannot be opened ({exc}); truncated?") from None
     # zipfile finds the last end-of-directory record it can: in a truncated .pt2 that is the one of the
     # zip stored inside it (sample_inputs/model.pt). The real directory lists an entry at byte 0.
@@ -77,4 +88,6 @@ def detect_format(path: Path) -> Format:
         raise ModelReadError(f"{path} is a legacy Keras HDF5 file", hint="re-save it as .keras with Keras 3")
     if _looks_like_onnx(head):
         return Format.ONNX
-    raise ModelReadError(f"{path} is not a model edgecli knows (ONNX, .pt2, PyTorch state_dict, TFLite, .keras, SavedModel, ORT)")
+    raise ModelReadError(
+        f"{path} is not a model edgecli knows (ONNX, .pt2, PyTorch state_dict, TFLite, .keras, SavedModel, ORT)"
+    )

@@ -122,8 +122,13 @@ class TempFolder(tempfile.TemporaryDirectory):
     """tempfile.TemporaryDirectory named `<prefix>p<pid>-<ns>-<random>`: a folder a killed process
     leaves in $TMPDIR is removed by the next edgecli run (which sweeps them when it makes its own)."""
 
-    def __init__(self, suffix: str | None = None, prefix: str | None = None, dir: str | os.PathLike[str] | None = None,
-                 ignore_cleanup_errors: bool = False) -> None:
+    def __init__(
+        self,
+        suffix: str | None = None,
+        prefix: str | None = None,
+        dir: str | os.PathLike[str] | None = None,
+        ignore_cleanup_errors: bool = False,
+    ) -> None:
         sweep_temp_folders(None if dir is None else os.fspath(dir))
         prefix = prefix or "edgecli-"
         if not prefix.endswith("-"):
@@ -136,10 +141,16 @@ class TempFolder(tempfile.TemporaryDirectory):
 
 def reason(exc: OSError) -> str:
     """An OSError as a few words, without the (temporary) file name the OS put in it."""
-    named = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
-             errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-             errno.EDQUOT: "disk quota exceeded", errno.ENAMETOOLONG: "the name is too long",
-             errno.EPIPE: "broken pipe", errno.EIO: "input/output error"}
+    named = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.ENAMETOOLONG: "the name is too long",
+        errno.EPIPE: "broken pipe",
+        errno.EIO: "input/output error",
+    }
     return named.get(exc.errno or -1) or (exc.strerror or type(exc).__name__).lower()
 
 
@@ -310,8 +321,10 @@ def write_stdout(data: bytes) -> None:
     except OSError as exc:
         _silence_stdout()
         if exc.errno == errno.EPIPE:
-            raise OutputError(f"stdout was closed by its reader after {done[0]:,} of {len(data):,} bytes (broken pipe)",
-                              hint="the output is incomplete") from None
+            raise OutputError(
+                f"stdout was closed by its reader after {done[0]:,} of {len(data):,} bytes (broken pipe)",
+                hint="the output is incomplete",
+            ) from None
         raise OutputError(f"stdout: {reason(exc)} after {done[0]:,} of {len(data):,} bytes") from None
 
 
@@ -338,13 +351,13 @@ def check_output_differs(model_arg: str, output: str) -> None:
 
 def _stream_cap() -> int:
     """Bytes of a piped model worth keeping: what could still be loaded (the memory check's limit)."""
-    from edgecli.formats.model_file import MEMORY_FACTOR
     from edgecli.core.resources import available_memory
+    from edgecli.formats.model_file import MEMORY_FACTOR
 
     return available_memory() // MEMORY_FACTOR
 
 
-def _copy_stream(read, shown: str, target: Path) -> int:  # noqa: ANN001 - a read(n) -> bytes callable
+def _copy_stream(read, shown: str, target: Path) -> int:
     """Copy a stream into `target`, refusing (like any model too large to load) past the memory bound."""
     from edgecli.formats.model_file import check_memory
 
@@ -361,8 +374,10 @@ def _copy_stream(read, shown: str, target: Path) -> int:  # noqa: ANN001 - a rea
             try:
                 _write_all(fd, chunk)
             except OSError as exc:
-                raise ModelReadError(f"cannot keep {shown} in {target.parent.parent}: {reason(exc)}",
-                                     hint="set TMPDIR to a folder with space") from None
+                raise ModelReadError(
+                    f"cannot keep {shown} in {target.parent.parent}: {reason(exc)}",
+                    hint="set TMPDIR to a folder with space",
+                ) from None
     finally:
         os.close(fd)
 

@@ -75,7 +75,9 @@ def stdin_closed() -> bool:
 def require_stdout(what: str) -> None:
     """Refuse (exit 2) a command whose answer is on stdout when stdout is closed."""
     if stdout_closed():
-        raise UsageError(f"{what} writes to stdout, but stdout is closed", hint="run it without >&-, or redirect stdout to a file")
+        raise UsageError(
+            f"{what} writes to stdout, but stdout is closed", hint="run it without >&-, or redirect stdout to a file"
+        )
 
 
 def _is_stdio(path: str | os.PathLike[str]) -> bool:
@@ -129,7 +131,9 @@ def check_output_path(role: str, text: str | os.PathLike[str]) -> None:
             return  # written through as it is: /dev/null stays a device, a FIFO's reader gets the bytes
         if stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
             kind = "a block device" if stat.S_ISBLK(mode) else "a socket"
-            raise UsageError(f"{role} {text} is {kind}", hint="edgecli writes files, character devices such as /dev/null and FIFOs")
+            raise UsageError(
+                f"{role} {text} is {kind}", hint="edgecli writes files, character devices such as /dev/null and FIFOs"
+            )
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         if folder.exists():
@@ -209,15 +213,21 @@ class CommandFiles:
                 raise UsageError(f"{role} '-' means stdin, but stdin is closed", hint="pipe a model in")
         on_stdout = [role for role, path in self.outputs if path == STDIO]
         if len(on_stdout) > 1:
-            raise UsageError(f"{' and '.join(f'{r} -' for r in on_stdout)} all want stdout", hint="write all but one to a file")
+            raise UsageError(
+                f"{' and '.join(f'{r} -' for r in on_stdout)} all want stdout", hint="write all but one to a file"
+            )
         if not on_stdout:
             return
         role = on_stdout[0]
         if stdout_closed():
-            raise UsageError(f"{role} - writes to stdout, but stdout is closed", hint="run without >&-, or give a file path")
+            raise UsageError(
+                f"{role} - writes to stdout, but stdout is closed", hint="run without >&-, or give a file path"
+            )
         if role in self.binary and os.isatty(1):
-            raise UsageError(f"{role} - would write the model's binary bytes onto the terminal",
-                             hint="redirect stdout to a file or pipe it into another command")
+            raise UsageError(
+                f"{role} - would write the model's binary bytes onto the terminal",
+                hint="redirect stdout to a file or pipe it into another command",
+            )
 
     def check_clashes(self) -> None:
         """An output is never an input, nor inside an input folder, nor another output."""

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from edgecli.core.errors import BackendMissing, ModelReadError, last_line, one_line
-from edgecli.formats.model_file import utf8_path
 from edgecli.formats.files import TempFolder
+from edgecli.formats.model_file import utf8_path
 
 TRUST_HINT = "pass --trust-pickle if you trust this file"
 
@@ -31,7 +31,9 @@ def load_keras(path: Path) -> Any:
 
     with TempFolder(prefix="edgecli-keras-") as folder:
         source = path
-        if path.suffix != ".keras" or not utf8_path(path):  # Keras insists on the extension; the format was detected from bytes
+        if path.suffix != ".keras" or not utf8_path(
+            path
+        ):  # Keras insists on the extension; the format was detected from bytes
             source = Path(folder) / "model.keras"
             shutil.copyfile(path, source)
         try:
@@ -57,36 +59,107 @@ _READS = "reads files"
 _WRITES = "writes files"
 DENIED_OPS: dict[str, str] = {
     **dict.fromkeys(
-        ("ReadFile", "MatchingFiles", "MatchingFilesDataset", "ExperimentalMatchingFilesDataset", "ImmutableConst",
-         "WholeFileReader", "WholeFileReaderV2", "TextLineReader", "TextLineReaderV2", "TFRecordReader",
-         "TFRecordReaderV2", "FixedLengthRecordReader", "FixedLengthRecordReaderV2", "LMDBReader", "TextLineDataset",
-         "TFRecordDataset", "TFRecordDatasetV2", "FixedLengthRecordDataset", "FixedLengthRecordDatasetV2", "CSVDataset",
-         "CSVDatasetV2", "ExperimentalCSVDataset", "LMDBDataset", "ExperimentalLMDBDataset", "LoadDataset",
-         "SnapshotDatasetReader", "SnapshotNestedDatasetReader", "SnapshotChunkDataset", "ListSnapshotChunksDataset",
-         "InitializeTableFromTextFile", "InitializeTableFromTextFileV2", "LoadAndRemapMatrix", "GenerateVocabRemapping",
-         "Restore", "RestoreSlice", "RestoreV2", "SqlDataset", "ExperimentalSqlDataset"),
+        (
+            "ReadFile",
+            "MatchingFiles",
+            "MatchingFilesDataset",
+            "ExperimentalMatchingFilesDataset",
+            "ImmutableConst",
+            "WholeFileReader",
+            "WholeFileReaderV2",
+            "TextLineReader",
+            "TextLineReaderV2",
+            "TFRecordReader",
+            "TFRecordReaderV2",
+            "FixedLengthRecordReader",
+            "FixedLengthRecordReaderV2",
+            "LMDBReader",
+            "TextLineDataset",
+            "TFRecordDataset",
+            "TFRecordDatasetV2",
+            "FixedLengthRecordDataset",
+            "FixedLengthRecordDatasetV2",
+            "CSVDataset",
+            "CSVDatasetV2",
+            "ExperimentalCSVDataset",
+            "LMDBDataset",
+            "ExperimentalLMDBDataset",
+            "LoadDataset",
+            "SnapshotDatasetReader",
+            "SnapshotNestedDatasetReader",
+            "SnapshotChunkDataset",
+            "ListSnapshotChunksDataset",
+            "InitializeTableFromTextFile",
+            "InitializeTableFromTextFileV2",
+            "LoadAndRemapMatrix",
+            "GenerateVocabRemapping",
+            "Restore",
+            "RestoreSlice",
+            "RestoreV2",
+            "SqlDataset",
+            "ExperimentalSqlDataset",
+        ),
         _READS,
     ),
     **dict.fromkeys(
-        ("WriteFile", "SaveDataset", "SaveDatasetV2", "DistributedSave", "DatasetToTFRecord",
-         "ExperimentalDatasetToTFRecord", "SnapshotDataset", "SnapshotDatasetV2", "CacheDataset", "CacheDatasetV2",
-         "CreateSummaryFileWriter", "CreateSummaryDbWriter", "SummaryWriter", "WriteSummary", "WriteRawProtoSummary",
-         "WriteScalarSummary", "WriteHistogramSummary", "WriteImageSummary", "WriteAudioSummary", "WriteGraphSummary",
-         "ImportEvent", "FlushSummaryWriter", "CloseSummaryWriter", "StatsAggregatorSetSummaryWriter", "Save",
-         "SaveSlices", "SaveV2", "MergeV2Checkpoints"),
+        (
+            "WriteFile",
+            "SaveDataset",
+            "SaveDatasetV2",
+            "DistributedSave",
+            "DatasetToTFRecord",
+            "ExperimentalDatasetToTFRecord",
+            "SnapshotDataset",
+            "SnapshotDatasetV2",
+            "CacheDataset",
+            "CacheDatasetV2",
+            "CreateSummaryFileWriter",
+            "CreateSummaryDbWriter",
+            "SummaryWriter",
+            "WriteSummary",
+            "WriteRawProtoSummary",
+            "WriteScalarSummary",
+            "WriteHistogramSummary",
+            "WriteImageSummary",
+            "WriteAudioSummary",
+            "WriteGraphSummary",
+            "ImportEvent",
+            "FlushSummaryWriter",
+            "CloseSummaryWriter",
+            "StatsAggregatorSetSummaryWriter",
+            "Save",
+            "SaveSlices",
+            "SaveV2",
+            "MergeV2Checkpoints",
+        ),
         _WRITES,
     ),
     **dict.fromkeys(("PyFunc", "PyFuncStateless", "EagerPyFunc"), "runs Python code"),
     **dict.fromkeys(
-        ("DataServiceDataset", "DataServiceDatasetV2", "DataServiceDatasetV3", "DataServiceDatasetV4", "RegisterDataset",
-         "Rpc", "TryRpc", "DebugIdentity", "DebugIdentityV2", "DebugIdentityV3", "DebugNanCount", "DebugNumericSummary",
-         "DebugNumericSummaryV2", "FileSystemSetConfiguration"),
+        (
+            "DataServiceDataset",
+            "DataServiceDatasetV2",
+            "DataServiceDatasetV3",
+            "DataServiceDatasetV4",
+            "RegisterDataset",
+            "Rpc",
+            "TryRpc",
+            "DebugIdentity",
+            "DebugIdentityV2",
+            "DebugIdentityV3",
+            "DebugNanCount",
+            "DebugNumericSummary",
+            "DebugNumericSummaryV2",
+            "FileSystemSetConfiguration",
+        ),
         "reaches files or servers outside the model",
     ),
 }
 # What every SavedModel's own saver functions hold (tf.saved_model.save, Keras model.export): allowed
 # there only, where they save or restore the model's variables to the path TensorFlow passes in.
-CHECKPOINT_OPS = frozenset({"SaveV2", "RestoreV2", "MergeV2Checkpoints", "Save", "SaveSlices", "Restore", "RestoreSlice"})
+CHECKPOINT_OPS = frozenset(
+    {"SaveV2", "RestoreV2", "MergeV2Checkpoints", "Save", "SaveSlices", "Restore", "RestoreSlice"}
+)
 
 
 def _attr_use(node: Any) -> str | None:
@@ -131,7 +204,9 @@ def _reach(roots: Iterable[str], functions: dict[str, Any]) -> set[str]:
 def _saver_nodes(meta: Any, graph: Any) -> set[str]:
     """The graph nodes of the SavedModel's saver: the save and restore calls (TF2), or the nodes of the
     saver's name scope (TF1 `save/...`)."""
-    names = {name.split(":")[0].lstrip("^") for name in (meta.saver_def.save_tensor_name, meta.saver_def.restore_op_name)}
+    names = {
+        name.split(":")[0].lstrip("^") for name in (meta.saver_def.save_tensor_name, meta.saver_def.restore_op_name)
+    }
     names.discard("")
     scopes = {name.rsplit("/", 1)[0] + "/" for name in names if "/" in name}
     return {node.name for node in graph.node if node.name in names or any(node.name.startswith(s) for s in scopes)}
@@ -154,7 +229,9 @@ def check_saved_model_ops(path: Path) -> None:
     try:
         proto.ParseFromString((path / "saved_model.pb").read_bytes())
     except (DecodeError, RuntimeError, ValueError) as exc:
-        raise ModelReadError(f"{path}/saved_model.pb is not a SavedModel protobuf ({last_line(exc, 160)}); corrupt or truncated?") from None
+        raise ModelReadError(
+            f"{path}/saved_model.pb is not a SavedModel protobuf ({last_line(exc, 160)}); corrupt or truncated?"
+        ) from None
     if not proto.meta_graphs:
         raise ModelReadError(f"{path}/saved_model.pb holds no graph; corrupt or truncated?")
     for meta in proto.meta_graphs:

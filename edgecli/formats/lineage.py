@@ -94,7 +94,17 @@ def portable_recipe(recipe: BaseModel) -> tuple[dict[str, Any], dict[str, dict[s
 
 
 SPARSITY_KEPT = 0.5  # a step keeps sparsity when at least half the zero weights' fraction survives
-STORED_BITS = {"int4": 4, "uint4": 4, "int8": 8, "uint8": 8, "int16": 16, "float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
+STORED_BITS = {
+    "int4": 4,
+    "uint4": 4,
+    "int8": 8,
+    "uint8": 8,
+    "int16": 16,
+    "float16": 16,
+    "bfloat16": 16,
+    "float32": 32,
+    "float64": 64,
+}
 
 
 def lost_state(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[str]:

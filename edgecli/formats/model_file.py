@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from edgecli.core.errors import ModelTooLarge
+from edgecli.core.resources import MEMORY_LIMIT_ENV, check_fits
 from edgecli.formats.detect import Format, detect_format
 from edgecli.formats.files import sha256_of
-from edgecli.core.resources import MEMORY_LIMIT_ENV, check_fits
 
 # A model takes about 3x its file size in memory while a verb works on it: the parsed model, the
 # working copy a transformation makes (or the runtime's session) and the serialized result.
@@ -75,8 +75,11 @@ def library_path(path: Path) -> Iterator[Path]:
 def check_memory(path: Path, size: int) -> None:
     """Refuse, before loading it, a model that needs more memory than is available. Raises ModelTooLarge."""
     check_fits(
-        size, f"{path} ({size:,} bytes, ~{MEMORY_FACTOR}x that while loaded and transformed)", factor=MEMORY_FACTOR,
-        error=ModelTooLarge, hint=f"free memory or use a larger machine; {MEMORY_LIMIT_ENV} sets the memory edgecli assumes",
+        size,
+        f"{path} ({size:,} bytes, ~{MEMORY_FACTOR}x that while loaded and transformed)",
+        factor=MEMORY_FACTOR,
+        error=ModelTooLarge,
+        hint=f"free memory or use a larger machine; {MEMORY_LIMIT_ENV} sets the memory edgecli assumes",
     )
 
 

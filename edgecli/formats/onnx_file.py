@@ -75,7 +75,9 @@ def check_external_data(path: Path, model: Any) -> bool:
             raise ModelReadError(f"{where}, outside the model's folder: edgecli reads no file outside it", hint=hint)
         target = path.parent / relative
         if target.is_symlink() or not target.resolve().is_relative_to(folder):
-            raise ModelReadError(f"{where}, a symbolic link: edgecli reads no file outside the model's folder", hint=hint)
+            raise ModelReadError(
+                f"{where}, a symbolic link: edgecli reads no file outside the model's folder", hint=hint
+            )
         if not target.is_file():
             raise ModelReadError(f"{where}, which does not exist", hint="copy the data file next to the model")
         try:
@@ -83,15 +85,33 @@ def check_external_data(path: Path, model: Any) -> bool:
         except ValueError:
             raise ModelReadError(f"{where} at an offset or length that is not a number; corrupt?") from None
         if end > target.stat().st_size:
-            raise ModelReadError(f"{where}, which is shorter ({target.stat().st_size:,} bytes) than the tensor needs ({end:,}); truncated?")
+            raise ModelReadError(
+                f"{where}, which is shorter ({target.stat().st_size:,} bytes) than the tensor needs ({end:,}); truncated?"
+            )
     return found
 
 
 # bytes per element in raw_data (sub-byte and string types are not checked)
 _ITEMSIZE = {
-    "FLOAT": 4, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "INT32": 4, "INT64": 8, "BOOL": 1, "FLOAT16": 2,
-    "DOUBLE": 8, "UINT32": 4, "UINT64": 8, "COMPLEX64": 8, "COMPLEX128": 16, "BFLOAT16": 2, "FLOAT8E4M3FN": 1,
-    "FLOAT8E4M3FNUZ": 1, "FLOAT8E5M2": 1, "FLOAT8E5M2FNUZ": 1,
+    "FLOAT": 4,
+    "UINT8": 1,
+    "INT8": 1,
+    "UINT16": 2,
+    "INT16": 2,
+    "INT32": 4,
+    "INT64": 8,
+    "BOOL": 1,
+    "FLOAT16": 2,
+    "DOUBLE": 8,
+    "UINT32": 4,
+    "UINT64": 8,
+    "COMPLEX64": 8,
+    "COMPLEX128": 16,
+    "BFLOAT16": 2,
+    "FLOAT8E4M3FN": 1,
+    "FLOAT8E4M3FNUZ": 1,
+    "FLOAT8E5M2": 1,
+    "FLOAT8E5M2FNUZ": 1,
 }
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
 

@@ -11,13 +11,17 @@ from edgecli.core.errors import ModelReadError, TransformError, damaged_hint
 from edgecli.formats import lineage as lin
 from edgecli.formats.files import TempFolder
 
+
 def from_onnx_bytes(onnx_bytes: bytes, optimization: str = "basic") -> bytes:
     """The ORT-format bytes of a serialized ONNX model, with graph optimisations `optimization`
     (basic/extended: portable to any CPU; all: x86 layout transforms) saved in. Raises TransformError."""
     import onnxruntime as ort
 
-    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
 
     with TempFolder(prefix="edgecli-ort-") as folder:
         source, target = Path(folder) / "model.onnx", Path(folder) / "model.ort"
@@ -31,7 +35,9 @@ def from_onnx_bytes(onnx_bytes: bytes, optimization: str = "basic") -> bytes:
             ort.InferenceSession(str(source), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             lines = [l for l in str(exc).strip().splitlines() if l.strip()]
-            raise TransformError(f"onnxruntime cannot save this model in ORT format: {(lines or [type(exc).__name__])[0][:240]}") from None
+            raise TransformError(
+                f"onnxruntime cannot save this model in ORT format: {(lines or [type(exc).__name__])[0][:240]}"
+            ) from None
         return canonical(target.read_bytes())
 
 
@@ -65,15 +71,27 @@ def canonical(data: bytes) -> bytes:
     if version < tail:
         return data
     resolver: Resolver = sorted(
-        (op.text(0), sorted(
-            (entry.text(0), [(arg.number(0, flatbuffers.number_types.Int8Flags), arg.number(1, flatbuffers.number_types.Uint32Flags))
-                             for arg in entry.tables(1)])
-            for entry in op.tables(1)))
+        (
+            op.text(0),
+            sorted(
+                (
+                    entry.text(0),
+                    [
+                        (
+                            arg.number(0, flatbuffers.number_types.Int8Flags),
+                            arg.number(1, flatbuffers.number_types.Uint32Flags),
+                        )
+                        for arg in entry.tables(1)
+                    ],
+                )
+                for entry in op.tables(1)
+            ),
+        )
         for op in root.table(3).tables(0)
     )
     builder = flatbuffers.Builder(len(data))
     builder.head -= len(data) - tail
-    builder.Bytes[builder.head:] = data[tail:]
+    builder.Bytes[builder.head :] = data[tail:]
     builder.minalign = 8  # the largest alignment in the schema
     resolver_offset = _write_resolver(builder, resolver)
     builder.StartObject(4)
@@ -165,6 +183,8 @@ def read_lineage(path: Path) -> dict[str, Any] | None:
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200]
-        raise ModelReadError(f"onnxruntime cannot load {path} as ORT format: {first}", hint=damaged_hint(first)) from None
+        raise ModelReadError(
+            f"onnxruntime cannot load {path} as ORT format: {first}", hint=damaged_hint(first)
+        ) from None
     text = session.get_modelmeta().custom_metadata_map.get(lin.LINEAGE_KEY)
     return json.loads(text) if text else None

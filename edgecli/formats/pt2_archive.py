@@ -72,22 +72,106 @@ NO_CODE = "edgecli does not run code from a model file"
 MAX_EXPR_CHARS = 20_000
 
 # sympy.printing.repr.srepr's names (what torch writes) and torch.utils._sympy.functions
-SYMPY_CALLS = frozenset({
-    "Symbol", "Dummy", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Mod", "Max", "Min", "Abs",
-    "floor", "ceiling", "sqrt", "Equality", "Unequality", "StrictLessThan", "StrictGreaterThan",
-    "LessThan", "GreaterThan", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "Xor", "ITE",
-    "Piecewise", "ExprCondPair", "BooleanTrue", "BooleanFalse", "Half", "One", "Zero", "NegativeOne",
-    "Infinity", "NegativeInfinity", "NaN",
-    "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt",
-    "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
-    "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal",
-    "ToFloat", "Identity", "OpaqueUnaryFn_sqrt",
-})
+SYMPY_CALLS = frozenset(
+    {
+        "Symbol",
+        "Dummy",
+        "Integer",
+        "Rational",
+        "Float",
+        "Add",
+        "Mul",
+        "Pow",
+        "Mod",
+        "Max",
+        "Min",
+        "Abs",
+        "floor",
+        "ceiling",
+        "sqrt",
+        "Equality",
+        "Unequality",
+        "StrictLessThan",
+        "StrictGreaterThan",
+        "LessThan",
+        "GreaterThan",
+        "Eq",
+        "Ne",
+        "Lt",
+        "Le",
+        "Gt",
+        "Ge",
+        "And",
+        "Or",
+        "Not",
+        "Xor",
+        "ITE",
+        "Piecewise",
+        "ExprCondPair",
+        "BooleanTrue",
+        "BooleanFalse",
+        "Half",
+        "One",
+        "Zero",
+        "NegativeOne",
+        "Infinity",
+        "NegativeInfinity",
+        "NaN",
+        "FloorDiv",
+        "ModularIndexing",
+        "Where",
+        "PythonMod",
+        "CleanDiv",
+        "CeilToInt",
+        "FloorToInt",
+        "CeilDiv",
+        "LShift",
+        "RShift",
+        "PowByNatural",
+        "FloatPow",
+        "FloatTrueDiv",
+        "IntTrueDiv",
+        "IsNonOverlappingAndDenseIndicator",
+        "TruncToFloat",
+        "TruncToInt",
+        "RoundToInt",
+        "RoundDecimal",
+        "ToFloat",
+        "Identity",
+        "OpaqueUnaryFn_sqrt",
+    }
+)
 SYMPY_CONSTANTS = frozenset({"true", "false", "oo", "zoo", "nan", "True", "False", "None"})
-GUARD_NAMES = SYMPY_CALLS | SYMPY_CONSTANTS | frozenset({
-    "L", "args", "size", "stride", "storage_offset", "dim", "numel", "shape", "math", "isnan", "isinf",
-    "inf", "floor", "ceil", "trunc", "and", "or", "not", "in", "is", "if", "else",
-})
+GUARD_NAMES = (
+    SYMPY_CALLS
+    | SYMPY_CONSTANTS
+    | frozenset(
+        {
+            "L",
+            "args",
+            "size",
+            "stride",
+            "storage_offset",
+            "dim",
+            "numel",
+            "shape",
+            "math",
+            "isnan",
+            "isinf",
+            "inf",
+            "floor",
+            "ceil",
+            "trunc",
+            "and",
+            "or",
+            "not",
+            "in",
+            "is",
+            "if",
+            "else",
+        }
+    )
+)
 _INPUT_PATH = re.compile(r"L(?:\[(?:'\w+'|\d+)\])+")
 _GUARD_CHARS = re.compile(r"[\w .()\[\],<>=!+\-*/%&|~]*")
 
@@ -118,7 +202,7 @@ class Archive:
         for info in infos:
             if not info.filename.startswith(self.prefix):
                 raise _damaged(path, f"member '{info.filename}' is outside the folder '{self.prefix}'")
-            name = info.filename[len(self.prefix):]
+            name = info.filename[len(self.prefix) :]
             if name in self.members:
                 raise _damaged(path, f"member '{info.filename}' appears twice")
             self.members[name] = info
@@ -149,8 +233,10 @@ def inspect(data: bytes, path: Path, trusted: bool) -> None:
         raise ModelReadError(f"{path} is a .pt2 of the pre-2.7 layout", hint="export it again with torch.export.save")
     version = archive.read("archive_version").decode("utf-8", "replace").strip()
     if version != "0":
-        raise ModelReadError(f"{path}: part 'archive_version' says {one_line(version)[:20]!r}; this torch reads version '0'")
-    models = sorted(n[len("models/"):-len(".json")] for n in names if n.startswith("models/") and n.endswith(".json"))
+        raise ModelReadError(
+            f"{path}: part 'archive_version' says {one_line(version)[:20]!r}; this torch reads version '0'"
+        )
+    models = sorted(n[len("models/") : -len(".json")] for n in names if n.startswith("models/") and n.endswith(".json"))
     if "model" not in models:
         raise _damaged(path, "it holds no exported program 'models/model.json'")
     if not trusted:
@@ -198,7 +284,12 @@ def _check_model(archive: Archive, model: str, trusted: bool) -> None:
         _check_expressions(program, path, f"models/{model}.json")
         for guard in program.get("guards_code") or []:
             if not isinstance(guard, str) or not _safe_guard(guard):
-                raise _refuse(path, f"models/{model}.json", f"has guards_code torch would execute ({one_line(str(guard))[:80]!r})", NO_CODE)
+                raise _refuse(
+                    path,
+                    f"models/{model}.json",
+                    f"has guards_code torch would execute ({one_line(str(guard))[:80]!r})",
+                    NO_CODE,
+                )
 
 
 def _check_weights_only(archive: Archive, name: str, trusted: bool) -> None:
@@ -217,7 +308,9 @@ def _check_weights_only(archive: Archive, name: str, trusted: bool) -> None:
         asked = match.group(1) if match else "a Python object"
         raise _refuse(archive.path, name, f"is a pickle of {asked}") from None
     except Exception as exc:  # torch raises many types for a damaged torch.save file
-        raise _damaged(archive.path, f"'{name}': {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+        raise _damaged(
+            archive.path, f"'{name}': {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        ) from None
 
 
 def _check_expressions(node: Any, path: Path, part: str) -> None:
@@ -228,7 +321,12 @@ def _check_expressions(node: Any, path: Path, part: str) -> None:
         if isinstance(item, dict):
             for key, value in item.items():
                 if key == "expr_str" and not (isinstance(value, str) and _safe_sympy(value)):
-                    raise _refuse(path, part, f"has a symbolic expression torch would evaluate as Python ({one_line(str(value))[:80]!r})", NO_CODE)
+                    raise _refuse(
+                        path,
+                        part,
+                        f"has a symbolic expression torch would evaluate as Python ({one_line(str(value))[:80]!r})",
+                        NO_CODE,
+                    )
                 stack.append(value)
         elif isinstance(item, list):
             stack.extend(item)
@@ -256,13 +354,33 @@ def _safe_sympy(text: str) -> bool:
             if any(k.arg is None or not isinstance(k.value, ast.Constant) for k in node.keywords):
                 return False
         elif isinstance(node, ast.Name):
-            if node.id not in SYMPY_CALLS and node.id not in SYMPY_CONSTANTS and not re.fullmatch(r"[a-z]+\d+", node.id):
+            if (
+                node.id not in SYMPY_CALLS
+                and node.id not in SYMPY_CONSTANTS
+                and not re.fullmatch(r"[a-z]+\d+", node.id)
+            ):
                 return False
         elif isinstance(node, ast.Constant):
-            if not isinstance(node.value, (int, float, str, bool)) or (isinstance(node.value, str) and not re.fullmatch(r"[\w.+\-]*", node.value)):
+            if not isinstance(node.value, (int, float, str, bool)) or (
+                isinstance(node.value, str) and not re.fullmatch(r"[\w.+\-]*", node.value)
+            ):
                 return False
-        elif not isinstance(node, (ast.Expression, ast.Load, ast.keyword, ast.BinOp, ast.UnaryOp, ast.Compare,
-                                   ast.BoolOp, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)):
+        elif not isinstance(
+            node,
+            (
+                ast.Expression,
+                ast.Load,
+                ast.keyword,
+                ast.BinOp,
+                ast.UnaryOp,
+                ast.Compare,
+                ast.BoolOp,
+                ast.operator,
+                ast.unaryop,
+                ast.cmpop,
+                ast.boolop,
+            ),
+        ):
             return False
     return True
 
@@ -279,8 +397,21 @@ def _safe_guard(text: str) -> bool:
             return False
         if isinstance(node, ast.Attribute) and (node.attr not in GUARD_NAMES or node.attr.startswith("_")):
             return False
-        if isinstance(node, (ast.Lambda, ast.NamedExpr, ast.Starred, ast.JoinedStr, ast.Await, ast.Yield,
-                             ast.GeneratorExp, ast.ListComp, ast.SetComp, ast.DictComp)):
+        if isinstance(
+            node,
+            (
+                ast.Lambda,
+                ast.NamedExpr,
+                ast.Starred,
+                ast.JoinedStr,
+                ast.Await,
+                ast.Yield,
+                ast.GeneratorExp,
+                ast.ListComp,
+                ast.SetComp,
+                ast.DictComp,
+            ),
+        ):
             return False
     return True
 
@@ -289,7 +420,6 @@ def check_targets(program: Any, path: Path) -> None:
     """Every function the loaded graph calls is an operator (never an arbitrary Python callable
     a crafted node target resolved to, e.g. 'torch.os.system')."""
     import torch
-
     from torch._export.verifier import Verifier
 
     allowed_builtins = set(Verifier().allowed_builtin_ops())
@@ -300,7 +430,10 @@ def check_targets(program: Any, path: Path) -> None:
             continue
         for node in graph.nodes:
             if node.op in ("call_module", "call_method"):
-                raise ModelReadError(f"{path}: node '{one_line(node.name)}' is a {node.op}, which an exported program never holds", hint=TRUST_HINT)
+                raise ModelReadError(
+                    f"{path}: node '{one_line(node.name)}' is a {node.op}, which an exported program never holds",
+                    hint=TRUST_HINT,
+                )
             if node.op != "call_function" or isinstance(node.target, op_types):
                 continue
             if node.target in allowed_builtins or _is_torch_sym_function(node.target):
@@ -316,9 +449,18 @@ def check_targets(program: Any, path: Path) -> None:
 def _is_torch_sym_function(target: Any) -> bool:
     import torch
 
-    return target in (torch.sym_int, torch.sym_float, torch.sym_ite, torch.sym_max, torch.sym_min,
-                      torch.sym_not, torch.sym_sqrt, torch.sym_sum, torch._C._set_grad_enabled,
-                      torch.autograd.grad_mode.set_grad_enabled)
+    return target in (
+        torch.sym_int,
+        torch.sym_float,
+        torch.sym_ite,
+        torch.sym_max,
+        torch.sym_min,
+        torch.sym_not,
+        torch.sym_sqrt,
+        torch.sym_sum,
+        torch._C._set_grad_enabled,
+        torch.autograd.grad_mode.set_grad_enabled,
+    )
 
 
 class _Refused(Exception):

@@ -20,8 +20,8 @@ def load(path: Path) -> Any:
     file), and a failure is one line, never torch's logged tracebacks."""
     import pickle
 
-    from edgecli.formats import pt2_archive
     from edgecli.core.security import trust_pickle
+    from edgecli.formats import pt2_archive
 
     trusted = trust_pickle()
     try:
@@ -38,9 +38,11 @@ def load(path: Path) -> Any:
             contents = load_pt2(io.BytesIO(data))
     except pt2_archive._Refused as exc:
         raise ModelReadError(f"{path} holds {exc}; {pt2_archive.NO_UNPICKLING}", hint=pt2_archive.TRUST_HINT) from None
-    except pickle.UnpicklingError as exc:
-        raise ModelReadError(f"{path} holds a pickle torch's weights-only reader refuses; {pt2_archive.NO_UNPICKLING}",
-                             hint=pt2_archive.TRUST_HINT) from None
+    except pickle.UnpicklingError:
+        raise ModelReadError(
+            f"{path} holds a pickle torch's weights-only reader refuses; {pt2_archive.NO_UNPICKLING}",
+            hint=pt2_archive.TRUST_HINT,
+        ) from None
     except Exception as exc:  # torch raises many types for a bad archive
         text = str(exc).strip()
         first = one_line(text.splitlines()[0])[:200] if text else type(exc).__name__
@@ -58,8 +60,8 @@ def load(path: Path) -> Any:
 def check_archive(path: Path) -> None:
     """The archive checks of `load` (pt2_archive.inspect), without torch: for a .pt2 that is read
     later, refused before the work that comes first (distill's student.path, before the teacher runs)."""
-    from edgecli.formats import pt2_archive
     from edgecli.core.security import trust_pickle
+    from edgecli.formats import pt2_archive
 
     try:
         data = Path(path).read_bytes()

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from edgecli.core import console
-from edgecli.data.dataset import Dataset
 from edgecli.core.errors import ModelReadError, ParityError, TransformError, UsageError, last_line
+from edgecli.data.dataset import Dataset
+from edgecli.formats.files import TempFolder
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import ModelSource
-from edgecli.formats.files import TempFolder
 
 WRAPPER_KEYS = ("state_dict", "model")  # {"state_dict": {...}} (Lightning and others), {"model": {...}}
 SHOWN_KEYS = 3
@@ -104,8 +104,10 @@ def _trusted_module(path: Path) -> Any:
     try:
         loaded = torch.load(path, weights_only=False, map_location="cpu")
     except Exception as exc:  # a class the pickle names may not be importable here
-        raise ModelReadError(f"{path}: unpickling failed ({type(exc).__name__}: {_first_line(exc)})",
-                             hint="the module's class must be importable from the working folder") from None
+        raise ModelReadError(
+            f"{path}: unpickling failed ({type(exc).__name__}: {_first_line(exc)})",
+            hint="the module's class must be importable from the working folder",
+        ) from None
     if not isinstance(loaded, torch.nn.Module):
         raise ModelReadError(f"{path} holds a pickled {type(loaded).__name__}, not an nn.Module or a state_dict")
     return loaded.eval()
@@ -174,7 +176,7 @@ def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:
     prefixes = {key.split(".", 1)[0] + "." for key in unexpected if "." in key}
     if len(prefixes) == 1:
         prefix = prefixes.pop()
-        if {key[len(prefix):] for key in unexpected} >= set(missing):
+        if {key[len(prefix) :] for key in unexpected} >= set(missing):
             return f"the file's keys start with '{prefix}': save the inner module's state_dict"
     return "check model.factory and model.kwargs (or set model.strict: false)"
 
@@ -185,7 +187,10 @@ def state_dict_mismatch(module: Any, tensors: dict[str, Any], strict: bool) -> t
     for name, want in expected.items():
         got = tensors.get(name)
         if got is not None and got.shape != want.shape:
-            return f"'{name}' is {list(got.shape)} in the file but {list(want.shape)} in the module", "check model.kwargs"
+            return (
+                f"'{name}' is {list(got.shape)} in the file but {list(want.shape)} in the module",
+                "check model.kwargs",
+            )
     missing = [name for name in expected if name not in tensors]
     unexpected = [name for name in tensors if name not in expected]
     if strict and (missing or unexpected):
@@ -285,13 +290,17 @@ def export_difference(module: Any, program: Any, inputs: Any) -> float:
 
 @contextlib.contextmanager
 def built_pt2(
-    state_dict: ModelFile, spec: ModelSource | None, data: Dataset | None, dynamic_batch: bool = True, atol: float = 1e-4
+    state_dict: ModelFile,
+    spec: ModelSource | None,
+    data: Dataset | None,
+    dynamic_batch: bool = True,
+    atol: float = 1e-4,
 ) -> Iterator[tuple[ModelFile, dict[str, Any]]]:
     """The state_dict file built with model.factory and exported to a temporary .pt2, and the export's
     figures (eager vs exported max abs diff, dynamic batch). Raises UsageError, ModelReadError,
     TransformError or ParityError."""
-    from edgecli.formats import pt2_file
     from edgecli.analysis.model_stats import refuse_non_finite
+    from edgecli.formats import pt2_file
 
     loaded = load_state_dict_or_module(state_dict.path)
     if isinstance(loaded, dict) and spec is None:
@@ -299,7 +308,9 @@ def built_pt2(
             "MODEL is a state_dict: the recipe needs model.factory (the code that builds the nn.Module)",
             hint="--set model.factory=package.module:function, or a model: section in the recipe",
         )
-    spec = spec or ModelSource.model_construct(factory="(pickled module)", kwargs={}, input_shape=None, input_dtype="float32", strict=True)
+    spec = spec or ModelSource.model_construct(
+        factory="(pickled module)", kwargs={}, input_shape=None, input_dtype="float32", strict=True
+    )
     if spec.input_shape is None and data is None:
         raise UsageError(
             f"{state_dict.path} is a state_dict: torch.export needs an example input",
@@ -307,8 +318,10 @@ def built_pt2(
         )
     module = build_module(spec, loaded, state_dict.path) if isinstance(loaded, dict) else loaded
     params = {name for name, _ in module.named_parameters()}
-    refuse_non_finite(state_dict.path, [(k, t.detach().float().numpy(), k in params) for k, t in module.state_dict().items()
-                                        if t.is_floating_point()])
+    refuse_non_finite(
+        state_dict.path,
+        [(k, t.detach().float().numpy(), k in params) for k, t in module.state_dict().items() if t.is_floating_point()],
+    )
     example = example_batch(spec, data)
     program, dynamic = export_program(module, example, dynamic_batch)
     difference = export_difference(module, program, _check_inputs(example, data, dynamic))
@@ -317,7 +330,9 @@ def built_pt2(
             f"the exported program differs from the eager {spec.factory} module: max abs diff {difference:.3g} > {atol:g}",
             hint="the module may branch on its input's values, which torch.export fixes at export time",
         )
-    console.info(f"built {spec.factory} from {state_dict.path}: exported, max abs diff to the eager module {difference:.3g}")
+    console.info(
+        f"built {spec.factory} from {state_dict.path}: exported, max abs diff to the eager module {difference:.3g}"
+    )
     with TempFolder(prefix="edgecli-state-dict-") as folder:
         path = Path(folder) / "model.pt2"
         path.write_bytes(pt2_file.to_bytes(program, None))

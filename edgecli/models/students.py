@@ -56,7 +56,11 @@ def build_student(spec: StudentSpec, input_shape: tuple[int, ...], num_classes: 
     blocks: list[nn.Module] = []
     for index, convs in enumerate(stages):
         for out_channels in convs:
-            blocks += [nn.Conv2d(channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU()]
+            blocks += [
+                nn.Conv2d(channels, out_channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(),
+            ]
             channels = out_channels
         if index < len(stages) - 1 and min(height, width) >= 4:
             blocks.append(nn.MaxPool2d(2))

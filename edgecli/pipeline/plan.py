@@ -127,9 +127,12 @@ class Planner:
 
         for command in commands:
             for output in command.outputs:
-                files = CommandFiles(clash=lambda _role, _out, what, _src, name=command.name, output=output: (
-                    f"step '{name}' would write {shown(output)}, which is an input of the pipeline ({what}); "
-                    "rename the step or choose another --out"))
+                files = CommandFiles(
+                    clash=lambda _role, _out, what, _src, name=command.name, output=output: (
+                        f"step '{name}' would write {shown(output)}, which is an input of the pipeline ({what}); "
+                        "rename the step or choose another --out"
+                    )
+                )
                 files.inputs = [(role, str(path)) for role, path in self.sources]
                 files.output(f"step '{command.name}'", output)
                 files.check_clashes()
@@ -186,7 +189,9 @@ class Planner:
             argv += ["--set", setting]
         report, markdown = self.out / "bench.json", self.out / "bench.md"
         argv += ["--json", shown(report), "--markdown", shown(markdown)]
-        return Command("bench", "bench", argv, [report, markdown], models + recipe_files + ([data] if data else []), settings)
+        return Command(
+            "bench", "bench", argv, [report, markdown], models + recipe_files + ([data] if data else []), settings
+        )
 
     def commands(self) -> list[Command]:
         planned = [self.step(index, step) for index, step in enumerate(self.spec.steps)]
@@ -210,4 +215,6 @@ def resolve_pipeline(name_or_path: str) -> Path:
     try:
         return resolve_recipe_path("pipelines", name_or_path)
     except RecipeError as exc:
-        raise UsageError(f"no pipeline file '{name_or_path}' and no shipped pipeline of that name", hint=exc.hint) from None
+        raise UsageError(
+            f"no pipeline file '{name_or_path}' and no shipped pipeline of that name", hint=exc.hint
+        ) from None

@@ -59,7 +59,9 @@ class State:
         self.path = folder / STATE_FILE
         try:
             loaded = json.loads(self.path.read_text())
-            self.steps: dict[str, Any] = loaded["steps"] if isinstance(loaded, dict) and isinstance(loaded.get("steps"), dict) else {}
+            self.steps: dict[str, Any] = (
+                loaded["steps"] if isinstance(loaded, dict) and isinstance(loaded.get("steps"), dict) else {}
+            )
         except (OSError, ValueError):
             self.steps = {}  # none yet, or damaged: everything runs
 
@@ -73,7 +75,9 @@ class State:
     def record(self, command: Command, key: str) -> dict[str, str]:
         outputs = {path.name: sha256_of(path) for path in command.outputs}
         self.steps[command.name] = {"key": key, "verb": command.verb, "outputs": outputs}
-        write_bytes_atomic(self.path, (json.dumps({"edgecli_run": 1, "steps": self.steps}, indent=2, sort_keys=True) + "\n").encode())
+        write_bytes_atomic(
+            self.path, (json.dumps({"edgecli_run": 1, "steps": self.steps}, indent=2, sort_keys=True) + "\n").encode()
+        )
         return outputs
 
 
@@ -84,7 +88,9 @@ def locked(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UsageError(f"another edgecli run is using {shown(folder)}", hint="wait for it, or use another --out") from None
+            raise UsageError(
+                f"another edgecli run is using {shown(folder)}", hint="wait for it, or use another --out"
+            ) from None
         try:
             yield
         finally:
@@ -116,7 +122,11 @@ def run_commands(commands: list[Command], folder: Path, quiet: bool, force: bool
         where = ", ".join(shown(path) for path in command.outputs)
         if not force and state.up_to_date(command, key):
             console.info(f"[{index}/{len(commands)}] {command.name}: up to date ({where})")
-            outcomes.append(Outcome(command.name, command.verb, "up to date", state.steps[command.name]["outputs"], 0.0, command.shell()))
+            outcomes.append(
+                Outcome(
+                    command.name, command.verb, "up to date", state.steps[command.name]["outputs"], 0.0, command.shell()
+                )
+            )
             continue
         console.info(f"[{index}/{len(commands)}] {command.name}: {command.shell()}")
         started = time.perf_counter()
@@ -124,5 +134,7 @@ def run_commands(commands: list[Command], folder: Path, quiet: bool, force: bool
         if code != 0:
             raise StepFailed(command, code)
         outputs = state.record(command, key)
-        outcomes.append(Outcome(command.name, command.verb, "ran", outputs, time.perf_counter() - started, command.shell()))
+        outcomes.append(
+            Outcome(command.name, command.verb, "ran", outputs, time.perf_counter() - started, command.shell())
+        )
     return outcomes

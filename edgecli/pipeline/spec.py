@@ -21,17 +21,33 @@ STEP_NAME = r"^[A-Za-z0-9][\w.-]*$"
 class StepSpec(Strict):
     """One edgecli verb run on the previous step's output (or on `input`), written to OUT/<name>.<suffix>."""
 
-    name: str = Field(..., pattern=STEP_NAME, description="The step's name: its output is OUT/<name> + the format's suffix; "
-                      "later steps refer to it as ${name}.")
-    verb: Literal["prune", "distill", "quantize", "convert"] = Field(..., description="The edgecli verb this step runs.")
-    input: str | None = Field(None, description="The model the verb reads: ${step} or ${model} or a path; "
-                              "default: the previous step's output (the source model for the first step).")
-    recipe: str | None = Field(None, description="A shipped recipe name of the verb (see `edgecli recipe list`) or a "
-                               "recipe file path; default: the verb's defaults.")
-    set: dict[str, Any] = Field(default_factory=dict, description="Recipe values set inline, as `--set key.sub=value`; "
-                                "a value ${step} is that step's output path.")
+    name: str = Field(
+        ...,
+        pattern=STEP_NAME,
+        description="The step's name: its output is OUT/<name> + the format's suffix; "
+        "later steps refer to it as ${name}.",
+    )
+    verb: Literal["prune", "distill", "quantize", "convert"] = Field(
+        ..., description="The edgecli verb this step runs."
+    )
+    input: str | None = Field(
+        None,
+        description="The model the verb reads: ${step} or ${model} or a path; "
+        "default: the previous step's output (the source model for the first step).",
+    )
+    recipe: str | None = Field(
+        None,
+        description="A shipped recipe name of the verb (see `edgecli recipe list`) or a "
+        "recipe file path; default: the verb's defaults.",
+    )
+    set: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Recipe values set inline, as `--set key.sub=value`; a value ${step} is that step's output path.",
+    )
     data: str | None = Field(None, description="--data: a name from `datasets` or an .npz path.")
-    eval_data: str | None = Field(None, description="--eval-data (prune, distill, quantize): a name from `datasets` or an .npz path.")
+    eval_data: str | None = Field(
+        None, description="--eval-data (prune, distill, quantize): a name from `datasets` or an .npz path."
+    )
 
     @model_validator(mode="after")
     def _convert_has_no_eval_data(self) -> StepSpec:
@@ -46,8 +62,12 @@ class BenchSpec(Strict):
     recipe: str | None = Field("default", description="A shipped bench recipe name or a recipe file path.")
     set: dict[str, Any] = Field(default_factory=dict, description="Bench recipe values set inline (e.g. runs, gates).")
     data: str | None = Field(None, description="Labelled evaluation data: a name from `datasets` or an .npz path.")
-    models: list[str] | None = Field(None, min_length=1, description="What to bench, as ${model} / ${step} references "
-                                     "(the first is the reference); default: the source model and every step's output.")
+    models: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="What to bench, as ${model} / ${step} references "
+        "(the first is the reference); default: the source model and every step's output.",
+    )
 
 
 class PipelineSpec(Strict):
@@ -55,12 +75,17 @@ class PipelineSpec(Strict):
     tools have not changed since it last ran is skipped."""
 
     model: str = Field(..., min_length=1, description="The source model, relative to the pipeline file.")
-    datasets: dict[str, str] = Field(default_factory=dict, description="Named .npz files (relative to the pipeline "
-                                     "file) that steps use as data: NAME.")
+    datasets: dict[str, str] = Field(
+        default_factory=dict,
+        description="Named .npz files (relative to the pipeline file) that steps use as data: NAME.",
+    )
     steps: list[StepSpec] = Field(..., min_length=1, description="The steps, run in order.")
     bench: BenchSpec | None = Field(default_factory=BenchSpec, description="The closing bench; null for none.")
-    out: str | None = Field(None, description="Output folder, relative to the pipeline file; default: <pipeline "
-                            "name>-out in the current folder. `edgecli run --out` overrides it.")
+    out: str | None = Field(
+        None,
+        description="Output folder, relative to the pipeline file; default: <pipeline "
+        "name>-out in the current folder. `edgecli run --out` overrides it.",
+    )
 
     @field_validator("steps")
     @classmethod
@@ -72,7 +97,9 @@ class PipelineSpec(Strict):
             for name in references(step):
                 if name not in seen:
                     known = ", ".join(sorted(seen))
-                    raise ValueError(f"step '{step.name}' refers to ${{{name}}}, which is not an earlier step (known: {known})")
+                    raise ValueError(
+                        f"step '{step.name}' refers to ${{{name}}}, which is not an earlier step (known: {known})"
+                    )
             seen.add(step.name)
         return steps
 
@@ -82,7 +109,9 @@ class PipelineSpec(Strict):
         for item in (self.bench.models or []) if self.bench else []:
             found = REFERENCE.fullmatch(item)
             if not found or found.group(1) not in names:
-                raise ValueError(f"bench.models: '{item}' is not ${{model}} or ${{step}} of a step ({', '.join(sorted(names))})")
+                raise ValueError(
+                    f"bench.models: '{item}' is not ${{model}} or ${{step}} of a step ({', '.join(sorted(names))})"
+                )
         return self
 
 

@@ -21,7 +21,8 @@ def open_runner(model: ModelFile, threads: int | None = None) -> Runner:
         if not specs:
             raise ModelReadError(
                 f"{model.path} has no {kind}: edgecli runs, measures and transforms models that take at least "
-                "one input and give at least one output", hint="check that the right model was exported",
+                "one input and give at least one output",
+                hint="check that the right model was exported",
             )
     return runner
 

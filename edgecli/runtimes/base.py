@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecli.core import console
-from edgecli.data.dataset import Dataset, split_batches
 from edgecli.core.errors import DataError
+from edgecli.data.dataset import Dataset, split_batches
 from edgecli.formats import lineage as lin
 from edgecli.formats.model_file import ModelFile
 
@@ -39,7 +39,9 @@ class TensorSpec:
 
 
 def _fits(shape: tuple[int, ...], spec: TensorSpec) -> bool:
-    return len(shape) == len(spec.shape) and all(want is None or want == got for got, want in zip(shape[1:], spec.shape[1:]))
+    return len(shape) == len(spec.shape) and all(
+        want is None or want == got for got, want in zip(shape[1:], spec.shape[1:])
+    )
 
 
 class Runner(ABC):

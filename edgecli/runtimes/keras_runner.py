@@ -46,7 +46,8 @@ class SavedModelRunner(Runner):
         _, named_inputs = self.signature.structured_input_signature
         self.inputs = [TensorSpec(n, tuple(t.shape), np.dtype(t.dtype.as_numpy_dtype)) for n, t in named_inputs.items()]
         self.outputs = [
-            TensorSpec(n, tuple(t.shape), np.dtype(t.dtype.as_numpy_dtype)) for n, t in self.signature.structured_outputs.items()
+            TensorSpec(n, tuple(t.shape), np.dtype(t.dtype.as_numpy_dtype))
+            for n, t in self.signature.structured_outputs.items()
         ]
 
     def run_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -55,15 +55,15 @@ def ort_reason(text: str) -> str:
     text = " ".join(text.split())
     text = _ORT_PREFIX.sub("", text)
     found = _ORT_SOURCE.match(text)
-    signature = re.match(r"^[^()]*::[^()]*\(", text[found.end():]) if found else None
+    signature = re.match(r"^[^()]*::[^()]*\(", text[found.end() :]) if found else None
     if found and signature:  # "model.cc:256 onnxruntime::Model::Model(onnx::ModelProto&&, ...) reason"
-        text = text[found.end():]
+        text = text[found.end() :]
         depth, index = 0, signature.end() - 1
         for index in range(signature.end() - 1, len(text)):
             depth += {"(": 1, ")": -1}.get(text[index], 0)
             if depth == 0:
                 break
-        text = text[index + 1:].strip() or text
+        text = text[index + 1 :].strip() or text
     text = re.sub(r"\S+\.(cc|h|cpp):\d+\s+[A-Za-z_]\w*\s+", "", text)  # "tensorprotoutils.cc:592 ValidateX reason"
     return one_line(text)[:300]
 
@@ -74,7 +74,8 @@ def load_error(model: ModelFile, text: str) -> ModelReadError:
         if not utf8_path(model.path):
             return ModelReadError(
                 f"{model.path} keeps weights in external data files, which onnxruntime cannot find for a file "
-                "name that is not UTF-8", hint="rename the model with a UTF-8 name",
+                "name that is not UTF-8",
+                hint="rename the model with a UTF-8 name",
             )
         if model.format is Format.ONNX:
             import onnx

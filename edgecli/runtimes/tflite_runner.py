@@ -11,7 +11,6 @@ from edgecli.core.errors import BackendMissing, ModelReadError, damaged_hint, on
 from edgecli.formats.model_file import ModelFile, utf8_path
 from edgecli.runtimes.base import Runner, TensorSpec
 
-
 # A quantization step this large means a float sentinel was quantized: an attention mask's
 # (1 - mask) * -3.4e38 gets scale 1.33e36 under full-integer TFLite, and LiteRT aborts the whole
 # process (SIGABRT in QuantizeMultiplierSmallerThanOneExp, preparing SUB) instead of raising.
@@ -54,7 +53,11 @@ class TfliteRunner(Runner):
             raise BackendMissing("running TFLite needs ai-edge-litert", hint="pip install 'edgecli[tflite]'") from None
         try:
             with console.muted():  # LiteRT prints an INFO line about its XNNPACK delegate
-                source = {"model_path": str(model.path)} if utf8_path(model.path) else {"model_content": model.path.read_bytes()}
+                source = (
+                    {"model_path": str(model.path)}
+                    if utf8_path(model.path)
+                    else {"model_content": model.path.read_bytes()}
+                )
                 self.interpreter = Interpreter(**source, num_threads=threads or os.cpu_count() or 1)
                 check_quantization_scales(self.interpreter, model.path)
                 self.interpreter.allocate_tensors()

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from edgecli.formats.detect import Format
-from edgecli.formats.model_file import ModelFile
 from edgecli.formats.files import TempFolder
+from edgecli.formats.model_file import ModelFile
 
 
 @dataclass
@@ -59,7 +59,9 @@ class Artifact:
         if self.format is Format.ORT:  # payload: the onnx.ModelProto to save in ORT format
             from edgecli.formats import onnx_file, ort_file
 
-            return ort_file.from_onnx_bytes(onnx_file.to_bytes(self.payload, lineage), self.io.get("ort_optimization", "basic"))
+            return ort_file.from_onnx_bytes(
+                onnx_file.to_bytes(self.payload, lineage), self.io.get("ort_optimization", "basic")
+            )
         if self.format is Format.TFLITE:
             from edgecli.formats import tflite_file
 

@@ -37,8 +37,10 @@ class Checkpoint:
         try:
             loaded = torch.load(io.BytesIO(self.path.read_bytes()), weights_only=True)
         except Exception as exc:
-            raise InputError(f"checkpoint {self.path} cannot be read: {str(exc).splitlines()[0][:160]}",
-                             hint="delete it to start over") from None
+            raise InputError(
+                f"checkpoint {self.path} cannot be read: {str(exc).splitlines()[0][:160]}",
+                hint="delete it to start over",
+            ) from None
         if not isinstance(loaded, dict) or loaded.get("format") != FORMAT:
             raise InputError(f"{self.path} is not an edgecli checkpoint", hint="delete it to start over")
         if loaded.get("fingerprint") != self.fingerprint:

@@ -129,10 +129,15 @@ def fit(
             if after_epoch is not None:
                 bar.advance(0, epoch=epoch + 1, loss=history[-1], **after_epoch(epoch))
             if save_state is not None:
-                save_state({
-                    "epoch": epoch + 1, "history": history, "optimizer": opt.state_dict(),
-                    "scheduler": None if scheduler is None else scheduler.state_dict(), "generator": generator.get_state(),
-                })
+                save_state(
+                    {
+                        "epoch": epoch + 1,
+                        "history": history,
+                        "optimizer": opt.state_dict(),
+                        "scheduler": None if scheduler is None else scheduler.state_dict(),
+                        "generator": generator.get_state(),
+                    }
+                )
             if stop_when is not None and stop_when(epoch):
                 break
     return history
@@ -189,8 +194,13 @@ class BestKeeper:
                     tensor.copy_(self.best_state[name])
 
     def state(self) -> dict[str, Any]:
-        return {"scores": self.scores, "best_epoch": self.best_epoch, "top_epoch": self.top_epoch, "best_score": self.best_score,
-                "best_state": self.best_state}
+        return {
+            "scores": self.scores,
+            "best_epoch": self.best_epoch,
+            "top_epoch": self.top_epoch,
+            "best_score": self.best_score,
+            "best_state": self.best_state,
+        }
 
     def load(self, state: dict[str, Any]) -> None:
         self.scores, self.best_epoch, self.top_epoch = list(state["scores"]), state["best_epoch"], state["top_epoch"]
@@ -214,8 +224,11 @@ class FinetuneResult:
         """Figures for an artifact's metrics (lineage and summary)."""
         out: dict[str, Any] = {"finetune_epochs": self.epochs_run, "finetune_loss": [round(v, 5) for v in self.loss]}
         if self.val_accuracy:
-            out.update(val_accuracy=[round(v, 4) for v in self.val_accuracy], best_epoch=self.best_epoch,
-                       stopped_early=self.stopped_early)
+            out.update(
+                val_accuracy=[round(v, 4) for v in self.val_accuracy],
+                best_epoch=self.best_epoch,
+                stopped_early=self.stopped_early,
+            )
         return out
 
 
@@ -305,10 +318,21 @@ def finetune(
 
     set_mode(module, training=True)
     result.loss = fit(
-        module, list(module.parameters()), len(x_train), lambda idx: [x_train[idx]], loss_fn,
-        epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, optimizer=spec.optimizer,
-        schedule=spec.schedule, seed=seed, description=description, after_step=after_step,
-        after_epoch=validate, stop_when=lambda epoch: bool(n_val) and keeper.should_stop(epoch + 1),
+        module,
+        list(module.parameters()),
+        len(x_train),
+        lambda idx: [x_train[idx]],
+        loss_fn,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        lr=spec.lr,
+        optimizer=spec.optimizer,
+        schedule=spec.schedule,
+        seed=seed,
+        description=description,
+        after_step=after_step,
+        after_epoch=validate,
+        stop_when=lambda epoch: bool(n_val) and keeper.should_stop(epoch + 1),
     )
     set_mode(module, training=False)
     result.epochs_run = len(result.loss)

@@ -9,13 +9,13 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgecli.data.dataset import load_dataset
+from edgecli.analysis.parity import check_parity
+from edgecli.analysis.parity_layers import first_divergence, shared_tensors, worst_samples
 from edgecli.core.errors import ParityError
+from edgecli.data.dataset import load_dataset
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import DataSpec, ParitySpec
 from edgecli.runtimes import open_runner
-from edgecli.analysis.parity import check_parity
-from edgecli.analysis.parity_layers import first_divergence, shared_tensors, worst_samples
 
 PERTURBED = "node_Conv_116"  # the fourth of the sample CNN's seven convolutions
 
@@ -63,7 +63,9 @@ def test_divergence_is_measured_not_guessed(sample, tmp_path):
     from edgecli.analysis.parity_layers import with_outputs
 
     def tensor(path: Path) -> np.ndarray:
-        session = ort.InferenceSession(with_outputs(onnx.load(str(path)), ["getitem_9"]), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            with_outputs(onnx.load(str(path)), ["getitem_9"]), providers=["CPUExecutionProvider"]
+        )
         return session.run(["getitem_9"], {"input": data.inputs[next(iter(data.inputs))].astype(np.float32)})[0]
 
     assert found.max_abs_diff == pytest.approx(float(np.abs(tensor(sample["onnx"]) - tensor(child)).max()), rel=1e-4)

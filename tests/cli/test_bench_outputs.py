@@ -48,7 +48,12 @@ def make_report() -> dict:
         "reference": "models/float.onnx",
         "data": "eval.npz",
         "passed": False,
-        "machine": {"cpu": "Test CPU", "cpu_count": 8, "cpu_flags": ["avx2", "fma"], "tools": {"onnxruntime": "1.32.0"}},
+        "machine": {
+            "cpu": "Test CPU",
+            "cpu_count": 8,
+            "cpu_flags": ["avx2", "fma"],
+            "tools": {"onnxruntime": "1.32.0"},
+        },
         "recipe": {"threads": [1, 2]},
         "models": [
             {
@@ -254,7 +259,9 @@ def test_bad_destinations_are_usage_errors(dests: Destinations, message: str) ->
 
 
 def test_good_destinations_pass(tmp_path: Path) -> None:
-    check_destinations(Destinations(json=str(tmp_path / "r.json"), markdown="-", csv=str(tmp_path / "r.csv"), plot=tmp_path / "r.PNG"))
+    check_destinations(
+        Destinations(json=str(tmp_path / "r.json"), markdown="-", csv=str(tmp_path / "r.csv"), plot=tmp_path / "r.PNG")
+    )
 
 
 # ---------------------------------------------------------------- the real CLI
@@ -292,7 +299,9 @@ def test_bench_writes_markdown_csv_json_and_plot_before_a_failing_gate_exits_1(
         (["--json", "-", "--csv", "-"], "--json and --csv both write to stdout"),
     ],
 )
-def test_bench_refuses_bad_outputs_before_benchmarking(sample: dict[str, Path], tmp_path: Path, args: list[str], message: str) -> None:
+def test_bench_refuses_bad_outputs_before_benchmarking(
+    sample: dict[str, Path], tmp_path: Path, args: list[str], message: str
+) -> None:
     result = run_cli("bench", sample["onnx"], "-r", "default", *args, cwd=tmp_path)
     assert result.code == 2, result.stderr
     assert message in result.stderr

@@ -37,8 +37,19 @@ def test_pipe_convert_into_quantize(sample, tmp_path):
     proto = onnx.load_from_string(first.stdout)  # stdout carries nothing but the model bytes
     assert proto.graph.node
     out = tmp_path / "int8.onnx"
-    second = run_cli("quantize", "-", "-r", "int8-static", *data_args("quantize"), "--set", "calibration.samples=64", "-o", out, "-q",
-                     stdin=first.stdout)
+    second = run_cli(
+        "quantize",
+        "-",
+        "-r",
+        "int8-static",
+        *data_args("quantize"),
+        "--set",
+        "calibration.samples=64",
+        "-o",
+        out,
+        "-q",
+        stdin=first.stdout,
+    )
     assert second.code == 0, second.stderr
     steps = ModelFile.open(out).lineage["steps"]
     assert [s["verb"] for s in steps] == ["convert", "quantize"]  # lineage survives the pipe
@@ -85,7 +96,18 @@ def test_output_suffix_must_match_target(sample, tmp_path):
 
 
 def test_quiet_success_prints_nothing(sample, tmp_path):
-    result = run_cli("convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "--set", "parity.samples=16", "-o", tmp_path / "m.onnx", "-q")
+    result = run_cli(
+        "convert",
+        sample["pt2"],
+        "-r",
+        "onnx",
+        *data_args("convert"),
+        "--set",
+        "parity.samples=16",
+        "-o",
+        tmp_path / "m.onnx",
+        "-q",
+    )
     assert result.code == 0 and result.stderr == "" and result.stdout == b""
 
 
@@ -104,8 +126,21 @@ def test_sigterm_during_work_leaves_nothing(sample, tmp_path):
 
     out = tmp_path / "student.pt2"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgecli", "distill", str(sample["onnx"]), "-r", "kd", *data_args("distill"), "-o", str(out)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "edgecli",
+            "distill",
+            str(sample["onnx"]),
+            "-r",
+            "kd",
+            *data_args("distill"),
+            "-o",
+            str(out),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     time.sleep(6)  # inside teacher inference or training by now
     proc.send_signal(signal.SIGTERM)

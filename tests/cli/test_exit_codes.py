@@ -9,7 +9,7 @@ from tests.conftest import data_args, leftovers, run_cli
 
 def test_corrupt_model_is_3(sample, tmp_path):
     truncated = tmp_path / "cut.onnx"
-    truncated.write_bytes(sample["onnx"].read_bytes()[: 5000])
+    truncated.write_bytes(sample["onnx"].read_bytes()[:5000])
     out = tmp_path / "out.onnx"
     result = run_cli("quantize", truncated, "-r", "int8-static", *data_args("quantize"), "-o", out)
     assert result.code == 3 and result.lines[-1].startswith("cannot read model:")
@@ -44,25 +44,59 @@ def test_unknown_shipped_recipe_name_is_2(sample, tmp_path):
 
 
 def test_missing_data_file_is_3(sample, tmp_path):
-    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", "--data", tmp_path / "nope.npz", "-o", tmp_path / "q.onnx")
+    result = run_cli(
+        "quantize", sample["onnx"], "-r", "int8-static", "--data", tmp_path / "nope.npz", "-o", tmp_path / "q.onnx"
+    )
     assert result.code == 3 and "nope.npz does not exist" in result.lines[-1]
     assert leftovers(tmp_path) == []
 
 
 def test_no_data_at_all_is_2(sample, tmp_path):
-    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", "--set", "data.path=null",
-                     "--set", "eval_data=null", "--set", "max_accuracy_drop=null", "-o", tmp_path / "q.onnx")
+    result = run_cli(
+        "quantize",
+        sample["onnx"],
+        "-r",
+        "int8-static",
+        "--set",
+        "data.path=null",
+        "--set",
+        "eval_data=null",
+        "--set",
+        "max_accuracy_drop=null",
+        "-o",
+        tmp_path / "q.onnx",
+    )
     assert result.code == 2 and "calibration data" in result.lines[-1]
 
 
 def test_out_of_range_recipe_value_is_2(sample, tmp_path):
-    result = run_cli("convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "--set", "parity.min_agreement=1.01", "-o", tmp_path / "m.onnx")
+    result = run_cli(
+        "convert",
+        sample["pt2"],
+        "-r",
+        "onnx",
+        *data_args("convert"),
+        "--set",
+        "parity.min_agreement=1.01",
+        "-o",
+        tmp_path / "m.onnx",
+    )
     assert result.code == 2  # refused before any work
     assert "parity.min_agreement" in result.lines[-1]
 
 
 def test_failed_parity_is_4(sample, tmp_path):
-    result = run_cli("convert", sample["onnx"], "-r", "tflite", *data_args("convert"), "--set", "parity.atol=1e-12", "-o", tmp_path / "m.tflite")
+    result = run_cli(
+        "convert",
+        sample["onnx"],
+        "-r",
+        "tflite",
+        *data_args("convert"),
+        "--set",
+        "parity.atol=1e-12",
+        "-o",
+        tmp_path / "m.tflite",
+    )
     assert result.code == 4 and result.lines[-1].startswith("parity check failed:")
     assert leftovers(tmp_path) == []
 
@@ -71,6 +105,17 @@ def test_missing_backend_is_5(sample, tmp_path):
     shim = tmp_path / "shim"
     shim.mkdir()
     (shim / "onnx2tf.py").write_text("raise ImportError('onnx2tf is not installed')\n")
-    result = run_cli("convert", sample["onnx"], "-r", "tflite", *data_args("convert"), "-o", tmp_path / "m.tflite", env={"PYTHONPATH": str(shim)})
-    assert result.code == 5 and result.lines[-1].startswith("missing backend:") and "--no-deps onnx2tf" in result.lines[-1]
+    result = run_cli(
+        "convert",
+        sample["onnx"],
+        "-r",
+        "tflite",
+        *data_args("convert"),
+        "-o",
+        tmp_path / "m.tflite",
+        env={"PYTHONPATH": str(shim)},
+    )
+    assert (
+        result.code == 5 and result.lines[-1].startswith("missing backend:") and "--no-deps onnx2tf" in result.lines[-1]
+    )
     assert leftovers(tmp_path) == ["shim"]

@@ -15,8 +15,13 @@ def steps_of(path) -> list[dict]:
 
 def test_sparsity_and_int8_are_carried_to_the_ort_file(sample, tmp_path):
     sparse, int8, ort = tmp_path / "sparse.onnx", tmp_path / "int8.onnx", tmp_path / "m.ort"
-    assert run_cli("prune", sample["onnx"], "-r", "magnitude-50", "--set", "finetune.epochs=0", "-o", sparse, "-q").code == 0
-    result = run_cli("quantize", sparse, "-r", "int8-static", *data_args("quantize"), "--set", "calibration.samples=64", "-o", int8)
+    assert (
+        run_cli("prune", sample["onnx"], "-r", "magnitude-50", "--set", "finetune.epochs=0", "-o", sparse, "-q").code
+        == 0
+    )
+    result = run_cli(
+        "quantize", sparse, "-r", "int8-static", *data_args("quantize"), "--set", "calibration.samples=64", "-o", int8
+    )
     assert result.code == 0, result.stderr
     result = run_cli("convert", int8, "-r", "ort-mobile", *data_args("convert"), "-o", ort)
     assert result.code == 0, result.stderr
@@ -25,15 +30,42 @@ def test_sparsity_and_int8_are_carried_to_the_ort_file(sample, tmp_path):
     assert [s["weight_dtype"] for s in states] == ["float32", "int8", "int8"]
     assert all(s["weight_sparsity"] >= 0.49 for s in states) and not any("lost" in s for s in states)
     shown = run_cli("inspect", ort, env={"COLUMNS": "250"})
-    assert shown.code == 0 and "int8, 50% zeros" in shown.stderr and "magnitude-50" in shown.stderr and "lost" not in shown.stderr
+    assert (
+        shown.code == 0
+        and "int8, 50% zeros" in shown.stderr
+        and "magnitude-50" in shown.stderr
+        and "lost" not in shown.stderr
+    )
 
 
 def test_a_student_trained_from_a_sparse_model_reports_the_lost_sparsity(sample, tmp_path):
     sparse, student = tmp_path / "sparse.pt2", tmp_path / "student.pt2"
-    assert run_cli("prune", sample["pt2"], "-r", "magnitude-50", "--set", "finetune.epochs=0", "-o", sparse, "-q").code == 0
-    result = run_cli("distill", sample["pt2"], "-r", "kd-recover", "--set", f"student.path={sparse}", "--set", "epochs=1",
-                     "--set", "augment.views=1", "--set", "data.limit=300", "--set", "val_split=0", "--set", "latency_runs=0",
-                     "--data", sample["train"], "-o", student)
+    assert (
+        run_cli("prune", sample["pt2"], "-r", "magnitude-50", "--set", "finetune.epochs=0", "-o", sparse, "-q").code
+        == 0
+    )
+    result = run_cli(
+        "distill",
+        sample["pt2"],
+        "-r",
+        "kd-recover",
+        "--set",
+        f"student.path={sparse}",
+        "--set",
+        "epochs=1",
+        "--set",
+        "augment.views=1",
+        "--set",
+        "data.limit=300",
+        "--set",
+        "val_split=0",
+        "--set",
+        "latency_runs=0",
+        "--data",
+        sample["train"],
+        "-o",
+        student,
+    )
     assert result.code == 0, result.stderr
     assert "distill did not keep what its input had: weight sparsity 50% -> 0%" in result.stderr
     steps = steps_of(student)

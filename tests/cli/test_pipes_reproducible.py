@@ -36,28 +36,69 @@ CALIBRATE = ["--set", "calibration_samples=64"]
 CASES = [
     # verb, recipe, input, output suffix, overrides
     pytest.param("convert", "tflite-micro", "onnx", ".tflite", [*CONVERT, *CALIBRATE], id="convert-onnx-tflite-micro"),
-    pytest.param("quantize", "tflite-int8", "onnx", ".tflite",
-                 ["--set", "calibration.samples=64", "--set", "eval_data.limit=200"], id="quantize-onnx-tflite-int8"),
+    pytest.param(
+        "quantize",
+        "tflite-int8",
+        "onnx",
+        ".tflite",
+        ["--set", "calibration.samples=64", "--set", "eval_data.limit=200"],
+        id="quantize-onnx-tflite-int8",
+    ),
     pytest.param("convert", "tflite", "onnx", ".tflite", CONVERT, id="convert-onnx-tflite"),
     pytest.param("convert", "onnx", "pt2", ".onnx", CONVERT, id="convert-pt2-onnx"),
     pytest.param("prune", "channels-50", "pt2", ".pt2", [*PRUNE, "--set", "finetune.epochs=1"], id="prune-pt2-channel"),
-    pytest.param("distill", "kd", "onnx", ".pt2",  # the piped run reads the teacher outputs the first one cached
-                 ["--set", "data.limit=256", "--set", "eval_data.limit=64", "--set", "epochs=1",
-                  "--set", "augment.views=1", "--set", "latency_runs=0"], id="distill-onnx-teacher-pt2"),
-    pytest.param("quantize", "int8-static", "onnx", ".onnx",
-                 ["--set", "calibration.samples=64", "--set", "eval_data.limit=200"], id="quantize-onnx-int8-static"),
-    pytest.param("prune", "magnitude-50", "onnx", ".onnx", [*PRUNE, "--set", "finetune.epochs=0"], id="prune-onnx-magnitude"),
-    pytest.param("convert", "onnx", "state_dict", ".pt2",  # a state_dict, built with its model code
-                 [*CONVERT, "--set", "target=pt2", "--set", "model.factory=sample_models.fashion_cnn:build"],
-                 id="convert-state-dict-pt2"),
+    pytest.param(
+        "distill",
+        "kd",
+        "onnx",
+        ".pt2",  # the piped run reads the teacher outputs the first one cached
+        [
+            "--set",
+            "data.limit=256",
+            "--set",
+            "eval_data.limit=64",
+            "--set",
+            "epochs=1",
+            "--set",
+            "augment.views=1",
+            "--set",
+            "latency_runs=0",
+        ],
+        id="distill-onnx-teacher-pt2",
+    ),
+    pytest.param(
+        "quantize",
+        "int8-static",
+        "onnx",
+        ".onnx",
+        ["--set", "calibration.samples=64", "--set", "eval_data.limit=200"],
+        id="quantize-onnx-int8-static",
+    ),
+    pytest.param(
+        "prune", "magnitude-50", "onnx", ".onnx", [*PRUNE, "--set", "finetune.epochs=0"], id="prune-onnx-magnitude"
+    ),
+    pytest.param(
+        "convert",
+        "onnx",
+        "state_dict",
+        ".pt2",  # a state_dict, built with its model code
+        [*CONVERT, "--set", "target=pt2", "--set", "model.factory=sample_models.fashion_cnn:build"],
+        id="convert-state-dict-pt2",
+    ),
     pytest.param("convert", "ort-mobile", "onnx", ".ort", CONVERT, id="convert-onnx-ort"),
 ]
-INPUTS = {"pt2": SAMPLE / "fashion_cnn.pt2", "onnx": SAMPLE / "fashion_cnn.onnx", "state_dict": SAMPLE / "fashion_cnn.pt"}
+INPUTS = {
+    "pt2": SAMPLE / "fashion_cnn.pt2",
+    "onnx": SAMPLE / "fashion_cnn.onnx",
+    "state_dict": SAMPLE / "fashion_cnn.pt",
+}
 
 
 @pytest.mark.parametrize("verb, recipe, source, suffix, overrides", CASES)
 def test_piped_artifact_equals_file_artifact(verb, recipe, source, suffix, overrides, tmp_path):
-    trust = {"EDGECLI_TRUST_CODE": "1"} if source == "state_dict" else None  # the sample factory is code the tests trust
+    trust = (
+        {"EDGECLI_TRUST_CODE": "1"} if source == "state_dict" else None
+    )  # the sample factory is code the tests trust
     check_pipe(verb, INPUTS[source], ["-r", recipe, *data_args(verb), *overrides], suffix, tmp_path, env=trust)
 
 
@@ -73,10 +114,18 @@ np.savez(sys.argv[1] + "/mlp.npz", x=np.random.default_rng(0).normal(size=(128, 
 def test_keras_on_stdin(tmp_path):
     """A .keras archive (read by convert and quantize) piped in: detected from its bytes, converted by TensorFlow."""
     subprocess.run([sys.executable, "-c", KERAS_MLP, str(tmp_path)], check=True, capture_output=True)
-    check_pipe("convert", tmp_path / "mlp.keras", ["-r", "tflite", "--data", tmp_path / "mlp.npz", *CONVERT], ".tflite", tmp_path)
+    check_pipe(
+        "convert",
+        tmp_path / "mlp.keras",
+        ["-r", "tflite", "--data", tmp_path / "mlp.npz", *CONVERT],
+        ".tflite",
+        tmp_path,
+    )
 
 
-def check_pipe(verb: str, model: Path, args: list, suffix: str, tmp_path: Path, env: dict[str, str] | None = None) -> None:
+def check_pipe(
+    verb: str, model: Path, args: list, suffix: str, tmp_path: Path, env: dict[str, str] | None = None
+) -> None:
     """`verb MODEL ARGS -o FILE` and `verb - ARGS -o -` (MODEL's bytes on stdin) write the same bytes."""
     out = tmp_path / f"out{suffix}"
     to_file = run_cli(verb, model, *args, "-o", out, env=env)

@@ -54,12 +54,15 @@ def test_list_json():
     assert [e["name"] for e in only] == sorted(p.stem for p in (CONFIGS_DIR / "quantize").glob("*.yaml"))
 
 
-@pytest.mark.parametrize(("args", "file"), [
-    (["kd"], "distill/kd.yaml"),
-    (["prune/magnitude-50"], "prune/magnitude-50.yaml"),
-    (["tflite-int8", "--verb", "convert"], "convert/tflite-int8.yaml"),
-    (["quantize/tflite-int8.yaml"], "quantize/tflite-int8.yaml"),
-])
+@pytest.mark.parametrize(
+    ("args", "file"),
+    [
+        (["kd"], "distill/kd.yaml"),
+        (["prune/magnitude-50"], "prune/magnitude-50.yaml"),
+        (["tflite-int8", "--verb", "convert"], "convert/tflite-int8.yaml"),
+        (["quantize/tflite-int8.yaml"], "quantize/tflite-int8.yaml"),
+    ],
+)
 def test_show_prints_exactly_the_file(args, file):
     result = run_cli("recipe", "show", *args)
     assert result.code == 0 and result.stderr == ""
@@ -77,14 +80,23 @@ def test_show_resolved_fills_every_default_and_validates(verb, path):
     assert validate_recipe(verb, shown, "shown").model_dump(mode="json") == shown  # a recipe as it stands
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["show", "tflite-int8"], ["'tflite-int8' is shipped for several verbs", "quantize/tflite-int8", "convert/tflite-int8"]),
-    (["show", "magnitud"], ["no shipped recipe 'magnitud'", "did you mean prune/magnitude-50, prune/magnitude-80?"]),
-    (["show", "kd", "--verb", "prun"], ["no recipe kind 'prun'", "did you mean 'prune'?"]),
-    (["show", "quantize/kd"], ["no shipped recipe 'quantize/kd'"]),
-    (["list", "bnch"], ["no recipe kind 'bnch'"]),
-    (["schema", "bnch"], ["no recipe schema for 'bnch'", "did you mean 'bench'?"]),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["show", "tflite-int8"],
+            ["'tflite-int8' is shipped for several verbs", "quantize/tflite-int8", "convert/tflite-int8"],
+        ),
+        (
+            ["show", "magnitud"],
+            ["no shipped recipe 'magnitud'", "did you mean prune/magnitude-50, prune/magnitude-80?"],
+        ),
+        (["show", "kd", "--verb", "prun"], ["no recipe kind 'prun'", "did you mean 'prune'?"]),
+        (["show", "quantize/kd"], ["no shipped recipe 'quantize/kd'"]),
+        (["list", "bnch"], ["no recipe kind 'bnch'"]),
+        (["schema", "bnch"], ["no recipe schema for 'bnch'", "did you mean 'bench'?"]),
+    ],
+)
 def test_bad_names_are_exit_2_in_one_line(args, expected):
     result = run_cli("recipe", *args)
     assert result.code == 2 and result.stdout == b""
@@ -120,14 +132,21 @@ def test_schema_accepts_every_shipped_recipe_and_refuses_unknown_keys(verb):
     assert schema["properties"][field]["description"] == RECIPES[verb].model_fields[field].description
 
 
-@pytest.mark.parametrize(("verb", "raw", "valid"), [
-    ("bench", {"threads": 2, "batch_size": [1, 8]}, True),  # one value, or a list to sweep
-    ("bench", {"threads": 0}, False),
-    ("bench", {"threads": [1, 300]}, False),
-    ("prune", {"method": "channel", "channel": {"ratio": 0.5, "keep_layers": [0, "fc"]}}, True),  # nn.Sequential names
-    ("prune", {"sparsity": 1.5}, False),
-    ("quantize", {"format": "tflit"}, False),
-])
+@pytest.mark.parametrize(
+    ("verb", "raw", "valid"),
+    [
+        ("bench", {"threads": 2, "batch_size": [1, 8]}, True),  # one value, or a list to sweep
+        ("bench", {"threads": 0}, False),
+        ("bench", {"threads": [1, 300]}, False),
+        (
+            "prune",
+            {"method": "channel", "channel": {"ratio": 0.5, "keep_layers": [0, "fc"]}},
+            True,
+        ),  # nn.Sequential names
+        ("prune", {"sparsity": 1.5}, False),
+        ("quantize", {"format": "tflit"}, False),
+    ],
+)
 def test_schema_agrees_with_the_recipe_models(verb, raw, valid):
     """Values the models coerce (a single thread count, integer layer names) are valid to the schema too."""
     assert (errors(schema_of(verb), raw) == []) is valid
@@ -191,7 +210,9 @@ def test_completion_of_recipe_commands():
 
 def test_show_completion_prints_the_bash_script():
     env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}  # whatever shell runs the tests
-    proc = subprocess.run([str(EDGECLI), "--show-completion", "bash"], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(EDGECLI), "--show-completion", "bash"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert "_EDGECLI_COMPLETE=complete_bash" in proc.stdout
     assert "complete -o default -F _edgecli_completion edgecli" in proc.stdout

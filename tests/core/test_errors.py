@@ -7,13 +7,13 @@ import pytest
 from edgecli.core import errors
 from edgecli.core.errors import (
     BackendMissing,
-    OutputError,
     DataError,
     EdgecliError,
     GateFailed,
     InputError,
     ModelReadError,
     ModelTooLarge,
+    OutputError,
     ParityError,
     RecipeError,
     TransformError,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecli.data.augment import augmented_view
 from edgecli.core.errors import RecipeError
+from edgecli.data.augment import augmented_view
 from edgecli.recipes import AugmentSpec
 
 
@@ -20,8 +20,13 @@ def test_each_image_is_a_flip_and_or_shift_of_itself(sample):
     padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
     flips = 0
     for i in range(len(x)):
-        candidates = [(f, dy, dx) for f in (False, True) for dy in range(5) for dx in range(5)
-                      if np.array_equal(view[i], (padded[i, :, :, ::-1] if f else padded[i])[:, dy : dy + 28, dx : dx + 28])]
+        candidates = [
+            (f, dy, dx)
+            for f in (False, True)
+            for dy in range(5)
+            for dx in range(5)
+            if np.array_equal(view[i], (padded[i, :, :, ::-1] if f else padded[i])[:, dy : dy + 28, dx : dx + 28])
+        ]
         assert candidates, f"image {i} is not a flipped/shifted copy"
         flips += candidates[0][0]
     assert 60 < flips < 140  # about half are mirrored

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecli.data.dataset import Dataset, load_dataset, split_batches, synthetic_dataset
 from edgecli.core.errors import DataError, UsageError
+from edgecli.data.dataset import Dataset, load_dataset, split_batches, synthetic_dataset
 from edgecli.recipes import DataSpec
 from edgecli.runtimes.base import TensorSpec
 
@@ -175,7 +175,7 @@ class Boom:
     def __init__(self, marker: str) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (Path.touch, (Path(self.marker),))
 
 
@@ -233,8 +233,12 @@ def test_arrays_of_another_length_than_the_inputs_are_ignored(tmp_path: Path, ca
     data = load_dataset(DataSpec(), override=npz(tmp_path, x=x, y=np.arange(6), meta=np.arange(3), note=np.float32(1)))
     assert list(data.inputs) == ["x"] and len(data) == 6 and len(data.labels) == 6
     assert "ignoring 'meta' [3], 'note' []: not 6 samples like the inputs ('x')" in capsys.readouterr().err
-    named = load_dataset(DataSpec(), override=npz(tmp_path, "n.npz", ids=np.zeros((6, 4), np.int64), mask=np.ones((6, 4), np.int64),
-                                                   meta=np.arange(3)))
+    named = load_dataset(
+        DataSpec(),
+        override=npz(
+            tmp_path, "n.npz", ids=np.zeros((6, 4), np.int64), mask=np.ones((6, 4), np.int64), meta=np.arange(3)
+        ),
+    )
     assert sorted(named.inputs) == ["ids", "mask"]
     with pytest.raises(DataError, match="labels 'y' must be 6 integers"):  # labels are not extra: they must fit
         load_dataset(DataSpec(), override=npz(tmp_path, "l.npz", x=x, y=np.arange(5)))
@@ -302,7 +306,11 @@ def test_synthetic_dataset_follows_the_signature() -> None:
     assert dataset.inputs["half"].shape == (5, 3) and dataset.inputs["half"].dtype == np.float16
     image = dataset.inputs["image"]
     assert image.min() >= 0.0 and image.max() < 1.0 and image.std() > 0.1
-    assert 0 <= dataset.inputs["ids"].min() and dataset.inputs["ids"].max() < 100 and len(np.unique(dataset.inputs["ids"])) > 50
+    assert (
+        dataset.inputs["ids"].min() >= 0
+        and dataset.inputs["ids"].max() < 100
+        and len(np.unique(dataset.inputs["ids"])) > 50
+    )
 
 
 def test_synthetic_dataset_is_seeded() -> None:
@@ -327,7 +335,9 @@ def test_limit_reads_the_first_samples_of_compressed_and_fortran_arrays(tmp_path
         assert dataset.inputs["x"][:7].flags.writeable  # reads are fresh arrays, safe to scale in place
 
 
-def test_a_dataset_larger_than_memory_streams_and_only_a_whole_read_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dataset_larger_than_memory_streams_and_only_a_whole_read_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     x = np.random.default_rng(0).integers(0, 256, (20_000, 256), dtype=np.uint8)
     path = npz(tmp_path, x=x, y=np.zeros(20_000, np.int64))
     # 20 MB once scaled to float32, against 8 MB available: it opens (one 4096-row block as read and
@@ -340,7 +350,10 @@ def test_a_dataset_larger_than_memory_streams_and_only_a_whole_read_is_refused(t
     # ... but what would read every sample at once is refused before it reads.
     with pytest.raises(DataError) as caught:
         np.asarray(rows)
-    assert caught.value.message == f"reading 20000 samples of {path}:x at once needs ~0.02 GiB of memory, 7.63 MiB available"
+    assert (
+        caught.value.message
+        == f"reading 20000 samples of {path}:x at once needs ~0.02 GiB of memory, 7.63 MiB available"
+    )
     assert caught.value.hint == "set data.limit to use fewer samples"
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgecli.core.errors import DataError
 from edgecli.data.augment import ViewRows, augmented_view
 from edgecli.data.dataset import load_dataset
 from edgecli.data.rows import RowArray, array_digest
-from edgecli.core.errors import DataError
 from edgecli.recipes import AugmentSpec, DataSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,9 +35,24 @@ def stored(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[RowArray, np
 def test_indexing_matches_numpy(stored: tuple[RowArray, np.ndarray]) -> None:
     rows, x = stored
     assert rows.shape == x.shape and rows.dtype == x.dtype and len(rows) == 37 and rows.ndim == 4
-    keys = [0, -1, 36, slice(None), slice(5, 9), slice(30, 99), slice(9, 5), slice(1, 30, 7), slice(None, None, -3),
-            np.array([4, 2, 2, 30, 0]), [36, 0], np.array([[1, 2], [3, 3]]), x[:, 0, 0, 0] > 0.5, np.array([], np.int64),
-            (slice(2, 6), 1), (3, 0, 2)]
+    keys = [
+        0,
+        -1,
+        36,
+        slice(None),
+        slice(5, 9),
+        slice(30, 99),
+        slice(9, 5),
+        slice(1, 30, 7),
+        slice(None, None, -3),
+        np.array([4, 2, 2, 30, 0]),
+        [36, 0],
+        np.array([[1, 2], [3, 3]]),
+        x[:, 0, 0, 0] > 0.5,
+        np.array([], np.int64),
+        (slice(2, 6), 1),
+        (3, 0, 2),
+    ]
     for key in keys:
         np.testing.assert_array_equal(rows[key], x[key], err_msg=str(key))
     np.testing.assert_array_equal(np.asarray(rows), x)
@@ -92,7 +107,9 @@ def test_a_spill_that_does_not_fit_on_disk_is_refused(tmp_path: Path, monkeypatc
     monkeypatch.setattr(shutil, "disk_usage", lambda folder: real(folder)._replace(free=100_000))
     with pytest.raises(DataError) as caught:
         load_dataset(DataSpec(), override=tmp_path / "c.npz")
-    assert caught.value.message.endswith(f"c.npz:x needs 1 MiB of temporary disk space to stream, 0 MiB free in {tempfile.gettempdir()}")
+    assert caught.value.message.endswith(
+        f"c.npz:x needs 1 MiB of temporary disk space to stream, 0 MiB free in {tempfile.gettempdir()}"
+    )
     assert caught.value.hint == "point TMPDIR at a larger disk or set data.limit"
 
 
@@ -128,7 +145,9 @@ print(json.dumps({"rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
 
 
 def _peak(path: Path) -> dict:
-    result = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, cwd=ROOT, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, cwd=ROOT, check=True
+    )
     return json.loads(result.stdout)
 
 

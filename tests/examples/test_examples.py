@@ -122,15 +122,25 @@ def build_run(root: Path) -> dict[str, Any]:
     work = checkout(root / "work-a")
     result = run_cli("run", "edge-cnn", "--out", "A", *run_sets(), "--json", "-", "-q", cwd=work)
     report = json.loads(result.stdout) if result.code == 0 else {}
-    return {"code": result.code, "stderr": result.stderr[-4000:], "work": str(work), "out": str(work / "A"),
-            "statuses": {step["name"]: step["status"] for step in report.get("steps", [])}}
+    return {
+        "code": result.code,
+        "stderr": result.stderr[-4000:],
+        "work": str(work),
+        "out": str(work / "A"),
+        "statuses": {step["name"]: step["status"] for step in report.get("steps", [])},
+    }
 
 
 def build_make(root: Path) -> dict[str, Any]:
     """B: `make -j2 -C examples OUT=B` with the venv's edgecli and the per-step variables."""
     out = root / "B"
-    proc = subprocess.run(["make", "-j2", "-C", str(EXAMPLES), f"OUT={out}", f"EDGECLI={EDGECLI}", *make_vars()],
-                          capture_output=True, text=True, env=child_env(), timeout=900)
+    proc = subprocess.run(
+        ["make", "-j2", "-C", str(EXAMPLES), f"OUT={out}", f"EDGECLI={EDGECLI}", *make_vars()],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=900,
+    )
     return {"code": proc.returncode, "stderr": (proc.stdout + proc.stderr)[-4000:], "out": str(out)}
 
 
@@ -139,8 +149,11 @@ def pipe_script(folder: Path, fifo: Path) -> str:
     passed through pipes (-o - / -) instead of files; the student is tee'd to the LiteRT branch."""
     dry = run_cli("run", "edge-cnn", "--dry-run", "--out", folder, *run_sets())
     assert dry.code == 0, dry.stderr
-    planned = {Path(argv[argv.index("-o") + 1]).stem: argv for argv in map(shlex.split, dry.stdout.decode().splitlines())
-               if "-o" in argv}
+    planned = {
+        Path(argv[argv.index("-o") + 1]).stem: argv
+        for argv in map(shlex.split, dry.stdout.decode().splitlines())
+        if "-o" in argv
+    }
     assert list(planned) == STEPS[:-1], f"the pipeline's steps changed: {list(planned)}"
 
     def command(step: str, source: str | None = None, output: str | None = None) -> str:
@@ -152,13 +165,15 @@ def pipe_script(folder: Path, fifo: Path) -> str:
         return shlex.join(argv)
 
     student, int8_file, pipe = (shlex.quote(str(p)) for p in (folder / "student.pt2", folder / "int8.onnx", fifo))
-    return "\n".join([
-        command("pruned"),
-        f"{command('litert', source='-')} < {pipe} &",  # the second branch reads the student's bytes from the FIFO
-        f"{command('student', output='-')} | tee {student} {pipe} | {command('int8', source='-', output='-')}"
-        f" | tee {int8_file} | {command('mobile', source='-')}",
-        "wait $!",
-    ])
+    return "\n".join(
+        [
+            command("pruned"),
+            f"{command('litert', source='-')} < {pipe} &",  # the second branch reads the student's bytes from the FIFO
+            f"{command('student', output='-')} | tee {student} {pipe} | {command('int8', source='-', output='-')}"
+            f" | tee {int8_file} | {command('mobile', source='-')}",
+            "wait $!",
+        ]
+    )
 
 
 def build_pipes(root: Path) -> dict[str, Any]:
@@ -167,9 +182,15 @@ def build_pipes(root: Path) -> dict[str, Any]:
     out.mkdir()
     os.mkfifo(fifo)
     script = pipe_script(out, fifo)
-    proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=ROOT,
-                          capture_output=True, env=child_env(), timeout=900)
-    return {"code": proc.returncode, "stderr": proc.stderr.decode("utf-8", "replace")[-4000:], "out": str(out), "script": script}
+    proc = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", script], cwd=ROOT, capture_output=True, env=child_env(), timeout=900
+    )
+    return {
+        "code": proc.returncode,
+        "stderr": proc.stderr.decode("utf-8", "replace")[-4000:],
+        "out": str(out),
+        "script": script,
+    }
 
 
 BUILDERS: dict[str, Callable[[Path], dict[str, Any]]] = {"A": build_run, "B": build_make, "C": build_pipes}
@@ -336,10 +357,17 @@ def test_make_runs_the_commands_edgecli_run_plans(tmp_path):
     dry = run_cli("run", "edge-cnn", "--dry-run", "--out", out, *run_sets())
     assert dry.code == 0, dry.stderr
     planned = [shlex.split(line.split("   #")[0]) for line in dry.stdout.decode().splitlines()]
-    proc = subprocess.run(["make", "-n", "-B", "-C", str(EXAMPLES), f"OUT={out}", "EDGECLI=edgecli", *make_vars()],
-                          capture_output=True, text=True, env=child_env(), timeout=60)
+    proc = subprocess.run(
+        ["make", "-n", "-B", "-C", str(EXAMPLES), f"OUT={out}", "EDGECLI=edgecli", *make_vars()],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
-    made = [shlex.split(line) for line in re.sub(r"\\\n\s*", " ", proc.stdout).splitlines() if line.startswith("edgecli ")]
+    made = [
+        shlex.split(line) for line in re.sub(r"\\\n\s*", " ", proc.stdout).splitlines() if line.startswith("edgecli ")
+    ]
     assert [_absolute(argv, EXAMPLES) for argv in made] == [_absolute(argv, ROOT) for argv in planned]
     assert len(made) == len(STEPS)
 
@@ -352,9 +380,20 @@ def test_a_failed_make_step_leaves_no_target(forms, tmp_path):
     for name in ("pruned.pt2", "student.pt2"):  # earlier steps done (timestamps kept: make takes them as up to date)
         shutil.copy2(forms["B"]["out"] / name, out / name)
     before = snapshot(out, ["pruned.pt2", "student.pt2"])
-    proc = subprocess.run(["make", "-C", str(EXAMPLES), f"OUT={out}", f"EDGECLI={EDGECLI}",
-                           *make_vars(settings(int8=["calibration.samples=-1"]))],
-                          capture_output=True, text=True, env=child_env(), timeout=300)
+    proc = subprocess.run(
+        [
+            "make",
+            "-C",
+            str(EXAMPLES),
+            f"OUT={out}",
+            f"EDGECLI={EDGECLI}",
+            *make_vars(settings(int8=["calibration.samples=-1"])),
+        ],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "calibration.samples" in proc.stderr and "int8.onnx" in proc.stderr
     assert leftovers(out) == ["pruned.pt2", "student.pt2"]  # no int8.onnx, mobile.ort, litert, bench; no .tmp
@@ -370,8 +409,13 @@ def test_a_broken_bench_gate_leaves_no_report_for_make(forms, tmp_path):
     for name in ARTIFACTS:
         shutil.copy2(forms["B"]["out"] / name, out / name)
     chosen = settings(bench=["runs=5", "min_time_s=0", "memory=false", "gates=[accuracy_drop<=0]"])
-    proc = subprocess.run(["make", "-C", str(EXAMPLES), f"OUT={out}", f"EDGECLI={EDGECLI}", *make_vars(chosen)],
-                          capture_output=True, text=True, env=child_env(), timeout=300)
+    proc = subprocess.run(
+        ["make", "-C", str(EXAMPLES), f"OUT={out}", f"EDGECLI={EDGECLI}", *make_vars(chosen)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "Deleting file" in proc.stderr and "bench.json" in proc.stderr
     assert leftovers(out) == sorted(ARTIFACTS)
@@ -389,7 +433,9 @@ def local_steps(document: dict[str, Any]) -> list[dict[str, Any]]:
     return [step for step in document["jobs"]["edge-cnn"]["steps"] if "run" in step and step.get("id") != "install"]
 
 
-def run_job(document: dict[str, Any], cwd: Path, summary: Path, **env: str) -> dict[str, subprocess.CompletedProcess | None]:
+def run_job(
+    document: dict[str, Any], cwd: Path, summary: Path, **env: str
+) -> dict[str, subprocess.CompletedProcess | None]:
     """The local steps as GitHub runs them: bash -eo pipefail, the workflow's env, later steps skipped
     after a failure unless `if: always()`. Step id -> its process (None: skipped)."""
     base = child_env(**{key: str(value) for key, value in document["env"].items()})
@@ -402,9 +448,14 @@ def run_job(document: dict[str, Any], cwd: Path, summary: Path, **env: str) -> d
             continue
         script = summary.parent / f"step-{step['id']}.sh"
         script.write_text(step["run"])
-        proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)], cwd=cwd,
-                              env={**base, **{k: str(v) for k, v in step.get("env", {}).items()}},
-                              capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
+            cwd=cwd,
+            env={**base, **{k: str(v) for k, v in step.get("env", {}).items()}},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         results[step["id"]] = proc
         failed = failed or proc.returncode != 0
     return results
@@ -426,7 +477,9 @@ def test_workflow_installs_like_make_install_and_posts_its_reports():
         assert "${{" not in step["run"], f"step {step['id']} needs GitHub to expand it: it cannot run locally"
     summary = next(step for step in steps if step.get("id") == "summary")
     assert summary["if"] == "always()" and "GITHUB_STEP_SUMMARY" in summary["run"]
-    assert next(step for step in steps if step.get("uses", "").startswith("actions/upload-artifact"))["if"] == "always()"
+    assert (
+        next(step for step in steps if step.get("uses", "").startswith("actions/upload-artifact"))["if"] == "always()"
+    )
     assert document["env"]["EDGECLI_RUN_ARGS"] == "" and document["env"]["EDGECLI_GATE_ARGS"] == ""
     recipe, _ = load_recipe("bench", str(EXAMPLES / "ci" / "gates.yaml"), [])
     assert {gate.split()[0] for gate in recipe.gates} == {"size_bytes", "accuracy_drop", "speedup"}
@@ -439,9 +492,12 @@ def test_workflow_steps_locally(forms, tmp_path, case):
     reports; with the gates loosened through EDGECLI_GATE_ARGS the job passes."""
     work = copy_of_a(forms, tmp_path / "work")
     summary = tmp_path / "summary.md"
-    gate_args = GATE_TIMING + ("" if case == "broken" else " --set gates=[size_bytes<=500000,accuracy_drop<=1,speedup>=1]")
-    results = run_job(workflow(), work, summary, EDGECLI_OUT="A", EDGECLI_RUN_ARGS=shlex.join(run_sets()),
-                      EDGECLI_GATE_ARGS=gate_args)
+    gate_args = GATE_TIMING + (
+        "" if case == "broken" else " --set gates=[size_bytes<=500000,accuracy_drop<=1,speedup>=1]"
+    )
+    results = run_job(
+        workflow(), work, summary, EDGECLI_OUT="A", EDGECLI_RUN_ARGS=shlex.join(run_sets()), EDGECLI_GATE_ARGS=gate_args
+    )
     assert list(results) == ["pipeline", "gate", "summary"]
     pipeline, gate, post = results["pipeline"], results["gate"], results["summary"]
     assert pipeline.returncode == 0 and "0 of 6 steps ran" in pipeline.stderr, pipeline.stderr[-2000:]

@@ -79,10 +79,9 @@ def test_temp_file_lives_next_to_the_destination(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("error", [RuntimeError("conversion failed"), KeyboardInterrupt()], ids=["exception", "ctrl-c"])
 def test_failure_leaves_no_output_and_no_temp_file(tmp_path: Path, error: BaseException) -> None:
-    with pytest.raises(type(error)):
-        with atomic_path(tmp_path / "model.onnx") as tmp:
-            tmp.write_bytes(b"half a model")
-            raise error
+    with pytest.raises(type(error)), atomic_path(tmp_path / "model.onnx") as tmp:
+        tmp.write_bytes(b"half a model")
+        raise error
     assert listing(tmp_path) == []
 
 
@@ -91,10 +90,9 @@ def test_failure_keeps_an_existing_destination_untouched(tmp_path: Path, error: 
     dest = tmp_path / "model.onnx"
     dest.write_bytes(b"previous good model")
     before = dest.stat()
-    with pytest.raises(type(error)):
-        with atomic_path(dest) as tmp:
-            tmp.write_bytes(b"half")
-            raise error
+    with pytest.raises(type(error)), atomic_path(dest) as tmp:
+        tmp.write_bytes(b"half")
+        raise error
     assert dest.read_bytes() == b"previous good model"
     assert dest.stat().st_ino == before.st_ino and dest.stat().st_mtime_ns == before.st_mtime_ns
     assert listing(tmp_path) == ["model.onnx"]
@@ -102,12 +100,11 @@ def test_failure_keeps_an_existing_destination_untouched(tmp_path: Path, error: 
 
 def test_failure_after_the_block_replaced_temp_with_a_folder(tmp_path: Path) -> None:
     # A stage may write a folder at the temporary path (e.g. a SavedModel); it is cleaned up too.
-    with pytest.raises(RuntimeError):
-        with atomic_path(tmp_path / "saved") as tmp:
-            tmp.unlink()
-            (tmp / "variables").mkdir(parents=True)
-            (tmp / "saved_model.pb").write_bytes(b"x")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "saved") as tmp:
+        tmp.unlink()
+        (tmp / "variables").mkdir(parents=True)
+        (tmp / "saved_model.pb").write_bytes(b"x")
+        raise RuntimeError("boom")
     assert listing(tmp_path) == []
 
 
@@ -199,13 +196,11 @@ def test_materialize_a_path_and_stdin(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_materialize_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ModelReadError, match="does not exist"):
-        with materialize(str(tmp_path / "nope.onnx")):
-            pass
+    with pytest.raises(ModelReadError, match="does not exist"), materialize(str(tmp_path / "nope.onnx")):
+        pass
     monkeypatch.setattr(sys, "stdin", FakeStdin(io.BytesIO(b"")))
-    with pytest.raises(ModelReadError, match="stdin is empty"):
-        with materialize("-"):
-            pass
+    with pytest.raises(ModelReadError, match="stdin is empty"), materialize("-"):
+        pass
 
 
 def test_sha256_of_file_and_folder(tmp_path: Path) -> None:
@@ -313,6 +308,5 @@ def test_materialize_refuses_a_stream_larger_than_memory_allows(monkeypatch: pyt
     monkeypatch.setattr(sys, "stdin", FakeStdin(io.BytesIO(b"\x08" * (4 << 20))))
     from edgecli.core.errors import ModelTooLarge
 
-    with pytest.raises(ModelTooLarge, match="needs ~"):
-        with materialize("-"):
-            pass
+    with pytest.raises(ModelTooLarge, match="needs ~"), materialize("-"):
+        pass

@@ -271,8 +271,10 @@ def test_portable_recipe_keeps_file_names_and_hashes_not_folders(tmp_path: Path)
     recipe = DistillRecipe.model_validate({"data": {"path": str(data)}, "student": {"path": "nowhere/init.pt2"}})
     portable, files = lin.portable_recipe(recipe)
     assert portable["data"]["path"] == "train.npz" and portable["student"]["path"] == "init.pt2"
-    assert files == {"data.path": {"name": "train.npz", "sha256": sha256_of(data)},
-                     "student.path": {"name": "init.pt2", "sha256": "missing"}}
+    assert files == {
+        "data.path": {"name": "train.npz", "sha256": sha256_of(data)},
+        "student.path": {"name": "init.pt2", "sha256": "missing"},
+    }
     moved = tmp_path / "elsewhere" / "train.npz"
     moved.parent.mkdir()
     moved.write_bytes(b"npz bytes")
@@ -284,11 +286,17 @@ def test_portable_recipe_keeps_file_names_and_hashes_not_folders(tmp_path: Path)
     ("before", "after", "lost"),
     [
         ({"weight_sparsity": 0.5, "weight_dtype": "float32"}, {"weight_sparsity": 0.49, "weight_dtype": "int8"}, []),
-        ({"weight_sparsity": 0.5, "weight_dtype": "float32"}, {"weight_sparsity": 0.2, "weight_dtype": "float32"},
-         ["weight sparsity 50% -> 20%"]),
+        (
+            {"weight_sparsity": 0.5, "weight_dtype": "float32"},
+            {"weight_sparsity": 0.2, "weight_dtype": "float32"},
+            ["weight sparsity 50% -> 20%"],
+        ),
         ({"weight_sparsity": 0.05, "weight_dtype": "float32"}, {"weight_sparsity": 0.0, "weight_dtype": "float32"}, []),
-        ({"weight_sparsity": 0.0, "weight_dtype": "int8"}, {"weight_sparsity": 0.0, "weight_dtype": "float32"},
-         ["weights int8 -> float32"]),
+        (
+            {"weight_sparsity": 0.0, "weight_dtype": "int8"},
+            {"weight_sparsity": 0.0, "weight_dtype": "float32"},
+            ["weights int8 -> float32"],
+        ),
         ({"weight_sparsity": 0.0, "weight_dtype": "float16"}, {"weight_sparsity": 0.0, "weight_dtype": "int8"}, []),
         (None, {"weight_sparsity": 0.0, "weight_dtype": "float32"}, []),
     ],

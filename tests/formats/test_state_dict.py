@@ -23,7 +23,18 @@ def convert_state_dict(model: Path, out_dir: Path, *sets: str) -> object:
     sample factory is code the tests trust (--trust-code)."""
     out_dir.mkdir(exist_ok=True)
     args = [arg for item in sets for arg in ("--set", item)]
-    return run_cli("--trust-code", "convert", model, "-r", "onnx", "--data", SAMPLE / "eval.npz", *args, "-o", out_dir / "model.onnx")
+    return run_cli(
+        "--trust-code",
+        "convert",
+        model,
+        "-r",
+        "onnx",
+        "--data",
+        SAMPLE / "eval.npz",
+        *args,
+        "-o",
+        out_dir / "model.onnx",
+    )
 
 
 @pytest.fixture
@@ -50,13 +61,20 @@ def test_state_dict_without_model_section_is_a_usage_error(tmp_path: Path) -> No
 
 def test_factory_that_does_not_import_is_a_usage_error(tmp_path: Path) -> None:
     result = convert_state_dict(STATE_DICT, tmp_path / "out", "model.factory=no_such_package.models:build")
-    assert_failed(result, 2, tmp_path / "out", "model.factory no_such_package.models:build: cannot import no_such_package.models")
+    assert_failed(
+        result, 2, tmp_path / "out", "model.factory no_such_package.models:build: cannot import no_such_package.models"
+    )
 
 
 def test_kwargs_that_build_another_shape_exit_3_naming_the_tensor(tmp_path: Path) -> None:
     result = convert_state_dict(STATE_DICT, tmp_path / "out", FACTORY, "model.kwargs.num_classes=5")
-    assert_failed(result, 3, tmp_path / "out", "does not fit sample_models.fashion_cnn:build",
-                  "'25.weight' is [10, 128] in the file but [5, 128] in the module")
+    assert_failed(
+        result,
+        3,
+        tmp_path / "out",
+        "does not fit sample_models.fashion_cnn:build",
+        "'25.weight' is [10, 128] in the file but [5, 128] in the module",
+    )
 
 
 class Payload:
@@ -65,7 +83,7 @@ class Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = str(marker)
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (os.mkdir, (self.marker,))
 
 
@@ -77,7 +95,9 @@ def test_pickled_module_is_refused_and_never_unpickled(tmp_path: Path) -> None:
     module.payload = Payload(marker)
     torch.save(module, tmp_path / "whole.pt")
     result = convert_state_dict(tmp_path / "whole.pt", tmp_path / "out", FACTORY)
-    assert_failed(result, 3, tmp_path / "out", "is a pickled module", "edgecli does not unpickle it", "save model.state_dict()")
+    assert_failed(
+        result, 3, tmp_path / "out", "is a pickled module", "edgecli does not unpickle it", "save model.state_dict()"
+    )
     assert not marker.exists()
     # The same file unpickled (what edgecli never does) runs the payload.
     torch.load(tmp_path / "whole.pt", weights_only=False)
@@ -93,14 +113,27 @@ def test_truncated_state_dict_exits_3(tmp_path: Path) -> None:
 
 def test_no_input_shape_and_no_data_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
-    result = run_cli("--trust-code", "convert", STATE_DICT, "-r", "onnx", "--set", FACTORY, "-o", tmp_path / "out" / "model.onnx")
+    result = run_cli(
+        "--trust-code", "convert", STATE_DICT, "-r", "onnx", "--set", FACTORY, "-o", tmp_path / "out" / "model.onnx"
+    )
     assert_failed(result, 2, tmp_path / "out", "give model.input_shape or --data")
 
 
 def test_model_section_for_another_format_is_ignored_with_a_warning(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
-    result = run_cli("--trust-code", "convert", SAMPLE / "fashion_cnn.onnx", "-r", "onnx", "--set", "target=pt2", "--set", FACTORY,
-                     "-o", tmp_path / "out" / "model.pt2")
+    result = run_cli(
+        "--trust-code",
+        "convert",
+        SAMPLE / "fashion_cnn.onnx",
+        "-r",
+        "onnx",
+        "--set",
+        "target=pt2",
+        "--set",
+        FACTORY,
+        "-o",
+        tmp_path / "out" / "model.pt2",
+    )
     assert "model.factory is ignored" in result.stderr
     assert result.code == 4 and "no conversion from onnx to .pt2" in result.stderr
     assert leftovers(tmp_path / "out") == []
@@ -174,7 +207,11 @@ def test_checkpoint_wrappers_are_unwrapped(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "phrase"),
-    [({"w": [1, 2]}, "entry 'w' is a list, not a tensor"), ([1, 2], "holds a list, not a state_dict"), ({}, "empty state_dict")],
+    [
+        ({"w": [1, 2]}, "entry 'w' is a list, not a tensor"),
+        ([1, 2], "holds a list, not a state_dict"),
+        ({}, "empty state_dict"),
+    ],
     ids=["list-value", "not-a-dict", "empty"],
 )
 def test_what_is_not_a_state_dict_is_a_read_error(tmp_path: Path, content: object, phrase: str) -> None:

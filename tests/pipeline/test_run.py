@@ -24,8 +24,11 @@ QUICK = {
         {"name": "float", "verb": "convert", "recipe": "onnx", "data": "eval", "set": {"parity.samples": 64}},
         {"name": "int8", "verb": "quantize", "recipe": "int8-dynamic", "data": "calib"},
     ],
-    "bench": {"recipe": "default", "data": "eval", "set": {"runs": 5, "warmup": 1, "min_time_s": 0.01, "eval_batch_size": 256, "memory": False,
-                                                         "data.limit": 500}},
+    "bench": {
+        "recipe": "default",
+        "data": "eval",
+        "set": {"runs": 5, "warmup": 1, "min_time_s": 0.01, "eval_batch_size": 256, "memory": False, "data.limit": 500},
+    },
 }
 
 
@@ -64,15 +67,26 @@ def test_first_run_writes_every_artifact_with_its_lineage(first_run):
     bench = json.loads((out / "bench.json").read_text())
     assert [Path(m["path"]).name for m in bench["models"]] == ["fashion_cnn.pt2", "float.onnx", "int8.onnx"]
     assert "int8.onnx" in (out / "bench.md").read_text()
-    assert leftovers(out) == [".edgecli-run.json", ".edgecli-run.lock", "bench.json", "bench.md", "float.onnx", "int8.onnx"]
+    assert leftovers(out) == [
+        ".edgecli-run.json",
+        ".edgecli-run.lock",
+        "bench.json",
+        "bench.md",
+        "float.onnx",
+        "int8.onnx",
+    ]
 
 
 def test_second_run_does_no_work_and_touches_nothing(first_run):
     pipeline, out, _ = first_run
-    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir() if not p.name.startswith(".edgecli-run")}
+    before = {
+        p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir() if not p.name.startswith(".edgecli-run")
+    }
     document = run_json(pipeline, out)
     assert set(statuses(document).values()) == {"up to date"}
-    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir() if not p.name.startswith(".edgecli-run")}
+    after = {
+        p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir() if not p.name.startswith(".edgecli-run")
+    }
     assert after == before
 
 
@@ -83,7 +97,11 @@ def test_dry_run_prints_the_commands_a_user_could_type(first_run):
     lines = result.stdout.decode().splitlines()
     assert [shlex.split(line)[1] for line in lines] == ["convert", "quantize", "bench"]
     assert lines[0].endswith("# up to date")  # unchanged; the changed step and the bench after it are not
-    assert "--set per_channel=false" in lines[1] and not lines[1].endswith("# up to date") and not lines[2].endswith("# up to date")
+    assert (
+        "--set per_channel=false" in lines[1]
+        and not lines[1].endswith("# up to date")
+        and not lines[2].endswith("# up to date")
+    )
     convert = shlex.split(lines[0].split("   #")[0])
     assert convert[convert.index("-o") + 1].endswith("float.onnx") and convert[convert.index("-r") + 1] == "onnx"
 
@@ -104,9 +122,20 @@ def test_a_changed_setting_reruns_that_step_and_what_follows(tmp_path):
 
 
 def test_a_failing_step_stops_the_run_leaves_no_output_and_runs_again(tmp_path, sample):
-    spec = {**QUICK, "steps": [QUICK["steps"][0], {"name": "int8", "verb": "quantize", "recipe": "int8-static", "data": "calib",
-                                                   "set": {"calibration.samples": 64}},
-                               {"name": "phone", "verb": "convert", "recipe": "tflite", "data": "eval"}]}
+    spec = {
+        **QUICK,
+        "steps": [
+            QUICK["steps"][0],
+            {
+                "name": "int8",
+                "verb": "quantize",
+                "recipe": "int8-static",
+                "data": "calib",
+                "set": {"calibration.samples": 64},
+            },
+            {"name": "phone", "verb": "convert", "recipe": "tflite", "data": "eval"},
+        ],
+    }
     pipeline = write_pipeline(tmp_path, spec)
     out = tmp_path / "out"
     result = run_cli("run", pipeline, "--out", out, "-q")
@@ -123,8 +152,14 @@ def test_a_failing_step_stops_the_run_leaves_no_output_and_runs_again(tmp_path, 
     ("change", "message"),
     [
         ({"stpes": []}, "unknown key 'stpes'"),
-        ({"steps": [{"name": "a", "verb": "convert", "input": "${later}"}]}, "refers to ${later}, which is not an earlier step"),
-        ({"steps": [{"name": "a", "verb": "convert"}, {"name": "a", "verb": "convert"}]}, "step name 'a' is used twice"),
+        (
+            {"steps": [{"name": "a", "verb": "convert", "input": "${later}"}]},
+            "refers to ${later}, which is not an earlier step",
+        ),
+        (
+            {"steps": [{"name": "a", "verb": "convert"}, {"name": "a", "verb": "convert"}]},
+            "step name 'a' is used twice",
+        ),
         ({"steps": [{"name": "a", "verb": "compress"}]}, "'steps.0.verb'"),
         ({"steps": [{"name": "a", "verb": "convert", "recipe": "no-such-recipe"}]}, "no shipped convert recipe"),
         ({"steps": [{"name": "a", "verb": "convert", "recipe": "onnx", "set": {"opset": "high"}}]}, "'opset'"),
@@ -142,9 +177,17 @@ def test_bad_pipelines_are_refused_before_any_work(tmp_path, change, message):
 def test_a_step_output_never_overwrites_an_input(tmp_path, sample):
     model = tmp_path / "fashion_cnn.onnx"
     model.write_bytes(sample["onnx"].read_bytes())
-    spec = {**QUICK, "model": str(model), "steps": [{"name": "fashion_cnn", "verb": "quantize", "recipe": "int8-dynamic"}]}
+    spec = {
+        **QUICK,
+        "model": str(model),
+        "steps": [{"name": "fashion_cnn", "verb": "quantize", "recipe": "int8-dynamic"}],
+    }
     result = run_cli("run", write_pipeline(tmp_path, spec), "--out", tmp_path)
-    assert result.code == 2 and "step 'fashion_cnn' would write" in result.lines[0] and "an input of the pipeline" in result.lines[0]
+    assert (
+        result.code == 2
+        and "step 'fashion_cnn' would write" in result.lines[0]
+        and "an input of the pipeline" in result.lines[0]
+    )
     assert model.read_bytes() == sample["onnx"].read_bytes()
 
 
@@ -192,14 +235,27 @@ def test_shipped_pipeline_plans_the_edge_chain(tmp_path):
 
 def test_a_step_reading_a_file_path_plans_and_dry_run_carries_the_trust_flags(tmp_path, sample):
     # a step's input may be a path (not ${step}): its format is read from the bytes like the source's
-    spec = {**QUICK, "steps": [QUICK["steps"][0], {"name": "int8", "verb": "quantize", "recipe": "int8-dynamic",
-                                                   "input": str(sample["onnx"]), "data": "calib"}]}
+    spec = {
+        **QUICK,
+        "steps": [
+            QUICK["steps"][0],
+            {
+                "name": "int8",
+                "verb": "quantize",
+                "recipe": "int8-dynamic",
+                "input": str(sample["onnx"]),
+                "data": "calib",
+            },
+        ],
+    }
     pipeline = write_pipeline(tmp_path, spec)
     plain = run_cli("run", pipeline, "--out", tmp_path / "out", "--dry-run")
     assert plain.code == 0, plain.stderr
     commands = [line for line in plain.stdout.decode().splitlines() if line.startswith("edgecli ")]
     assert [shlex.split(line)[1] for line in commands] == ["convert", "quantize", "bench"]
-    assert shlex.split(commands[1])[2] == str(sample["onnx"].resolve()) or shlex.split(commands[1])[2].endswith("fashion_cnn.onnx")
+    assert shlex.split(commands[1])[2] == str(sample["onnx"].resolve()) or shlex.split(commands[1])[2].endswith(
+        "fashion_cnn.onnx"
+    )
     assert all("--trust" not in line for line in commands)
     trusted = run_cli("--trust-code", "--trust-pickle", "run", pipeline, "--out", tmp_path / "out", "--dry-run")
     assert trusted.code == 0, trusted.stderr

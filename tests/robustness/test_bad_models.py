@@ -31,7 +31,10 @@ READS = {
     "bench": ("pt2", "onnx", "tflite", "keras", "ort"),
     "inspect": ("pt2", "onnx", "pt", "tflite", "keras", "ort"),
 }
-FACTORY = ["--set", "model.factory=sample_models.fashion_cnn:build"]  # what a state_dict (.pt) needs (with --trust-code)
+FACTORY = [
+    "--set",
+    "model.factory=sample_models.fashion_cnn:build",
+]  # what a state_dict (.pt) needs (with --trust-code)
 CUTS = {"1-byte": None, "cut-10%": 0.10, "cut-50%": 0.50, "cut-99%": 0.99}
 NOT_A_MODEL = "is not a model edgecli knows"
 
@@ -109,7 +112,9 @@ TRUNCATED += [("inspect", fmt, name) for fmt in READS.get("inspect", []) for nam
 
 
 @pytest.mark.parametrize(("verb", "fmt", "damage"), TRUNCATED, ids=[f"{v}-{f}-{d}" for v, f, d in TRUNCATED])
-def test_truncated_model(verb: str, fmt: str, damage: str, request: pytest.FixtureRequest, tmp_path: Path, out: Path) -> None:
+def test_truncated_model(
+    verb: str, fmt: str, damage: str, request: pytest.FixtureRequest, tmp_path: Path, out: Path
+) -> None:
     model = tmp_path / f"model{SUFFIX[fmt]}"
     model.write_bytes(cut(source(fmt, request).read_bytes(), CUTS[damage]))
     # one byte tells no format; longer cuts lose the zip directory (.pt2, .pt, .keras) or end a protobuf
@@ -131,8 +136,11 @@ def make_folder(path: Path) -> None:
     (path / "weights.bin").write_bytes(b"\x00" * 16)
 
 
-WHOLE_FILE = {"empty": (make_empty, "is empty"), "random-bytes": (make_random, NOT_A_MODEL),
-              "folder": (make_folder, "is a folder without saved_model.pb")}
+WHOLE_FILE = {
+    "empty": (make_empty, "is empty"),
+    "random-bytes": (make_random, NOT_A_MODEL),
+    "folder": (make_folder, "is a folder without saved_model.pb"),
+}
 WHOLE_CASES = [(verb, kind) for verb in READS for kind in WHOLE_FILE]
 
 
@@ -246,8 +254,14 @@ def non_finite_model(fmt: str, request: pytest.FixtureRequest, folder: Path) -> 
 
         proto = onnx.load(str(request.getfixturevalue("sample")["onnx"]))
         tensor = next(t for t in proto.graph.initializer if t.name == "3.weight")
-        tensor.CopyFrom(numpy_helper.from_array(np.frombuffer(_with_non_finite(numpy_helper.to_array(tensor).tobytes(), values),
-                                                              np.float32).reshape(tensor.dims), tensor.name))
+        tensor.CopyFrom(
+            numpy_helper.from_array(
+                np.frombuffer(_with_non_finite(numpy_helper.to_array(tensor).tobytes(), values), np.float32).reshape(
+                    tensor.dims
+                ),
+                tensor.name,
+            )
+        )
         onnx.save(proto, str(path))
         return path, "3.weight"
     if fmt == "pt2":  # the .pt2 archive stores '3.weight' as data/weights/weight_3
@@ -272,21 +286,53 @@ def non_finite_model(fmt: str, request: pytest.FixtureRequest, folder: Path) -> 
     raise AssertionError("no float32 weight in the TFLite model")
 
 
-NON_FINITE = [("prune", "onnx"), ("prune", "pt2"), ("quantize", "onnx"), ("quantize", "pt2"), ("convert", "onnx"),
-              ("convert", "pt2"), ("convert", "pt"), ("distill", "onnx"), ("distill", "pt2"), ("distill", "tflite")]
+NON_FINITE = [
+    ("prune", "onnx"),
+    ("prune", "pt2"),
+    ("quantize", "onnx"),
+    ("quantize", "pt2"),
+    ("convert", "onnx"),
+    ("convert", "pt2"),
+    ("convert", "pt"),
+    ("distill", "onnx"),
+    ("distill", "pt2"),
+    ("distill", "tflite"),
+]
 
 
 @pytest.mark.parametrize(("verb", "fmt"), NON_FINITE, ids=[f"{v}-{f}" for v, f in NON_FINITE])
-def test_non_finite_weights_are_refused(verb: str, fmt: str, request: pytest.FixtureRequest, tmp_path: Path, out: Path) -> None:
+def test_non_finite_weights_are_refused(
+    verb: str, fmt: str, request: pytest.FixtureRequest, tmp_path: Path, out: Path
+) -> None:
     model, tensor = non_finite_model(fmt, request, tmp_path)
-    line = assert_refused(run_cli(*command(verb, model, fmt, out)), 3, f"has non-finite weights: tensor '{tensor}' holds 2 NaN and 1 Inf values", out)
+    line = assert_refused(
+        run_cli(*command(verb, model, fmt, out)),
+        3,
+        f"has non-finite weights: tensor '{tensor}' holds 2 NaN and 1 Inf values",
+        out,
+    )
     assert line.startswith(f"cannot read model: {model}")
 
 
-def test_bench_measures_non_finite_weights_with_a_warning(request: pytest.FixtureRequest, tmp_path: Path, out: Path) -> None:
+def test_bench_measures_non_finite_weights_with_a_warning(
+    request: pytest.FixtureRequest, tmp_path: Path, out: Path
+) -> None:
     model, _ = non_finite_model("onnx", request, tmp_path)
-    result = run_cli("bench", model, "-r", "default", *data_args("bench"), "--set", "runs=5", "--set", "min_time_s=0",
-                     "--set", "warmup=1", "--json", out / "report.json")
+    result = run_cli(
+        "bench",
+        model,
+        "-r",
+        "default",
+        *data_args("bench"),
+        "--set",
+        "runs=5",
+        "--set",
+        "min_time_s=0",
+        "--set",
+        "warmup=1",
+        "--json",
+        out / "report.json",
+    )
     assert result.code == 0, result.stderr
     assert "nan.onnx has non-finite weights (tensor '3.weight' holds 2 NaN and 1 Inf values)" in result.stderr
     assert leftovers(out) == ["report.json"]
@@ -308,7 +354,9 @@ def test_model_larger_than_memory_is_refused_before_loading(verb: str, sample: d
     result = run_cli(*command(verb, sample["onnx"], "onnx", out), env={"EDGECLI_MEMORY_LIMIT_BYTES": "2000000"})
     line = assert_refused(result, 3, "MiB of memory, 1.91 MiB available", out)
     size = sample["onnx"].stat().st_size
-    assert line.startswith(f"out of memory: {sample['onnx']} ({size:,} bytes, ~3x that while loaded and transformed) needs ~")
+    assert line.startswith(
+        f"out of memory: {sample['onnx']} ({size:,} bytes, ~3x that while loaded and transformed) needs ~"
+    )
 
 
 def test_inf_is_refused_in_layer_weights_only(sample: dict[str, Path], tmp_path: Path) -> None:
@@ -316,9 +364,9 @@ def test_inf_is_refused_in_layer_weights_only(sample: dict[str, Path], tmp_path:
     import onnx
     from onnx import helper, numpy_helper
 
+    from edgecli.analysis.model_stats import check_finite_weights
     from edgecli.core.errors import ModelReadError
     from edgecli.formats.model_file import ModelFile
-    from edgecli.analysis.model_stats import check_finite_weights
 
     proto = onnx.load(str(sample["onnx"]))
     mask = np.zeros((1, 10), np.float32)

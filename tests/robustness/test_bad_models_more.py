@@ -92,7 +92,9 @@ OUTSIDE = [("dotdot", "../../../../etc/passwd"), ("absolute", "/etc/passwd")]
 
 @pytest.mark.parametrize("verb", ["inspect", "convert"])
 @pytest.mark.parametrize(("kind", "location"), OUTSIDE, ids=[k for k, _ in OUTSIDE])
-def test_external_data_outside_the_folder_is_refused(verb: str, kind: str, location: str, tmp_path: Path, out: Path) -> None:
+def test_external_data_outside_the_folder_is_refused(
+    verb: str, kind: str, location: str, tmp_path: Path, out: Path
+) -> None:
     model = external_model(tmp_path / "m", location, write_data=False)
     args = inspect(model, out) if verb == "inspect" else convert(model, out)
     line = refused_untouched(args, [model], 3, f"keeps its data in '{location}', outside the model's folder", out)
@@ -127,7 +129,9 @@ def tiny_onnx(path: Path, inputs: bool = True, outputs: bool = True, opset: int 
     if inputs:
         nodes = [helper.make_node("Relu", ["input"], ["y"])]
     else:  # a Constant-only graph
-        nodes = [helper.make_node("Constant", [], ["y"], value=numpy_helper.from_array(np.ones((1, 1, 28, 28), np.float32)))]
+        nodes = [
+            helper.make_node("Constant", [], ["y"], value=numpy_helper.from_array(np.ones((1, 1, 28, 28), np.float32)))
+        ]
     graph = helper.make_graph(nodes, "g", [x] if inputs else [], [y] if outputs else [])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     proto.ir_version = ir
@@ -141,7 +145,9 @@ NO_IO_VERBS = ["inspect", "bench", "convert", "quantize"]
 
 @pytest.mark.parametrize("verb", NO_IO_VERBS)
 @pytest.mark.parametrize(("kind", "options"), NO_IO, ids=[k for k, _ in NO_IO])
-def test_a_model_without_inputs_or_outputs_is_refused(verb: str, kind: str, options: dict, tmp_path: Path, out: Path) -> None:
+def test_a_model_without_inputs_or_outputs_is_refused(
+    verb: str, kind: str, options: dict, tmp_path: Path, out: Path
+) -> None:
     model = tiny_onnx(tmp_path / "m.onnx", **options)
     args = {
         "inspect": inspect(model, out),
@@ -152,11 +158,16 @@ def test_a_model_without_inputs_or_outputs_is_refused(verb: str, kind: str, opti
     refused_untouched(args, [model], 3, f"has no {kind}: edgecli runs, measures and transforms models", out)
 
 
-ORT_REFUSALS = [("ir99", {"ir": 99}, "Unsupported model IR version: 99"), ("opset99", {"opset": 99}, "Opset 99 is under development")]
+ORT_REFUSALS = [
+    ("ir99", {"ir": 99}, "Unsupported model IR version: 99"),
+    ("opset99", {"opset": 99}, "Opset 99 is under development"),
+]
 
 
 @pytest.mark.parametrize(("name", "options", "phrase"), ORT_REFUSALS, ids=[n for n, _, _ in ORT_REFUSALS])
-def test_onnxruntime_refusals_keep_only_the_reason(name: str, options: dict, phrase: str, tmp_path: Path, out: Path) -> None:
+def test_onnxruntime_refusals_keep_only_the_reason(
+    name: str, options: dict, phrase: str, tmp_path: Path, out: Path
+) -> None:
     model = tiny_onnx(tmp_path / f"{name}.onnx", **options)
     line = refused_untouched(bench(model, out), [model], 3, phrase, out)
     assert line.startswith(f"cannot read model: onnxruntime cannot load {model}: ")
@@ -167,7 +178,9 @@ SHORT_VERBS = ["inspect", "bench", "convert", "quantize", "prune"]
 
 
 @pytest.mark.parametrize("verb", SHORT_VERBS)
-def test_a_tensor_shorter_than_its_shape_is_refused(verb: str, sample: dict[str, Path], tmp_path: Path, out: Path) -> None:
+def test_a_tensor_shorter_than_its_shape_is_refused(
+    verb: str, sample: dict[str, Path], tmp_path: Path, out: Path
+) -> None:
     """numpy used to fail reshaping it (internal error) wherever the weights were first read."""
     import onnx
 
@@ -183,7 +196,13 @@ def test_a_tensor_shorter_than_its_shape_is_refused(verb: str, sample: dict[str,
         "quantize": ["quantize", model, "-r", "int8-static", *data_args("quantize"), "-o", out / "out.onnx"],
         "prune": ["prune", model, "-r", "magnitude-50", *data_args("prune"), "-o", out / "out.onnx"],
     }[verb]
-    refused_untouched(args, [model], 3, "tensor '3.weight' holds 4 bytes but its shape [64, 32, 3, 3] of FLOAT needs 73,728; corrupt", out)
+    refused_untouched(
+        args,
+        [model],
+        3,
+        "tensor '3.weight' holds 4 bytes but its shape [64, 32, 3, 3] of FLOAT needs 73,728; corrupt",
+        out,
+    )
 
 
 # --- file names ------------------------------------------------------------------------------------
@@ -276,8 +295,15 @@ def tf_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("tf-models")
     marker = folder / "written-by-the-model"
     subprocess.run([sys.executable, "-c", TF_SCRIPT, folder, marker], check=True, capture_output=True, timeout=600)
-    names = {"lambda": "lambda.keras", "exported": "exported", "plain": "plain_sm", "write": "write_sm", "read": "read_sm",
-             "betainc": "betainc_sm", "unsigned": "unsigned_sm"}
+    names = {
+        "lambda": "lambda.keras",
+        "exported": "exported",
+        "plain": "plain_sm",
+        "write": "write_sm",
+        "read": "read_sm",
+        "betainc": "betainc_sm",
+        "unsigned": "unsigned_sm",
+    }
     return {key: folder / name for key, name in names.items()} | {"marker": marker}
 
 
@@ -292,7 +318,9 @@ FILE_OPS = [("write", "WriteFile", "writes files"), ("read", "ReadFile", "reads 
 
 @pytest.mark.parametrize(("key", "op", "does"), FILE_OPS, ids=[k for k, _, _ in FILE_OPS])
 @pytest.mark.parametrize("verb", ["inspect", "convert"])
-def test_a_saved_model_with_file_ops_is_refused(verb: str, key: str, op: str, does: str, tf_models: dict[str, Path], out: Path) -> None:
+def test_a_saved_model_with_file_ops_is_refused(
+    verb: str, key: str, op: str, does: str, tf_models: dict[str, Path], out: Path
+) -> None:
     model = tf_models[key]
     args = inspect(model, out) if verb == "inspect" else convert(model, out, "tflite")
     line = refused_untouched(args, [model], 3, f"holds a {op} op (node '{op}' of function '__inference___call___", out)
@@ -317,7 +345,9 @@ def test_genuine_saved_models_still_convert(key: str, tf_models: dict[str, Path]
     assert leftovers(out) == ["out.tflite"] and digest(tf_models[key]) == before
 
 
-def test_a_saved_model_conversion_failure_names_the_op_not_mlir(tf_models: dict[str, Path], tmp_path: Path, out: Path) -> None:
+def test_a_saved_model_conversion_failure_names_the_op_not_mlir(
+    tf_models: dict[str, Path], tmp_path: Path, out: Path
+) -> None:
     np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).uniform(0, 1, (16, 28, 28, 1)).astype(np.float32))
     model = tf_models["betainc"]
     args = ["convert", model, "-r", "tflite", "--data", tmp_path / "x.npz", "-o", out / "out.tflite"]
@@ -334,13 +364,17 @@ def test_a_damaged_saved_model_pb_is_refused(tf_models: dict[str, Path], tmp_pat
     refused_untouched(inspect(model, out), [model], 3, "saved_model.pb is not a SavedModel protobuf", out)
 
 
-def test_damaged_saved_model_variables_or_no_signature_are_refused(tf_models: dict[str, Path], tmp_path: Path, out: Path) -> None:
+def test_damaged_saved_model_variables_or_no_signature_are_refused(
+    tf_models: dict[str, Path], tmp_path: Path, out: Path
+) -> None:
     import shutil
 
     damaged = tmp_path / "damaged_variables_sm"
     shutil.copytree(tf_models["plain"], damaged)
     for part in (damaged / "variables").iterdir():
         part.write_bytes(np.random.default_rng(0).bytes(100))
-    refused_untouched(convert(damaged, out, "tflite"), [damaged], 3, "is not a loadable SavedModel (not an sstable", out)
+    refused_untouched(
+        convert(damaged, out, "tflite"), [damaged], 3, "is not a loadable SavedModel (not an sstable", out
+    )
     unsigned = tf_models["unsigned"]
     refused_untouched(convert(unsigned, out, "tflite"), [unsigned], 3, "has no signature to convert", out)

@@ -31,7 +31,9 @@ class Verb:
 
 VERBS = {
     "prune": Verb(ONNX, "out.onnx", ["-r", "magnitude-50", "--set", "finetune.epochs=0"]),
-    "distill": Verb(ONNX, "out.pt2", ["--set", "epochs=1", "--set", "latency_runs=0"]),  # an ONNX teacher: no torch before the check
+    "distill": Verb(
+        ONNX, "out.pt2", ["--set", "epochs=1", "--set", "latency_runs=0"]
+    ),  # an ONNX teacher: no torch before the check
     "quantize": Verb(ONNX, "out.onnx", ["-r", "int8-static"]),
     "convert": Verb(ONNX, "out.onnx", ["-r", "onnx"]),
     "bench": Verb(ONNX, "report.json"),
@@ -40,7 +42,9 @@ VERBS = {
 
 def run_verb(verb: str, out: Path, *args: object, model: Path | None = None) -> CliResult:
     spec = VERBS[verb]
-    output = spec.output if model is None or verb != "prune" else f"out{model.suffix}"  # prune writes its input's format
+    output = (
+        spec.output if model is None or verb != "prune" else f"out{model.suffix}"
+    )  # prune writes its input's format
     target = ["--json", out / output] if verb == "bench" else ["-o", out / output]
     return run_cli(verb, model or spec.model, *args, *target)
 
@@ -122,10 +126,18 @@ def test_set_without_equals(verb: str, out: Path) -> None:
 STEP = "steps:\n  - name: small\n    verb: prune\n    recipe: magnitude-50\n"
 PIPELINES = {
     "unknown-key": (f"model: M\n{STEP}bech: null\n", "unknown key 'bech'", "did you mean 'bench'?"),
-    "unknown-nested-key": (f"model: M\n{STEP}    recipie: x\n", "unknown key 'steps.0.recipie'", "did you mean 'steps.0.recipe'?"),
+    "unknown-nested-key": (
+        f"model: M\n{STEP}    recipie: x\n",
+        "unknown key 'steps.0.recipie'",
+        "did you mean 'steps.0.recipe'?",
+    ),
     "wrong-type": ("model: M\nsteps: 3\n", "'steps'", "valid list"),
     "out-of-range": ("model: M\nsteps: []\n", "'steps'", "at least 1 item"),
-    "step-recipe-unknown-key": (f"model: M\n{STEP}    set:\n      sparsty: 0.9\n", "unknown key 'sparsty'", "did you mean 'sparsity'?"),
+    "step-recipe-unknown-key": (
+        f"model: M\n{STEP}    set:\n      sparsty: 0.9\n",
+        "unknown key 'sparsty'",
+        "did you mean 'sparsity'?",
+    ),
     "invalid-yaml": ("model: M\nsteps: [1, 2\nbench: null\n", "line 3 is not valid YAML", ""),
     "empty": ("\n", "is empty", ""),
     "list": ("- model: M\n", "must be a mapping of keys to values, not list", ""),
@@ -252,7 +264,9 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("case", list(UNREADABLE))
 @pytest.mark.parametrize("verb", list(VERBS))
 def test_unreadable_data(verb: str, case: str, datasets: Path, out: Path) -> None:
-    line = assert_refused(run_verb(verb, out, *VERBS[verb].args, "--data", datasets / f"{case}.npz"), 3, UNREADABLE[case], out)
+    line = assert_refused(
+        run_verb(verb, out, *VERBS[verb].args, "--data", datasets / f"{case}.npz"), 3, UNREADABLE[case], out
+    )
     assert line.startswith("cannot read data: ")
 
 
@@ -275,13 +289,19 @@ def test_data_that_does_not_fit_the_model(verb: str, case: str, datasets: Path, 
 
 # Labels missing where the recipe needs them: a usage error (exit 2) that says how to give them.
 NEEDS_LABELS = {
-    "prune": (["-r", "magnitude-50", "--data", "unlabelled"], "fine-tuning needs labelled training data"),  # on the .pt2
+    "prune": (
+        ["-r", "magnitude-50", "--data", "unlabelled"],
+        "fine-tuning needs labelled training data",
+    ),  # on the .pt2
     "distill": (["--set", "baseline=true", "--data", "unlabelled"], "baseline: true needs labels ('y')"),
     "quantize": (
         ["-r", "int8-static", "--set", "max_accuracy_drop=0.01", "--data", "good", "--eval-data", "unlabelled"],
         "max_accuracy_drop needs labelled data",
     ),
-    "bench": (["--set", "gates=['accuracy_drop <= 0.01']", "--data", "unlabelled", ONNX], "accuracy_drop was not measured"),
+    "bench": (
+        ["--set", "gates=['accuracy_drop <= 0.01']", "--data", "unlabelled", ONNX],
+        "accuracy_drop was not measured",
+    ),
 }
 
 
@@ -292,15 +312,22 @@ def test_labels_missing_where_needed(verb: str, datasets: Path, out: Path) -> No
     assert_refused(run_verb(verb, out, *args, "-q", model=PT2 if verb == "prune" else None), 2, phrase, out)
 
 
-def test_data_larger_than_memory_streams_and_is_refused_only_where_it_would_be_read_whole(tmp_path: Path, out: Path) -> None:
+def test_data_larger_than_memory_streams_and_is_refused_only_where_it_would_be_read_whole(
+    tmp_path: Path, out: Path
+) -> None:
     # eval.npz / train.npz hold 6.3 / 15.7 MB of float32 images; 6 MB are "available", the model (1.4 MB) fits.
     env = {"EDGECLI_MEMORY_LIMIT_BYTES": "6000000"}
     # quantize calibrates and evaluates a batch at a time: it runs.
-    result = run_cli("quantize", ONNX, "-r", "int8-static", "--data", SAMPLE / "eval.npz", "-o", tmp_path / "q.onnx", "-q", env=env)
+    result = run_cli(
+        "quantize", ONNX, "-r", "int8-static", "--data", SAMPLE / "eval.npz", "-o", tmp_path / "q.onnx", "-q", env=env
+    )
     assert result.code == 0, result.stderr
     assert (tmp_path / "q.onnx").stat().st_size > 100_000
     # prune's fine-tuning holds the training set in memory: refused before it reads it.
     result = run_cli("prune", PT2, "-r", "channels-50", "--data", SAMPLE / "train.npz", "-o", out / "p.pt2", env=env)
     line = assert_refused(result, 3, "reading 5000 samples of ", out)
-    assert line.startswith("cannot read data: reading 5000 samples of ") and "train.npz:x at once needs ~0.02 GiB of memory, 5.72 MiB available" in line
+    assert (
+        line.startswith("cannot read data: reading 5000 samples of ")
+        and "train.npz:x at once needs ~0.02 GiB of memory, 5.72 MiB available" in line
+    )
     assert line.endswith("(set data.limit to use fewer samples)")

@@ -12,15 +12,27 @@ from tests.conftest import ROOT, SAMPLE, leftovers
 JOBS = {
     "pruned.onnx": ["prune", str(SAMPLE / "fashion_cnn.onnx"), "-r", "magnitude-50", "--set", "finetune.epochs=0"],
     "dynamic.onnx": ["quantize", str(SAMPLE / "fashion_cnn.onnx"), "-r", "int8-dynamic"],
-    "static.onnx": ["quantize", str(SAMPLE / "fashion_cnn.onnx"), "-r", "int8-static", "--data", str(SAMPLE / "calib.npz"),
-                    "--set", "calibration.samples=64"],
+    "static.onnx": [
+        "quantize",
+        str(SAMPLE / "fashion_cnn.onnx"),
+        "-r",
+        "int8-static",
+        "--data",
+        str(SAMPLE / "calib.npz"),
+        "--set",
+        "calibration.samples=64",
+    ],
     "exported.onnx": ["convert", str(SAMPLE / "fashion_cnn.pt2"), "-r", "onnx", "--data", str(SAMPLE / "eval.npz")],
 }
 
 
 def start(folder, name):
-    return subprocess.Popen([sys.executable, "-m", "edgecli", *JOBS[name], "-o", str(folder / name), "-q"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgecli", *JOBS[name], "-o", str(folder / name), "-q"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_four_processes_in_one_folder(tmp_path):

@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edgecli.data.dataset import Dataset, load_dataset
 from edgecli.core.errors import DataError, EdgecliError, ModelReadError, RecipeError, UsageError
+from edgecli.data.dataset import Dataset, load_dataset
 from edgecli.formats.detect import Format, detect_format
 from edgecli.recipes import RECIPES, DataSpec, Strict, load_recipe
 from tests.conftest import SAMPLE
@@ -178,7 +178,9 @@ SCALARS = (
 )
 VALUES = st.recursive(
     SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 RECIPE_DICTS = st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), VALUES, max_size=6)
@@ -212,14 +214,21 @@ def test_load_recipe_on_random_nested_values(folder: Path, verb: str, raw: dict)
 SET_ITEMS = st.text(max_size=30) | st.builds(
     lambda path, value: f"{'.'.join(path)}={value}",
     st.lists(st.sampled_from(KEYS) | st.text(string.ascii_lowercase + "._ ", max_size=5), min_size=1, max_size=3),
-    st.text(max_size=20) | SCALARS.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()),
+    st.text(max_size=20)
+    | SCALARS.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()),
 )
 
 
 @budget(400)
 @given(verb=st.sampled_from(VERBS), items=st.lists(SET_ITEMS, max_size=4), shipped=st.booleans())
 def test_load_recipe_with_random_set_items(verb: str, items: list[str], shipped: bool) -> None:
-    recipe = {"prune": "magnitude-50", "distill": "kd", "quantize": "int8-static", "convert": "onnx", "bench": "default"}[verb]
+    recipe = {
+        "prune": "magnitude-50",
+        "distill": "kd",
+        "quantize": "int8-static",
+        "convert": "onnx",
+        "bench": "default",
+    }[verb]
     _load(verb, recipe if shipped else None, items)
 
 
@@ -236,7 +245,21 @@ def test_deeply_nested_yaml_is_a_recipe_error(folder: Path, depth: int) -> None:
 
 # --- (c) data: load_dataset on arbitrary bytes and random archives ---------------------------------
 
-DTYPES = ["float32", "float64", "float16", ">f4", "int8", "uint8", "int32", "int64", "bool", "complex64", "<U3", "S2", "object"]
+DTYPES = [
+    "float32",
+    "float64",
+    "float16",
+    ">f4",
+    "int8",
+    "uint8",
+    "int32",
+    "int64",
+    "bool",
+    "complex64",
+    "<U3",
+    "S2",
+    "object",
+]
 NAMES = st.sampled_from(["x", "y", "input", "mask", "x.npy", "a/b"]) | st.text(max_size=6)
 
 
@@ -297,7 +320,9 @@ def test_load_dataset_on_random_archives(folder: Path, contents: dict, compresse
 def _sample_npz(compressed: bool) -> bytes:
     buffer = io.BytesIO()
     rng = np.random.default_rng(0)
-    (np.savez_compressed if compressed else np.savez)(buffer, x=rng.random((6, 1, 4, 4)).astype(np.float32), y=np.arange(6))
+    (np.savez_compressed if compressed else np.savez)(
+        buffer, x=rng.random((6, 1, 4, 4)).astype(np.float32), y=np.arange(6)
+    )
     return buffer.getvalue()
 
 
@@ -315,4 +340,9 @@ def test_load_dataset_on_damaged_archives(folder: Path, seed: str, data: st.Data
 def test_every_error_is_an_edgecli_error() -> None:
     # What the tests above accept: the documented classes, with the documented exit codes.
     assert issubclass(RecipeError, UsageError) and issubclass(DataError, EdgecliError)
-    assert (UsageError("u").exit_code, RecipeError("r").exit_code, DataError("d").exit_code, ModelReadError("m").exit_code) == (2, 2, 3, 3)
+    assert (
+        UsageError("u").exit_code,
+        RecipeError("r").exit_code,
+        DataError("d").exit_code,
+        ModelReadError("m").exit_code,
+    ) == (2, 2, 3, 3)

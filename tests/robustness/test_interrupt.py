@@ -15,13 +15,54 @@ from tests.conftest import ROOT, SAMPLE, leftovers
 
 CASES = {
     # verb arguments, a stderr line that appears just before the long part, seconds to wait after it
-    "fine-tuning": (["prune", str(SAMPLE / "fashion_cnn.pt2"), "-r", "magnitude-50", "--data", str(SAMPLE / "train.npz"),
-                     "--set", "finetune.epochs=3", "-o", "{out}.pt2"], None, 8.0),  # 3 epochs take over 30 s
-    "calibration": (["quantize", str(SAMPLE / "fashion_cnn.onnx"), "-r", "int8-static", "--data", str(SAMPLE / "calib.npz"),
-                     "--eval-data", str(SAMPLE / "eval.npz"), "--set", "calibration.batch_size=1", "-o", "{out}.onnx"],
-                    "evaluating float", 0.3),
-    "conversion": (["convert", str(SAMPLE / "fashion_cnn.onnx"), "-r", "tflite", "--data", str(SAMPLE / "eval.npz"),
-                    "-o", "{out}.tflite"], None, 7.0),
+    "fine-tuning": (
+        [
+            "prune",
+            str(SAMPLE / "fashion_cnn.pt2"),
+            "-r",
+            "magnitude-50",
+            "--data",
+            str(SAMPLE / "train.npz"),
+            "--set",
+            "finetune.epochs=3",
+            "-o",
+            "{out}.pt2",
+        ],
+        None,
+        8.0,
+    ),  # 3 epochs take over 30 s
+    "calibration": (
+        [
+            "quantize",
+            str(SAMPLE / "fashion_cnn.onnx"),
+            "-r",
+            "int8-static",
+            "--data",
+            str(SAMPLE / "calib.npz"),
+            "--eval-data",
+            str(SAMPLE / "eval.npz"),
+            "--set",
+            "calibration.batch_size=1",
+            "-o",
+            "{out}.onnx",
+        ],
+        "evaluating float",
+        0.3,
+    ),
+    "conversion": (
+        [
+            "convert",
+            str(SAMPLE / "fashion_cnn.onnx"),
+            "-r",
+            "tflite",
+            "--data",
+            str(SAMPLE / "eval.npz"),
+            "-o",
+            "{out}.tflite",
+        ],
+        None,
+        7.0,
+    ),
 }
 
 
@@ -50,8 +91,9 @@ def test_signal_during_work_leaves_nothing(case, signum, tmp_path):
     scratch.mkdir()
     argv = [a.format(out=out / "model") for a in args]
     env = dict(os.environ, TMPDIR=str(scratch))
-    proc = subprocess.Popen([sys.executable, "-m", "edgecli", *argv], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgecli", *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     seen = wait_for(proc, marker, delay)
     proc.send_signal(signum)
     stdout, rest = proc.communicate(timeout=120)

@@ -73,7 +73,9 @@ def nan_model(path: Path, x: np.ndarray) -> Path:
         helper.make_node("Mul", ["logits", "root"], ["output"], name="mul"),
     ]
     graph = helper.make_graph(
-        nodes, "nan", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        nodes,
+        "nan",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 10])],
         [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array(c), "c")],
     )
@@ -86,46 +88,115 @@ def nan_model(path: Path, x: np.ndarray) -> Path:
 
 # --- labels outside the model's classes --------------------------------------------------------
 
+
 def _label_case(verb: str, label: int, files: dict[str, Path], out: Path) -> tuple[list[object], list[Path]]:
     """The command line for `verb` with labels `label` where the verb reads them, and its inputs."""
     if verb == "quantize":
-        return ["quantize", ONNX, "-r", "int8-dynamic", "--eval-data", files[f"eval{label}"], "-o", out / "q.onnx"], [ONNX, files[f"eval{label}"]]
+        return ["quantize", ONNX, "-r", "int8-dynamic", "--eval-data", files[f"eval{label}"], "-o", out / "q.onnx"], [
+            ONNX,
+            files[f"eval{label}"],
+        ]
     if verb == "bench":
-        return ["bench", ONNX, *FAST_BENCH, "--data", files[f"eval{label}"], "--json", out / "b.json"], [ONNX, files[f"eval{label}"]]
+        return ["bench", ONNX, *FAST_BENCH, "--data", files[f"eval{label}"], "--json", out / "b.json"], [
+            ONNX,
+            files[f"eval{label}"],
+        ]
     if verb == "prune":  # magnitude on the .pt2 fine-tunes 1 epoch: the labels must be refused before it
-        return ["prune", PT2, "-r", "magnitude-50", "--data", files[f"train{label}"], "--eval-data", files["eval"],
-                "-o", out / "p.pt2"], [PT2, files[f"train{label}"], files["eval"]]
-    return ["distill", ONNX, "--data", files[f"train{label}"], "--set", "epochs=1", "--set", "latency_runs=0",
-            "-o", out / "d.pt2"], [ONNX, files[f"train{label}"]]
+        return [
+            "prune",
+            PT2,
+            "-r",
+            "magnitude-50",
+            "--data",
+            files[f"train{label}"],
+            "--eval-data",
+            files["eval"],
+            "-o",
+            out / "p.pt2",
+        ], [PT2, files[f"train{label}"], files["eval"]]
+    return [
+        "distill",
+        ONNX,
+        "--data",
+        files[f"train{label}"],
+        "--set",
+        "epochs=1",
+        "--set",
+        "latency_runs=0",
+        "-o",
+        out / "d.pt2",
+    ], [ONNX, files[f"train{label}"]]
 
 
 @pytest.mark.parametrize("label", [99, -1])
 @pytest.mark.parametrize("verb", ["quantize", "bench", "prune", "distill"])
-def test_labels_outside_the_classes_are_refused_before_any_work(verb: str, label: int, files: dict[str, Path], out: Path) -> None:
+def test_labels_outside_the_classes_are_refused_before_any_work(
+    verb: str, label: int, files: dict[str, Path], out: Path
+) -> None:
     args, inputs = _label_case(verb, label, files, out)
     before = digest(*inputs)
     result = run_cli(*args)  # not quiet: a progress bar (calibration, timing, fine-tuning) would be a second line
     row = 3 if label == 99 else 5
-    line = assert_refused(result, 3, f"hold values outside 0..9 (e.g. {label} at row {row}): the model has 10 classes", out)
+    line = assert_refused(
+        result, 3, f"hold values outside 0..9 (e.g. {label} at row {row}): the model has 10 classes", out
+    )
     assert line.startswith("cannot read data: labels 'y' of ") and "fine-tuning" not in result.stderr
     assert digest(*inputs) == before
 
 
 def test_valid_labels_still_pass(files: dict[str, Path], tmp_path: Path) -> None:
-    result = run_cli("quantize", ONNX, "-r", "int8-dynamic", "--eval-data", files["eval"], "--set", "max_accuracy_drop=0.05",
-                     "--set", "speed_check=false", "-o", tmp_path / "q.onnx", "-q")
+    result = run_cli(
+        "quantize",
+        ONNX,
+        "-r",
+        "int8-dynamic",
+        "--eval-data",
+        files["eval"],
+        "--set",
+        "max_accuracy_drop=0.05",
+        "--set",
+        "speed_check=false",
+        "-o",
+        tmp_path / "q.onnx",
+        "-q",
+    )
     assert result.code == 0, result.stderr
-    result = run_cli("bench", ONNX, tmp_path / "q.onnx", *FAST_BENCH, "--data", files["eval"], "--json", tmp_path / "b.json",
-                     "--set", "gates=['accuracy_drop <= 0.05', 'agreement >= 0.9']", "-q")
+    result = run_cli(
+        "bench",
+        ONNX,
+        tmp_path / "q.onnx",
+        *FAST_BENCH,
+        "--data",
+        files["eval"],
+        "--json",
+        tmp_path / "b.json",
+        "--set",
+        "gates=['accuracy_drop <= 0.05', 'agreement >= 0.9']",
+        "-q",
+    )
     assert result.code == 0, result.stderr
     rows = json.loads((tmp_path / "b.json").read_text())["models"]
     assert rows[0]["accuracy"] > 0.8 and rows[1]["non_finite_samples"] == 0
-    result = run_cli("prune", PT2, "-r", "magnitude-50", "--set", "finetune.epochs=0", "--data", files["train"],
-                     "--eval-data", files["eval"], "-o", tmp_path / "p.pt2", "-q")
+    result = run_cli(
+        "prune",
+        PT2,
+        "-r",
+        "magnitude-50",
+        "--set",
+        "finetune.epochs=0",
+        "--data",
+        files["train"],
+        "--eval-data",
+        files["eval"],
+        "-o",
+        tmp_path / "p.pt2",
+        "-q",
+    )
     assert result.code == 0, result.stderr
 
 
 # --- NaN in a model's outputs ------------------------------------------------------------------
+
 
 def test_parity_check_fails_on_nan_outputs(files: dict[str, Path], out: Path) -> None:
     before = digest(files["nan"], files["eval"])
@@ -138,8 +209,22 @@ def test_parity_check_fails_on_nan_outputs(files: dict[str, Path], out: Path) ->
 
 @pytest.mark.parametrize("target", [[], ["--set", "min_agreement=0.5"]], ids=["no-target", "min-agreement"])
 def test_quantize_guard_never_passes_nan_outputs(target: list[str], files: dict[str, Path], tmp_path: Path) -> None:
-    result = run_cli("quantize", files["nan"], "-r", "int8-dynamic", "--eval-data", files["eval"], *target,
-                     "--set", "speed_check=false", "-o", tmp_path / "q.onnx", "--report", tmp_path / "r.json", "-q")
+    result = run_cli(
+        "quantize",
+        files["nan"],
+        "-r",
+        "int8-dynamic",
+        "--eval-data",
+        files["eval"],
+        *target,
+        "--set",
+        "speed_check=false",
+        "-o",
+        tmp_path / "q.onnx",
+        "--report",
+        tmp_path / "r.json",
+        "-q",
+    )
     assert result.code == 1, result.stderr  # a gate failure: the model and its report are written
     assert "Traceback" not in result.stderr
     assert "the float model outputs NaN/Inf on 32 of 64 samples" in result.stderr
@@ -152,10 +237,21 @@ def test_quantize_guard_never_passes_nan_outputs(target: list[str], files: dict[
 
 def test_bench_reports_nan_outputs_and_fails_gates_on_them(files: dict[str, Path], tmp_path: Path) -> None:
     report = tmp_path / "b.json"
-    result = run_cli("bench", ONNX, files["nan"], *FAST_BENCH, "--data", files["eval"], "--json", report,
-                     "--set", "gates=['agreement >= 0', 'size_bytes >= 0']")
+    result = run_cli(
+        "bench",
+        ONNX,
+        files["nan"],
+        *FAST_BENCH,
+        "--data",
+        files["eval"],
+        "--json",
+        report,
+        "--set",
+        "gates=['agreement >= 0', 'size_bytes >= 0']",
+    )
     assert result.code == 1, result.stderr
     assert "nan.onnx outputs NaN/Inf on 32 of 64 samples" in result.stderr
+
     def no_bare_nan(token: str) -> None:
         raise AssertionError(f"bench --json wrote the non-JSON token {token}")
 
@@ -164,14 +260,28 @@ def test_bench_reports_nan_outputs_and_fails_gates_on_them(files: dict[str, Path
     assert nan_row["non_finite_samples"] == 32 and nan_row["cosine"] is None and nan_row["max_abs_diff"] is None
     assert nan_row["agreement"] <= 0.5  # the NaN samples disagree
     passed = {gate["gate"]: gate["passed"] for gate in rows["gates"]}
-    assert passed == {"agreement >= 0": False, "size_bytes >= 0": True}  # a number that meets the gate fails on NaN outputs
+    assert passed == {
+        "agreement >= 0": False,
+        "size_bytes >= 0": True,
+    }  # a number that meets the gate fails on NaN outputs
 
 
 # --- an .npz with an unrelated extra array -----------------------------------------------------
 
+
 def test_an_extra_array_of_another_length_is_ignored(files: dict[str, Path], tmp_path: Path) -> None:
-    result = run_cli("quantize", ONNX, "-r", "int8-dynamic", "--eval-data", files["meta"], "--set", "speed_check=false",
-                     "-o", tmp_path / "q.onnx")  # not quiet: -q silences warnings
+    result = run_cli(
+        "quantize",
+        ONNX,
+        "-r",
+        "int8-dynamic",
+        "--eval-data",
+        files["meta"],
+        "--set",
+        "speed_check=false",
+        "-o",
+        tmp_path / "q.onnx",
+    )  # not quiet: -q silences warnings
     assert result.code == 0, result.stderr
     assert "ignoring 'meta' [3]: not 64 samples like the inputs ('x')" in result.stderr
     result = run_cli("bench", ONNX, *FAST_BENCH, "--data", files["meta"], "--json", tmp_path / "b.json", "-q")
@@ -180,6 +290,7 @@ def test_an_extra_array_of_another_length_is_ignored(files: dict[str, Path], tmp
 
 
 # --- the judges on real arrays -----------------------------------------------------------------
+
 
 class _Stub:
     """A runner that returns fixed outputs (check_parity's view of a model)."""
@@ -204,9 +315,9 @@ def _data(count: int):
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 @pytest.mark.parametrize("side", ["parent", "child", "both"])
 def test_check_parity_refuses_non_finite_outputs(bad: float, side: str) -> None:
+    from edgecli.analysis.parity import check_parity
     from edgecli.core.errors import ParityError
     from edgecli.recipes import ParitySpec
-    from edgecli.analysis.parity import check_parity
 
     good = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     broken = good.copy()
@@ -259,10 +370,10 @@ def test_the_guard_target_fails_non_finite_metrics() -> None:
 
 
 def test_labels_are_checked_against_the_models_classes(files: dict[str, Path]) -> None:
-    from edgecli.data.dataset import load_dataset
-    from edgecli.core.errors import DataError
-    from edgecli.formats.model_file import ModelFile
     from edgecli.analysis.metrics import check_labels, output_classes
+    from edgecli.core.errors import DataError
+    from edgecli.data.dataset import load_dataset
+    from edgecli.formats.model_file import ModelFile
     from edgecli.recipes import DataSpec
     from edgecli.runtimes import open_runner
 
@@ -272,5 +383,6 @@ def test_labels_are_checked_against_the_models_classes(files: dict[str, Path]) -
     assert check_labels(runner, good) is None
     with pytest.raises(DataError) as caught:
         check_labels(runner, bad)
-    assert caught.value.message == (f"labels 'y' of {files['eval99']} hold values outside 0..9 (e.g. 99 at row 3): "
-                                    "the model has 10 classes")
+    assert caught.value.message == (
+        f"labels 'y' of {files['eval99']} hold values outside 0..9 (e.g. 99 at row 3): the model has 10 classes"
+    )

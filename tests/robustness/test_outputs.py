@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -40,8 +39,13 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
     shutil.copy(SAMPLE / "calib.npz", folder / "calib.npz")
     shutil.copy(SAMPLE / "eval.npz", folder / "eval.npz")
     (folder / "my.yaml").write_text("mode: dynamic\n")
-    return {"folder": folder, "onnx": folder / "m.onnx", "calib": folder / "calib.npz", "eval": folder / "eval.npz",
-            "recipe": folder / "my.yaml"}
+    return {
+        "folder": folder,
+        "onnx": folder / "m.onnx",
+        "calib": folder / "calib.npz",
+        "eval": folder / "eval.npz",
+        "recipe": folder / "my.yaml",
+    }
 
 
 @contextlib.contextmanager
@@ -60,17 +64,29 @@ def clash_cases(i: dict[str, Path]) -> dict[str, tuple[list[object], str]]:
         "inspect --json = the model": (["inspect", m, "--json", m], "is the inspected model"),
         "-o = --data": (["quantize", m, *QUICK, "--data", calib, "-o", calib], "is the --data file"),
         "-o = the recipe file": (["quantize", m, "-r", recipe, "-o", recipe], "is the recipe file"),
-        "--report = --eval-data": (["quantize", m, *QUICK, "--eval-data", evaluation, "--report", evaluation,
-                                    "-o", i["folder"] / "q.onnx"], "is the --eval-data file"),
-        "-o = the model, spelled otherwise": (["quantize", m, *QUICK, "-o", i["folder"] / ".." / "in" / "m.onnx"], "is the input model"),
+        "--report = --eval-data": (
+            ["quantize", m, *QUICK, "--eval-data", evaluation, "--report", evaluation, "-o", i["folder"] / "q.onnx"],
+            "is the --eval-data file",
+        ),
+        "-o = the model, spelled otherwise": (
+            ["quantize", m, *QUICK, "-o", i["folder"] / ".." / "in" / "m.onnx"],
+            "is the input model",
+        ),
         "bench --json = a benched model": (["bench", m, "-r", "default", "--json", m], "is a benched model"),
-        "bench --csv = its data": (["bench", m, "-r", "default", "--data", evaluation, "--csv", evaluation], "is the --data file"),
+        "bench --csv = its data": (
+            ["bench", m, "-r", "default", "--data", evaluation, "--csv", evaluation],
+            "is the --data file",
+        ),
         "bench --markdown = --reference": (["bench", m, "--reference", m, "--markdown", m], "is a benched model"),
-        "distill --checkpoint = the teacher": (["distill", m, "-r", "kd", "--data", calib, "--checkpoint", m,
-                                               "-o", i["folder"] / "s.pt2"], "is the teacher model"),
+        "distill --checkpoint = the teacher": (
+            ["distill", m, "-r", "kd", "--data", calib, "--checkpoint", m, "-o", i["folder"] / "s.pt2"],
+            "is the teacher model",
+        ),
         "distill -o = the teacher": (["distill", m, "-r", "kd", "--data", calib, "-o", m], "is the teacher model"),
-        "--report = -o": (["quantize", m, *QUICK, "--report", i["folder"] / "x.json", "-o", i["folder"] / "x.json"],
-                          "name the same file"),
+        "--report = -o": (
+            ["quantize", m, *QUICK, "--report", i["folder"] / "x.json", "-o", i["folder"] / "x.json"],
+            "name the same file",
+        ),
     }
 
 
@@ -91,14 +107,23 @@ def test_a_link_to_the_input_is_the_input(link, inputs, out):
     alias = out / "alias.onnx"
     (os.link if link == "hard" else os.symlink)(inputs["onnx"], alias)
     with unchanged(inputs["onnx"]):
-        assert_refused(run_cli("quantize", inputs["onnx"], *QUICK, "-o", alias), 2, "is the input model", out, ignore=("alias.onnx",))
+        assert_refused(
+            run_cli("quantize", inputs["onnx"], *QUICK, "-o", alias),
+            2,
+            "is the input model",
+            out,
+            ignore=("alias.onnx",),
+        )
     assert os.path.samefile(alias, inputs["onnx"])
 
 
 def test_a_pipeline_json_onto_its_source_model_is_refused(inputs, out):
     pipeline = inputs["folder"] / "p.yaml"
-    pipeline.write_text(yaml.safe_dump({"model": "m.onnx", "steps": [{"name": "q", "verb": "quantize", "recipe": "int8-dynamic"}],
-                                        "bench": None}))
+    pipeline.write_text(
+        yaml.safe_dump(
+            {"model": "m.onnx", "steps": [{"name": "q", "verb": "quantize", "recipe": "int8-dynamic"}], "bench": None}
+        )
+    )
     with unchanged(inputs["onnx"], pipeline):
         assert_refused(run_cli("run", pipeline, "--out", out, "--json", inputs["onnx"]), 2, "is the source model", out)
 
@@ -112,7 +137,9 @@ def test_a_character_device_is_written_through_and_stays_a_device(inputs, out):
     result = run_cli("quantize", inputs["onnx"], *QUICK, "-o", null)
     assert result.code == 0, result.stderr
     assert stat.S_ISCHR(os.stat(null).st_mode) and leftovers(out) == ["null"]
-    result = run_cli("quantize", inputs["onnx"], *QUICK, "-o", "/dev/null", "--report", "/dev/null")  # two outputs, one device
+    result = run_cli(
+        "quantize", inputs["onnx"], *QUICK, "-o", "/dev/null", "--report", "/dev/null"
+    )  # two outputs, one device
     assert result.code == 0, result.stderr
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
@@ -135,21 +162,32 @@ def test_a_fifo_output_gives_its_reader_every_byte(inputs, out, tmp_path):
 def test_block_devices_and_sockets_are_refused(inputs, out):
     block = out / "blk"
     os.mknod(block, stat.S_IFBLK | 0o600, os.makedev(7, 200))  # a loop device number nothing uses
-    assert_refused(run_cli("quantize", inputs["onnx"], *QUICK, "-o", block), 2, "is a block device", out, ignore=("blk",))
+    assert_refused(
+        run_cli("quantize", inputs["onnx"], *QUICK, "-o", block), 2, "is a block device", out, ignore=("blk",)
+    )
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(out / "sock"))
-        assert_refused(run_cli("quantize", inputs["onnx"], *QUICK, "-o", out / "sock"), 2, "is a socket", out, ignore=("blk", "sock"))
+        assert_refused(
+            run_cli("quantize", inputs["onnx"], *QUICK, "-o", out / "sock"),
+            2,
+            "is a socket",
+            out,
+            ignore=("blk", "sock"),
+        )
 
 
 # ---------------------------------------------------------------- finding 7: output paths checked before the work
 
 
-@pytest.mark.parametrize(("where", "phrase"), [
-    ("missing/m.onnx", "folder"),  # ... missing does not exist
-    ("", "is a folder"),
-    ("EMPTY", "'' is an empty path"),
-    ("n" * 300 + ".onnx", "the file name is 305 bytes long, this filesystem allows 255"),
-])
+@pytest.mark.parametrize(
+    ("where", "phrase"),
+    [
+        ("missing/m.onnx", "folder"),  # ... missing does not exist
+        ("", "is a folder"),
+        ("EMPTY", "'' is an empty path"),
+        ("n" * 300 + ".onnx", "the file name is 305 bytes long, this filesystem allows 255"),
+    ],
+)
 def test_an_unusable_output_path_is_refused_before_work(where, phrase, inputs, out):
     target = "" if where == "EMPTY" else out / where
     with unchanged(inputs["onnx"]):
@@ -157,10 +195,15 @@ def test_an_unusable_output_path_is_refused_before_work(where, phrase, inputs, o
     assert ".edgecli-" not in line
 
 
-@pytest.mark.parametrize(("option", "folder_phrase"), [("--report", "is not a JSON file path"), ("--checkpoint", "is a folder")])
+@pytest.mark.parametrize(
+    ("option", "folder_phrase"), [("--report", "is not a JSON file path"), ("--checkpoint", "is a folder")]
+)
 def test_other_outputs_are_checked_too(option, folder_phrase, inputs, out):
-    args = (["distill", inputs["onnx"], "-r", "kd", "--data", inputs["calib"]] if option == "--checkpoint"
-            else ["quantize", inputs["onnx"], *QUICK])
+    args = (
+        ["distill", inputs["onnx"], "-r", "kd", "--data", inputs["calib"]]
+        if option == "--checkpoint"
+        else ["quantize", inputs["onnx"], *QUICK]
+    )
     assert_refused(run_cli(*args, option, out, "-o", out / "m.out"), 2, folder_phrase, out)
     assert_refused(run_cli(*args, option, out / "no" / "r", "-o", out / "m.out"), 2, "does not exist", out)
 
@@ -186,20 +229,26 @@ def tmpfs(folder: Path, options: str):
 
 def test_a_read_only_folder_is_refused_before_work(inputs, tmp_path):
     with tmpfs(tmp_path / "ro", "ro,size=1m") as folder:
-        line = assert_refused(run_cli("quantize", inputs["onnx"], *QUICK, "-o", folder / "m.onnx"), 2, "read-only", folder)
+        line = assert_refused(
+            run_cli("quantize", inputs["onnx"], *QUICK, "-o", folder / "m.onnx"), 2, "read-only", folder
+        )
     assert "cannot create a file in" in line
 
 
 def test_a_full_disk_fails_after_the_work_naming_the_users_path(inputs, tmp_path):
     with tmpfs(tmp_path / "full", "size=64k") as folder:
         with unchanged(inputs["onnx"]):
-            line = assert_refused(run_cli("quantize", inputs["onnx"], *QUICK, "-o", folder / "m.onnx"), 6, "no space left", folder)
+            line = assert_refused(
+                run_cli("quantize", inputs["onnx"], *QUICK, "-o", folder / "m.onnx"), 6, "no space left", folder
+            )
     assert f"{folder / 'm.onnx'}" in line and ".tmp" not in line and line.startswith("cannot write output:")
 
 
 def test_a_device_that_fails_the_write_is_exit_6(inputs):
     result = run_cli("quantize", inputs["onnx"], *QUICK, "-o", "/dev/full")
-    assert result.code == 6 and result.lines == ["cannot write output: /dev/full: no space left on the device"], result.stderr
+    assert result.code == 6 and result.lines == ["cannot write output: /dev/full: no space left on the device"], (
+        result.stderr
+    )
     assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
 
 
@@ -210,9 +259,25 @@ def test_sigkill_leaves_nothing_the_next_run_does_not_remove(inputs, out, tmp_pa
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = dict(os.environ, TMPDIR=str(scratch))
-    proc = subprocess.Popen([sys.executable, "-m", "edgecli", "convert", str(inputs["onnx"]), "-r", "tflite", "--data",
-                             str(inputs["eval"]), "-o", str(out / "m.tflite")], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgecli",
+            "convert",
+            str(inputs["onnx"]),
+            "-r",
+            "tflite",
+            "--data",
+            str(inputs["eval"]),
+            "-o",
+            str(out / "m.tflite"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not any(name.startswith("edgecli-onnx2tf-") for name in os.listdir(scratch)):  # onnx2tf at work
         assert proc.poll() is None and time.monotonic() < deadline, "the conversion ended before it was killed"

@@ -27,8 +27,13 @@ def bash(script: str, **env: str) -> CliResult:
     `$?` of the edgecli part is the exit code (PIPESTATUS where the line is a pipe)."""
     full_env = {k: v for k, v in os.environ.items() if k != "EDGECLI_DEBUG"}
     full_env.update(env)
-    proc = subprocess.run(["bash", "-c", f"edgecli() {{ {EDGECLI} \"$@\"; }}\n{script}"], capture_output=True, cwd=ROOT,
-                          env=full_env, timeout=600)
+    proc = subprocess.run(
+        ["bash", "-c", f'edgecli() {{ {EDGECLI} "$@"; }}\n{script}'],
+        capture_output=True,
+        cwd=ROOT,
+        env=full_env,
+        timeout=600,
+    )
     return CliResult(proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace"))
 
 
@@ -60,8 +65,16 @@ def test_a_named_fifo_model_is_read_once(out, tmp_path):
 
 
 def test_stdin_is_bounded_by_the_memory_a_model_may_use(out):
-    result = run_cli("quantize", "-", "-r", "int8-dynamic", "-o", out / "q.onnx", stdin=MODEL.read_bytes(),
-                     env={"EDGECLI_MEMORY_LIMIT_BYTES": "300000"})
+    result = run_cli(
+        "quantize",
+        "-",
+        "-r",
+        "int8-dynamic",
+        "-o",
+        out / "q.onnx",
+        stdin=MODEL.read_bytes(),
+        env={"EDGECLI_MEMORY_LIMIT_BYTES": "300000"},
+    )
     assert_refused(result, 3, "out of memory", out)
 
 
@@ -77,12 +90,16 @@ def test_closed_stdin(out):
     assert_refused(bash("edgecli inspect - <&-"), 2, "stdin is closed", out)
 
 
-@pytest.mark.parametrize("args", [
-    f"quantize {MODEL} -r int8-dynamic -q -o -",
-    f"inspect {MODEL} --json -",
-    "recipe schema prune",
-    "recipe list",
-], ids=["quantize -o -", "inspect --json -", "recipe schema", "recipe list"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        f"quantize {MODEL} -r int8-dynamic -q -o -",
+        f"inspect {MODEL} --json -",
+        "recipe schema prune",
+        "recipe list",
+    ],
+    ids=["quantize -o -", "inspect --json -", "recipe schema", "recipe list"],
+)
 def test_closed_stdout(args, out):
     assert_refused(bash(f"edgecli {args} >&-"), 2, "stdout is closed", out)
 
@@ -101,7 +118,9 @@ def test_closed_stdout_does_not_matter_to_a_file_output(out, tmp_path):
 def test_a_reader_that_leaves_is_an_error(out):
     result = bash(f"edgecli quantize {MODEL} -r int8-dynamic -q -o - | head -c 10 > /dev/null; exit ${{PIPESTATUS[0]}}")
     assert result.code == 6, result.stderr
-    assert len(result.lines) == 1 and "broken pipe" in result.lines[0] and "Traceback" not in result.stderr, result.stderr
+    assert len(result.lines) == 1 and "broken pipe" in result.lines[0] and "Traceback" not in result.stderr, (
+        result.stderr
+    )
     assert "of 1," in result.lines[0]  # how much of the model got out
     result = bash(f"edgecli inspect {MODEL} --json - | head -c 10 > /dev/null; exit ${{PIPESTATUS[0]}}")
     assert result.code in (0, 6) and "Exception ignored" not in result.stderr and "BrokenPipeError" not in result.stderr
@@ -110,8 +129,14 @@ def test_a_reader_that_leaves_is_an_error(out):
 def test_model_bytes_onto_a_terminal_are_refused_before_work(out):
     leader, follower = os.openpty()
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgecli", "quantize", str(MODEL), "-r", "int8-dynamic",
-                               "-o", "-"], stdin=subprocess.DEVNULL, stdout=follower, stderr=subprocess.PIPE, cwd=ROOT, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgecli", "quantize", str(MODEL), "-r", "int8-dynamic", "-o", "-"],
+            stdin=subprocess.DEVNULL,
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            timeout=300,
+        )
     finally:
         os.close(follower)
         os.set_blocking(leader, False)

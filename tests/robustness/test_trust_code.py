@@ -78,7 +78,9 @@ def assert_untouched(inputs: dict[Path, str], *markers: Path) -> None:
 def test_os_system_model_factory_is_refused_without_trust(verb: str, tmp_path: Path, out: Path, inputs) -> None:
     marker = tmp_path / "marker"
     args, output = VERBS[verb]
-    result = run_cli(verb, STATE_DICT, *args, *data_args(verb), "--set", f"model={system_call(marker)}", "-o", out / output)
+    result = run_cli(
+        verb, STATE_DICT, *args, *data_args(verb), "--set", f"model={system_call(marker)}", "-o", out / output
+    )
     line = assert_refused(result, 2, "model.factory os:system", out)
     assert GATE in line and line.startswith("recipe error: ")
     assert_untouched(inputs, marker)
@@ -102,16 +104,35 @@ def test_own_module_is_never_imported_without_trust(field: str, tmp_path: Path, 
     marker = tmp_path / "imported"
     evil_module(tmp_path, marker)
     model = STATE_DICT if field == "model" else ONNX
-    result = run_cli("distill", model, *VERBS["distill"][0], *data_args("distill"),
-                     "--set", f"{field}.factory=evil_models:build", "-o", out / "out.pt2", cwd=tmp_path)
-    assert_refused(result, 2, f"{field}.factory evil_models:build in --set {field}.factory=evil_models:build names code", out)
+    result = run_cli(
+        "distill",
+        model,
+        *VERBS["distill"][0],
+        *data_args("distill"),
+        "--set",
+        f"{field}.factory=evil_models:build",
+        "-o",
+        out / "out.pt2",
+        cwd=tmp_path,
+    )
+    assert_refused(
+        result, 2, f"{field}.factory evil_models:build in --set {field}.factory=evil_models:build names code", out
+    )
     assert_untouched(inputs, marker)
 
 
 def test_os_system_student_factory_is_refused_in_distill(tmp_path: Path, out: Path, inputs) -> None:
     marker = tmp_path / "marker"
-    result = run_cli("distill", ONNX, *VERBS["distill"][0], *data_args("distill"),
-                     "--set", f"student={system_call(marker)}", "-o", out / "out.pt2")
+    result = run_cli(
+        "distill",
+        ONNX,
+        *VERBS["distill"][0],
+        *data_args("distill"),
+        "--set",
+        f"student={system_call(marker)}",
+        "-o",
+        out / "out.pt2",
+    )
     line = assert_refused(result, 2, "student.factory os:system", out)
     assert GATE in line
     assert_untouched(inputs, marker)
@@ -119,8 +140,17 @@ def test_os_system_student_factory_is_refused_in_distill(tmp_path: Path, out: Pa
 
 def pipeline(folder: Path, steps: list[dict], model: Path = STATE_DICT) -> Path:
     path = folder / "shared.yaml"
-    path.write_text(yaml.safe_dump({"model": str(model), "datasets": {"eval": str(SAMPLE / "eval.npz"),
-                                    "train": str(SAMPLE / "train.npz")}, "steps": steps, "bench": None}, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(model),
+                "datasets": {"eval": str(SAMPLE / "eval.npz"), "train": str(SAMPLE / "train.npz")},
+                "steps": steps,
+                "bench": None,
+            },
+            sort_keys=False,
+        )
+    )
     return path
 
 
@@ -130,8 +160,13 @@ def test_pipeline_step_naming_code_is_refused_before_the_first_step(tmp_path: Pa
     marker = tmp_path / "marker"
     steps = [
         {"name": "float", "verb": "convert", "recipe": "onnx", "data": "eval"},
-        {"name": "student", "verb": "distill", "input": "${float}", "data": "train",
-         "set": {"epochs": 1, "student": {"factory": "os:system", "kwargs": {"command": f"touch {marker}"}}}},
+        {
+            "name": "student",
+            "verb": "distill",
+            "input": "${float}",
+            "data": "train",
+            "set": {"epochs": 1, "student": {"factory": "os:system", "kwargs": {"command": f"touch {marker}"}}},
+        },
     ]
     path = pipeline(tmp_path, steps, SAMPLE / "fashion_cnn.pt2")
     before = path.read_bytes()
@@ -144,8 +179,15 @@ def test_pipeline_step_naming_code_is_refused_before_the_first_step(tmp_path: Pa
 
 def test_pipeline_model_factory_is_refused(tmp_path: Path, out: Path, inputs) -> None:
     marker = tmp_path / "marker"
-    steps = [{"name": "onnx", "verb": "convert", "recipe": "onnx", "data": "eval",
-              "set": {"model.factory": "os:system", "model.kwargs": {"command": f"touch {marker}"}}}]
+    steps = [
+        {
+            "name": "onnx",
+            "verb": "convert",
+            "recipe": "onnx",
+            "data": "eval",
+            "set": {"model.factory": "os:system", "model.kwargs": {"command": f"touch {marker}"}},
+        }
+    ]
     assert_refused(run_cli("run", pipeline(tmp_path, steps), "--out", out), 2, "model.factory os:system", out)
     assert_untouched(inputs, marker)
 
@@ -165,8 +207,22 @@ def _predictions(path: Path) -> np.ndarray:
 
 def test_trust_code_flag_builds_the_state_dict(tmp_path: Path) -> None:
     out = tmp_path / "cnn.onnx"
-    result = run_cli("--trust-code", "convert", STATE_DICT, "-r", "onnx", "--set", f"model.factory={GOOD}",
-                     "--data", SAMPLE / "eval.npz", "--set", "parity.samples=16", "-o", out, "-q")
+    result = run_cli(
+        "--trust-code",
+        "convert",
+        STATE_DICT,
+        "-r",
+        "onnx",
+        "--set",
+        f"model.factory={GOOD}",
+        "--data",
+        SAMPLE / "eval.npz",
+        "--set",
+        "parity.samples=16",
+        "-o",
+        out,
+        "-q",
+    )
     assert result.code == 0, result.stderr
     assert leftovers(tmp_path) == ["cnn.onnx"]
     predicted, labels = _predictions(out)
@@ -176,8 +232,15 @@ def test_trust_code_flag_builds_the_state_dict(tmp_path: Path) -> None:
 def test_environment_variable_reaches_the_steps_of_edgecli_run(tmp_path: Path) -> None:
     """EDGECLI_TRUST_CODE=1: a pipeline building the state_dict with its factory runs (the steps run in
     the same process and see the variable)."""
-    steps = [{"name": "cnn", "verb": "convert", "recipe": "onnx", "data": "eval",
-              "set": {"target": "pt2", "model.factory": GOOD, "parity.samples": 16}}]
+    steps = [
+        {
+            "name": "cnn",
+            "verb": "convert",
+            "recipe": "onnx",
+            "data": "eval",
+            "set": {"target": "pt2", "model.factory": GOOD, "parity.samples": 16},
+        }
+    ]
     out = tmp_path / "out"
     result = run_cli("run", pipeline(tmp_path, steps), "--out", out, "--json", "-", "-q", env=TRUSTED)
     assert result.code == 0, result.stderr
@@ -189,12 +252,31 @@ def test_environment_variable_reaches_the_steps_of_edgecli_run(tmp_path: Path) -
 def test_trusted_student_factory_trains(tmp_path: Path) -> None:
     (tmp_path / "my_students.py").write_text(
         "import torch.nn as nn\n\ndef tiny(hidden=16):\n"
-        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))\n")
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))\n"
+    )
     out = tmp_path / "student.pt2"
-    result = run_cli("--trust-code", "distill", ONNX, "--data", SAMPLE / "train.npz", "--set", "data.limit=128",
-                     "--set", "epochs=1", "--set", "latency_runs=0", "--set", "val_split=0",
-                     "--set", "student={factory: 'my_students:tiny', kwargs: {hidden: 16}}", "-o", out, "-q",
-                     cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+    result = run_cli(
+        "--trust-code",
+        "distill",
+        ONNX,
+        "--data",
+        SAMPLE / "train.npz",
+        "--set",
+        "data.limit=128",
+        "--set",
+        "epochs=1",
+        "--set",
+        "latency_runs=0",
+        "--set",
+        "val_split=0",
+        "--set",
+        "student={factory: 'my_students:tiny', kwargs: {hidden: 16}}",
+        "-o",
+        out,
+        "-q",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT)},
+    )
     assert result.code == 0, result.stderr
     assert _predictions(out)[0].shape == (64,)
 
@@ -202,28 +284,60 @@ def test_trusted_student_factory_trains(tmp_path: Path) -> None:
 # --- trusted, but not model code ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("factory", ["os:system", "builtins:eval", "subprocess:run", "posix:system", "importlib:import_module"])
+@pytest.mark.parametrize(
+    "factory", ["os:system", "builtins:eval", "subprocess:run", "posix:system", "importlib:import_module"]
+)
 def test_pythons_own_callables_are_refused_even_when_trusted(factory: str, tmp_path: Path, out: Path, inputs) -> None:
     marker = tmp_path / "marker"
     for env, flag in ((TRUSTED, []), ({}, ["--trust-code"])):
-        result = run_cli(*flag, "convert", STATE_DICT, *VERBS["convert"][0], "--data", SAMPLE / "eval.npz",
-                         "--set", f"model.factory={factory}", "--set", f"model.kwargs={{command: 'touch {marker}'}}",
-                         "-o", out / "out.onnx", env=env)
+        result = run_cli(
+            *flag,
+            "convert",
+            STATE_DICT,
+            *VERBS["convert"][0],
+            "--data",
+            SAMPLE / "eval.npz",
+            "--set",
+            f"model.factory={factory}",
+            "--set",
+            f"model.kwargs={{command: 'touch {marker}'}}",
+            "-o",
+            out / "out.onnx",
+            env=env,
+        )
         line = assert_refused(result, 2, f"model.factory {factory}", out)
         assert "is not model code" in line and "part of Python" in line
     assert_untouched(inputs, marker)
 
 
-@pytest.mark.parametrize(("attribute", "phrase"), [
-    ("run", "'run' is subprocess.run, part of Python, not model code"),
-    ("NotAModule", "'NotAModule' is a class but not an nn.Module subclass"),
-])
-def test_a_user_module_reexporting_python_is_refused_when_trusted(attribute: str, phrase: str, tmp_path: Path, out: Path) -> None:
+@pytest.mark.parametrize(
+    ("attribute", "phrase"),
+    [
+        ("run", "'run' is subprocess.run, part of Python, not model code"),
+        ("NotAModule", "'NotAModule' is a class but not an nn.Module subclass"),
+    ],
+)
+def test_a_user_module_reexporting_python_is_refused_when_trusted(
+    attribute: str, phrase: str, tmp_path: Path, out: Path
+) -> None:
     """The module is the user's (trusted, so it is imported), but the object is no model factory: refused, nothing called."""
     evil_module(tmp_path, tmp_path / "imported")
-    result = run_cli("--trust-code", "convert", STATE_DICT, *VERBS["convert"][0], "--data", SAMPLE / "eval.npz",
-                     "--set", f"model.factory=evil_models:{attribute}", "--set", "model.kwargs={args: [touch, called]}",
-                     "-o", out / "out.onnx", cwd=tmp_path, env={"PYTHONPATH": str(ROOT)}, )
+    result = run_cli(
+        "--trust-code",
+        "convert",
+        STATE_DICT,
+        *VERBS["convert"][0],
+        "--data",
+        SAMPLE / "eval.npz",
+        "--set",
+        f"model.factory=evil_models:{attribute}",
+        "--set",
+        "model.kwargs={args: [touch, called]}",
+        "-o",
+        out / "out.onnx",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT)},
+    )
     assert_refused(result, 2, phrase, out)
     assert not (tmp_path / "called").exists()
 
@@ -264,15 +378,24 @@ def test_shipped_recipe_names_never_leave_configs(name: str, tmp_path: Path, out
     name = _outside("convert", tmp_path) if name == "OUTSIDE" else name
     work = tmp_path / "elsewhere"  # a working folder where the name is no file either
     work.mkdir()
-    line = assert_refused(run_cli("convert", ONNX, "-r", name, "-o", out / "out.onnx", cwd=work), 2,
-                          "is not a shipped convert recipe name", out)
+    line = assert_refused(
+        run_cli("convert", ONNX, "-r", name, "-o", out / "out.onnx", cwd=work),
+        2,
+        "is not a shipped convert recipe name",
+        out,
+    )
     assert "opset" not in line
 
 
 def test_pipeline_and_recipe_show_names_never_leave_configs(tmp_path: Path, out: Path) -> None:
     work = tmp_path / "elsewhere"
     work.mkdir()
-    assert_refused(run_cli("run", "../pipelines/edge-cnn", "--out", out, cwd=work), 2, "no pipeline file '../pipelines/edge-cnn'", out)
+    assert_refused(
+        run_cli("run", "../pipelines/edge-cnn", "--out", out, cwd=work),
+        2,
+        "no pipeline file '../pipelines/edge-cnn'",
+        out,
+    )
     for name in ("quantize/../fp16", "../fp16", "quantize/..", "a/b/fp16"):
         assert_refused(run_cli("recipe", "show", name), 2, f"'{name}' is not a shipped recipe name", out)
 
@@ -282,14 +405,19 @@ def test_a_recipe_path_that_exists_is_read_as_a_path(tmp_path: Path, out: Path) 
     (tmp_path / "r.yaml").write_text("target: onnx\nopset: 9\n")
     work = tmp_path / "elsewhere"
     work.mkdir()
-    assert_refused(run_cli("convert", ONNX, "-r", "../r.yaml", "-o", out / "out.onnx", cwd=work), 2, "'opset' in ../r.yaml", out)
+    assert_refused(
+        run_cli("convert", ONNX, "-r", "../r.yaml", "-o", out / "out.onnx", cwd=work), 2, "'opset' in ../r.yaml", out
+    )
 
 
-@pytest.mark.parametrize(("sets", "phrase"), [
-    (["opset=9"], "'opset' in --set opset=9: Input should be greater than or equal to 13"),
-    (["parity={samples: 0}"], "'parity.samples' in --set parity={samples: 0}"),
-    (["opst=18"], "unknown key 'opst' in --set opst=18"),
-])
+@pytest.mark.parametrize(
+    ("sets", "phrase"),
+    [
+        (["opset=9"], "'opset' in --set opset=9: Input should be greater than or equal to 13"),
+        (["parity={samples: 0}"], "'parity.samples' in --set parity={samples: 0}"),
+        (["opst=18"], "unknown key 'opst' in --set opst=18"),
+    ],
+)
 def test_errors_of_a_set_value_name_the_set_not_the_shipped_file(sets: list[str], phrase: str, out: Path) -> None:
     args = [arg for item in sets for arg in ("--set", item)]
     line = assert_refused(run_cli("convert", ONNX, "-r", "onnx", *args, "-o", out / "out.onnx"), 2, phrase, out)

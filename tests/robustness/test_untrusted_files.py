@@ -36,10 +36,17 @@ def test_a_malicious_pickle_is_refused_and_its_code_never_runs(sample, tmp_path)
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"weight": torch.zeros(2), "x": Payload(str(marker))}, evil)
-    for args in (("inspect", evil), ("convert", evil, "-r", "onnx", "--data", sample["eval"], "-o", tmp_path / "out.onnx")):
+    for args in (
+        ("inspect", evil),
+        ("convert", evil, "-r", "onnx", "--data", sample["eval"], "-o", tmp_path / "out.onnx"),
+    ):
         result = run_cli(*args)
         assert result.code == 3, result.stderr
-        assert len(result.lines) == 1 and "edgecli does not unpickle it" in result.lines[0] and "--trust-pickle" in result.lines[0]
+        assert (
+            len(result.lines) == 1
+            and "edgecli does not unpickle it" in result.lines[0]
+            and "--trust-pickle" in result.lines[0]
+        )
         assert "Traceback" not in result.stderr
     assert not marker.exists()  # the payload never ran
     assert leftovers(tmp_path) == ["evil.pt"]
@@ -52,7 +59,7 @@ def test_a_whole_pickled_module_needs_trust_pickle_then_converts(sequential, sam
     assert refused.code == 3 and "torch.nn.modules.container.Sequential" in refused.lines[0] and not out.exists()
     result = run_cli("--trust-pickle", "convert", path, "-r", "onnx", "--data", sample["eval"], "-o", out)
     assert result.code == 0, result.stderr
-    x = (np.load(sample["eval"])["x"][:32].astype(np.float32))
+    x = np.load(sample["eval"])["x"][:32].astype(np.float32)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
     with torch.no_grad():

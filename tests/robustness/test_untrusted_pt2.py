@@ -24,10 +24,12 @@ def _members(source: Path) -> tuple[str, list[tuple[str, bytes]]]:
     with zipfile.ZipFile(source) as archive:
         items = [(i.filename, archive.read(i)) for i in archive.infolist()]
     prefix = items[0][0].split("/", 1)[0] + "/"
-    return prefix, [(name[len(prefix):], data) for name, data in items]
+    return prefix, [(name[len(prefix) :], data) for name, data in items]
 
 
-def craft(source: Path, target: Path, change=None, add: dict[str, bytes] | None = None, drop: tuple[str, ...] = ()) -> Path:
+def craft(
+    source: Path, target: Path, change=None, add: dict[str, bytes] | None = None, drop: tuple[str, ...] = ()
+) -> Path:
     """`source` rewritten: change(name, bytes) -> bytes for each member, `add` appended, `drop` left out."""
     prefix, items = _members(source)
     with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
@@ -112,21 +114,34 @@ def evil_archives(sample, tmp_path, marker):
     found = {"weight": pickled_weight(sample, folder, evil(marker, WEIGHT_VALUE))}
     found["weight"] = found["weight"].rename(folder / "weight.pt2")
     inputs = evil(marker, "((__import__('torch').zeros(1, 1, 28, 28),), {})")
-    found["sample_inputs"] = craft(sample["pt2"], folder / "inputs.pt2", lambda n, d: inputs if n == "data/sample_inputs/model.pt" else d)
+    found["sample_inputs"] = craft(
+        sample["pt2"], folder / "inputs.pt2", lambda n, d: inputs if n == "data/sample_inputs/model.pt" else d
+    )
     for kind in ("tensor_0", "opaque_obj_0", "custom_obj_0"):
         payload = (raw_evil if kind == "opaque_obj_0" else evil)(marker, "__import__('torch').zeros(2)")
         change, add = _constant(kind, payload)
         found[kind] = craft(sample["pt2"], folder / f"{kind}.pt2", change, add)
     hook = f"(__import__('os').system('touch {marker}'), Symbol('s31', positive=True, integer=True))[1]"
-    found["expr_str"] = craft(sample["pt2"], folder / "expr.pt2", lambda n, d: d.replace(
-        b"Symbol('s31', positive=True, integer=True)", hook.encode()) if n == "models/model.json" else d)
+    found["expr_str"] = craft(
+        sample["pt2"],
+        folder / "expr.pt2",
+        lambda n, d: (
+            d.replace(b"Symbol('s31', positive=True, integer=True)", hook.encode()) if n == "models/model.json" else d
+        ),
+    )
     guard = json.dumps([f"__import__('os').system('touch {marker}') == 0"])
 
     def guards(name: str, data: bytes) -> bytes:
-        return data.replace(b'"guards_code": []', b'"guards_code": ' + guard.encode()) if name == "models/model.json" else data
+        return (
+            data.replace(b'"guards_code": []', b'"guards_code": ' + guard.encode())
+            if name == "models/model.json"
+            else data
+        )
 
     found["guards_code"] = craft(sample["pt2"], folder / "guards.pt2", guards)
-    found["aotinductor"] = craft(sample["pt2"], folder / "aoti.pt2", add={"data/aotinductor/model/model.so": b"\x7fELF"})
+    found["aotinductor"] = craft(
+        sample["pt2"], folder / "aoti.pt2", add={"data/aotinductor/model/model.so": b"\x7fELF"}
+    )
     return found
 
 
@@ -168,8 +183,24 @@ def _evil_runs(sample, archive: Path, out: Path):
     yield "convert", ("convert", archive, "-r", "onnx", *data_args("convert"), "-o", out / "m.onnx")
     yield "bench", ("bench", archive, *data_args("bench"), "--json", out / "bench.json")
     yield "prune", ("prune", archive, *data_args("prune"), "--set", "data.limit=64", "-o", out / "p.pt2")
-    yield "distill", ("distill", sample["onnx"], *data_args("distill"), "--set", f"student.path={archive}",
-                      "--set", "epochs=1", "--set", "data.limit=64", "--set", "latency_runs=0", "-o", out / "s.pt2")  # not quiet: refused before the teacher runs (no progress line)
+    yield (
+        "distill",
+        (
+            "distill",
+            sample["onnx"],
+            *data_args("distill"),
+            "--set",
+            f"student.path={archive}",
+            "--set",
+            "epochs=1",
+            "--set",
+            "data.limit=64",
+            "--set",
+            "latency_runs=0",
+            "-o",
+            out / "s.pt2",
+        ),
+    )  # not quiet: refused before the teacher runs (no progress line)
 
 
 @pytest.mark.parametrize("verb", ["convert", "bench", "prune", "distill"])
@@ -187,7 +218,12 @@ def test_every_verb_refuses_a_pickled_weight_and_never_runs_it(sample, evil_arch
 
 @pytest.mark.parametrize("name", ["sample_inputs", "opaque_obj_0", "expr_str"])
 def test_convert_refuses_sample_inputs_constants_and_expressions(sample, evil_archives, name, marker, out):
-    line = assert_refused(run_cli("convert", evil_archives[name], "-r", "onnx", *data_args("convert"), "-o", out / "m.onnx"), 3, REFUSED, out)
+    line = assert_refused(
+        run_cli("convert", evil_archives[name], "-r", "onnx", *data_args("convert"), "-o", out / "m.onnx"),
+        3,
+        REFUSED,
+        out,
+    )
     assert PARTS[name] in line, line
     assert not marker.exists()
 
@@ -212,7 +248,12 @@ def test_a_genuine_edgecli_pt2_still_loads_and_converts(sample, tmp_path):
     the very same ONNX bytes (the guard changes nothing in what a genuine archive loads to)."""
     direct, trusted, via = tmp_path / "direct.onnx", tmp_path / "trusted.onnx", tmp_path / "via.onnx"
     assert run_cli("convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "-o", direct, "-q").code == 0
-    assert run_cli("--trust-pickle", "convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "-o", trusted, "-q").code == 0
+    assert (
+        run_cli(
+            "--trust-pickle", "convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "-o", trusted, "-q"
+        ).code
+        == 0
+    )
     assert direct.read_bytes() == trusted.read_bytes()
     pruned = tmp_path / "pruned.pt2"
     made = run_cli("prune", sample["pt2"], *data_args("prune"), "--set", "data.limit=64", "-o", pruned, "-q")
@@ -232,12 +273,29 @@ TAMPERED = {
     "a weight removed": (None, ("data/weights/weight_3",), "data/weights/weight_3"),
     "the model removed": (None, ("models/model.json",), "no known model format"),  # format detection looks for it
     "wrong archive_version": (lambda n, d: b"7" if n == "archive_version" else d, (), "archive_version"),
-    "sample inputs damaged": (lambda n, d: d[:100] if n == "data/sample_inputs/model.pt" else d, (), "data/sample_inputs/model.pt"),
-    "weight config broken": (lambda n, d: b"{" if n == "data/weights/model_weights_config.json" else d, (), "model_weights_config.json"),
+    "sample inputs damaged": (
+        lambda n, d: d[:100] if n == "data/sample_inputs/model.pt" else d,
+        (),
+        "data/sample_inputs/model.pt",
+    ),
+    "weight config broken": (
+        lambda n, d: b"{" if n == "data/weights/model_weights_config.json" else d,
+        (),
+        "model_weights_config.json",
+    ),
     # torch's export verifier refuses it at load (edgecli's check_targets would too): never called
-    "a node calling os.system": (lambda n, d: d.replace(b"torch.ops.aten.relu_.default", b"torch.os.system", 1) if n == "models/model.json" else d,
-                                 (), "is not an allowed operator"),
-    "a weight of the wrong size": (lambda n, d: d[:-4] if n == "data/weights/weight_3" else d, (), "out of bounds for storage"),
+    "a node calling os.system": (
+        lambda n, d: (
+            d.replace(b"torch.ops.aten.relu_.default", b"torch.os.system", 1) if n == "models/model.json" else d
+        ),
+        (),
+        "is not an allowed operator",
+    ),
+    "a weight of the wrong size": (
+        lambda n, d: d[:-4] if n == "data/weights/weight_3" else d,
+        (),
+        "out of bounds for storage",
+    ),
 }
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecli.data.dataset import Dataset
 from edgecli.core.errors import DataError
+from edgecli.data.dataset import Dataset
 from edgecli.formats import tflite_file
 from edgecli.formats.model_file import ModelFile
 from edgecli.runtimes import Runner, open_runner
@@ -95,7 +95,9 @@ def test_nhwc_data_also_fits_and_lineage_layout_hint_is_read(cnn_paths: dict[str
 
 
 @pytest.mark.parametrize("fmt", ["pt2", "onnx", "tflite"])
-@pytest.mark.parametrize(("shape", "shown"), [((4, 1, 9, 9), "[4, 1, 9, 9]"), ((4, 64), "[4, 64]"), ((4, 2, 8, 8), "[4, 2, 8, 8]")])
+@pytest.mark.parametrize(
+    ("shape", "shown"), [((4, 1, 9, 9), "[4, 1, 9, 9]"), ((4, 64), "[4, 64]"), ((4, 2, 8, 8), "[4, 2, 8, 8]")]
+)
 def test_data_that_does_not_fit_names_the_input(cnn_paths: dict[str, Path], fmt: str, shape: tuple, shown: str) -> None:
     runner = runner_for(cnn_paths[fmt])
     with pytest.raises(DataError) as caught:
@@ -157,7 +159,10 @@ def test_integer_input_model(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Cast", ["ids"], ["f"], to=TensorProto.FLOAT), helper.make_node("ReduceSum", ["f"], ["total"], keepdims=0)],
+        [
+            helper.make_node("Cast", ["ids"], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceSum", ["f"], ["total"], keepdims=0),
+        ],
         "ids",
         [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 3])],
         [helper.make_tensor_value_info("total", TensorProto.FLOAT, [])],
@@ -221,7 +226,9 @@ def test_int8_inputs_are_quantized_on_the_way_in(int8) -> None:
     dequantized = (fed.astype(np.float32) - spec.zero_point) * spec.scale
     assert float(np.abs(dequantized - x).max()) <= spec.scale / 2 + 1e-6
     # Out-of-range values saturate instead of wrapping around.
-    extreme = runner.feeds({"x": np.array([-5.0, 5.0], np.float32).reshape(2, 1, 1, 1).repeat(8, 1).repeat(8, 2)})[spec.name]
+    extreme = runner.feeds({"x": np.array([-5.0, 5.0], np.float32).reshape(2, 1, 1, 1).repeat(8, 1).repeat(8, 2)})[
+        spec.name
+    ]
     assert extreme.min() == -128 and extreme.max() == 127
 
 

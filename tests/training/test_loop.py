@@ -9,8 +9,38 @@ from edgecli.training.loop import BestKeeper
 # Validation accuracy of 30 distillation epochs on 500 held-out images (benchmarks/distill.py, seed 2
 # before this rule): a spike at epoch 11 (0.924), mid-schedule, scored 87.5% on the test images
 # against about 90% for the final epoch (0.92).
-SCORES = [0.674, 0.782, 0.824, 0.868, 0.886, 0.868, 0.882, 0.886, 0.89, 0.902, 0.924, 0.88, 0.902, 0.894, 0.92,
-          0.918, 0.908, 0.906, 0.916, 0.916, 0.916, 0.918, 0.91, 0.922, 0.914, 0.918, 0.92, 0.922, 0.922, 0.92]
+SCORES = [
+    0.674,
+    0.782,
+    0.824,
+    0.868,
+    0.886,
+    0.868,
+    0.882,
+    0.886,
+    0.89,
+    0.902,
+    0.924,
+    0.88,
+    0.902,
+    0.894,
+    0.92,
+    0.918,
+    0.908,
+    0.906,
+    0.916,
+    0.916,
+    0.916,
+    0.918,
+    0.91,
+    0.922,
+    0.914,
+    0.918,
+    0.92,
+    0.922,
+    0.922,
+    0.92,
+]
 
 
 def _run(keeper: BestKeeper, module: torch.nn.Linear, scores: list[float]) -> None:

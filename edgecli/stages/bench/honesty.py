@@ -42,7 +42,11 @@ def _name(row: dict[str, Any]) -> str:
 
 
 def _where(point: dict[str, Any], sweep: bool) -> str:
-    return f" ({point['threads']} thread{'s' if point['threads'] > 1 else ''}, batch {point['batch_size']})" if sweep else ""
+    return (
+        f" ({point['threads']} thread{'s' if point['threads'] > 1 else ''}, batch {point['batch_size']})"
+        if sweep
+        else ""
+    )
 
 
 def spread_warnings(rows: list[dict[str, Any]], max_spread: float) -> list[str]:
@@ -100,11 +104,15 @@ def _prune_reasons(row: dict[str, Any]) -> list[str]:
 
 def _distill_reasons(row: dict[str, Any], reference: dict[str, Any]) -> list[str]:
     if row.get("macs") and reference.get("macs"):
-        return [f"the student needs {row['macs'] / reference['macs']:.0%} of the reference's MACs: per-call overhead dominates"]
+        return [
+            f"the student needs {row['macs'] / reference['macs']:.0%} of the reference's MACs: per-call overhead dominates"
+        ]
     return ["the student is not cheaper to run than the reference on this runtime"]
 
 
-def likely_reasons(steps: list[dict[str, Any]], model: ModelFile, row: dict[str, Any], reference: dict[str, Any]) -> list[str]:
+def likely_reasons(
+    steps: list[dict[str, Any]], model: ModelFile, row: dict[str, Any], reference: dict[str, Any]
+) -> list[str]:
     """Why a compressed model may not be faster, newest compression step first."""
     reasons: list[str] = []
     for step in reversed(steps):

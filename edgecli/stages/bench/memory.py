@@ -48,8 +48,13 @@ RUNTIME_MODULES: dict[str, tuple[str, ...]] = {
     "ort": ("onnxruntime", "edgecli.formats.ort_file", "edgecli.runtimes.onnx_runner"),
     # torch.export.load pulls in ~400 more modules (export tracing, functorch, inductor, sympy, networkx)
     "pt2": (
-        "torch", "torch.export", "torch.export.pt2_archive", "torch.export._trace", "torch.export._unlift",
-        "torch._inductor.sizevars", "sympy.combinatorics",
+        "torch",
+        "torch.export",
+        "torch.export.pt2_archive",
+        "torch.export._trace",
+        "torch.export._unlift",
+        "torch._inductor.sizevars",
+        "sympy.combinatorics",
         "edgecli.runtimes.torch_runner",
     ),
     "tflite": ("ai_edge_litert.interpreter", "edgecli.runtimes.tflite_runner"),

@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from edgecli.analysis.metrics import accuracy as top1_accuracy
+from edgecli.analysis.metrics import align, check_labels, compare, is_classifier_output, mean_cosine, non_finite_samples
 from edgecli.core import console
-from edgecli.data.dataset import Dataset, synthetic_dataset
 from edgecli.core.errors import UsageError
+from edgecli.data.dataset import Dataset, synthetic_dataset
 from edgecli.formats.lineage import tool_versions
 from edgecli.formats.model_file import ModelFile
-from edgecli.analysis.metrics import align, check_labels, compare, is_classifier_output, mean_cosine, non_finite_samples
-from edgecli.analysis.metrics import accuracy as top1_accuracy
 from edgecli.recipes import GATE_METRICS, BenchRecipe, parse_gate
 from edgecli.runtimes import open_runner
 from edgecli.runtimes.base import Runner
@@ -44,9 +44,25 @@ __all__ = ["bench", "evaluate_gates", "latency_stats", "machine_info", "measure_
 
 OPERATORS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
 POINT_GATE_METRICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_per_s", "p50_spread")
-QUALITY_KEYS = ("accuracy", "agreement", "max_abs_diff", "mean_abs_diff", "relative_error", "cosine", "non_finite_samples")
+QUALITY_KEYS = (
+    "accuracy",
+    "agreement",
+    "max_abs_diff",
+    "mean_abs_diff",
+    "relative_error",
+    "cosine",
+    "non_finite_samples",
+)
 # Gate metrics computed from a model's outputs: a gate on them fails when the outputs hold NaN/Inf.
-OUTPUT_GATE_METRICS = ("accuracy", "accuracy_drop", "agreement", "max_abs_diff", "mean_abs_diff", "relative_error", "cosine")
+OUTPUT_GATE_METRICS = (
+    "accuracy",
+    "accuracy_drop",
+    "agreement",
+    "max_abs_diff",
+    "mean_abs_diff",
+    "relative_error",
+    "cosine",
+)
 
 
 def machine_info() -> dict[str, Any]:
@@ -111,7 +127,8 @@ def check_input_names(runners: list[Runner], recipe: BenchRecipe) -> None:
     unknown = sorted(set(recipe.input_shapes) - known)
     if unknown:
         raise UsageError(
-            f"input_shapes names {', '.join(unknown)}, which no model has", hint=f"model inputs: {', '.join(sorted(known))}"
+            f"input_shapes names {', '.join(unknown)}, which no model has",
+            hint=f"model inputs: {', '.join(sorted(known))}",
         )
 
 
@@ -162,7 +179,9 @@ def time_thread_group(
 ) -> list[list[dict[str, Any]]]:
     """Every model (runners opened with `threads`) at every batch size, interleaved in one rotation;
     the latency points of each model."""
-    tasks = [(index, size) for index, runner in enumerate(runners) for size in timed_batch_sizes(runner, recipe.batch_size)]
+    tasks = [
+        (index, size) for index, runner in enumerate(runners) for size in timed_batch_sizes(runner, recipe.batch_size)
+    ]
     feeds = [timing_feeds(runners[index], data, recipe, size) for index, size in tasks]
     label = f"timing ({threads} thread{'s' if threads > 1 else ''})"
     timings = measure_latency([runners[index] for index, _ in tasks], feeds, recipe, label)
@@ -218,8 +237,10 @@ def quality(
                 "NaN, and gates on its quality fail"
             )
     if outputs[reference].size and non_finite_samples(outputs[reference]):
-        warnings.append(f"the reference {models[reference].path.name} outputs NaN/Inf: every model's agreement, "
-                        "differences and cosine against it are unreliable")
+        warnings.append(
+            f"the reference {models[reference].path.name} outputs NaN/Inf: every model's agreement, "
+            "differences and cosine against it are unreliable"
+        )
     return rows, warnings
 
 
@@ -242,8 +263,11 @@ def non_finite_warnings(models: list[ModelFile]) -> list[str]:
     from edgecli.analysis.model_stats import non_finite, stored_floats
 
     found = [(model, non_finite(stored_floats(model) or [])) for model in models]
-    return [f"{m.path.name} has non-finite weights ({text}): its outputs are NaN and its accuracy means nothing"
-            for m, text in found if text]
+    return [
+        f"{m.path.name} has non-finite weights ({text}): its outputs are NaN and its accuracy means nothing"
+        for m, text in found
+        if text
+    ]
 
 
 def static_facts(model: ModelFile) -> dict[str, Any]:
@@ -329,7 +353,9 @@ def _non_finite(row: dict[str, Any], reference: dict[str, Any]) -> bool:
     return bool(row.get("non_finite_samples")) or bool(reference.get("non_finite_samples"))
 
 
-def honesty_warnings(models: list[ModelFile], rows: list[dict[str, Any]], reference: int, recipe: BenchRecipe) -> list[str]:
+def honesty_warnings(
+    models: list[ModelFile], rows: list[dict[str, Any]], reference: int, recipe: BenchRecipe
+) -> list[str]:
     """Spread, compressed-but-not-faster and within-noise warnings (see bench_honesty)."""
     warnings = honesty.spread_warnings(rows, recipe.max_spread)
     for index, (model, row) in enumerate(zip(models, rows)):
@@ -367,7 +393,9 @@ def bench(models: list[ModelFile], recipe: BenchRecipe, data: Dataset | None, re
     points: list[list[dict[str, Any]]] = [[] for _ in models]
     warnings: list[str] = []
     for group, threads in enumerate(recipe.threads):
-        runners = [open_runner(model, threads=threads) for model in models]  # torch's thread count is global: open per group
+        runners = [
+            open_runner(model, threads=threads) for model in models
+        ]  # torch's thread count is global: open per group
         if group == 0:
             check_input_names(runners, recipe)
             label_notes = label_warnings(runners, models, data) if data is not None else []

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from edgecli.core import console
-from edgecli.data.dataset import Dataset
 from edgecli.core.errors import BackendMissing, TransformError
+from edgecli.data.dataset import Dataset
 from edgecli.formats.detect import Format
 from edgecli.formats.files import TempFolder
 from edgecli.formats.model_file import ModelFile
@@ -51,7 +51,9 @@ def runtime() -> Any:
     try:
         from tflite_micro.python.tflite_micro import runtime as tflm
     except ImportError:
-        raise BackendMissing("target tflite-micro needs TensorFlow Lite Micro's Python interpreter", hint=TFLM_HINT) from None
+        raise BackendMissing(
+            "target tflite-micro needs TensorFlow Lite Micro's Python interpreter", hint=TFLM_HINT
+        ) from None
     return tflm
 
 
@@ -197,7 +199,9 @@ def open_interpreter(data: bytes, arena: int, invoke: bool = True) -> Any:
     once on zeros if asked. Raises TransformError quoting TFLM."""
     attempt = _Attempt(data, arena, invoke)
     if not attempt.ok:
-        raise TransformError(f"TensorFlow Lite Micro cannot run the model with a {arena:,}-byte arena: {attempt.cause()}")
+        raise TransformError(
+            f"TensorFlow Lite Micro cannot run the model with a {arena:,}-byte arena: {attempt.cause()}"
+        )
     return attempt.interpreter
 
 
@@ -282,7 +286,9 @@ def _first_fit(probe: _ArenaProbe, data: bytes) -> tuple[int, int]:
             raise TransformError(f"TensorFlow Lite Micro cannot run the model: {detail}")
         crashes = crashes + 1 if verdict == "crash" else 0
         if crashes == 2:  # one crash can be an arena too small, two in a row with twice the arena cannot
-            raise TransformError(f"TensorFlow Lite Micro crashed loading or invoking the model (arenas of {size // 2:,} and {size:,} bytes)")
+            raise TransformError(
+                f"TensorFlow Lite Micro crashed loading or invoking the model (arenas of {size // 2:,} and {size:,} bytes)"
+            )
         size *= 2
     raise TransformError(f"TensorFlow Lite Micro cannot fit the model in a {ARENA_LIMIT:,}-byte arena")
 
@@ -340,7 +346,9 @@ def budget_failures(metrics: dict[str, Any], spec: MicroSpec) -> list[str]:
     """The recipe's micro budgets the model exceeds, one line each (the model is still written; exit 1)."""
     failures = []
     if spec.max_arena_bytes is not None and metrics["arena_bytes"] > spec.max_arena_bytes:
-        failures.append(f"tensor arena {metrics['arena_bytes']:,} bytes > micro.max_arena_bytes {spec.max_arena_bytes:,}")
+        failures.append(
+            f"tensor arena {metrics['arena_bytes']:,} bytes > micro.max_arena_bytes {spec.max_arena_bytes:,}"
+        )
     if spec.max_model_bytes is not None and metrics["model_bytes"] > spec.max_model_bytes:
         failures.append(f"model {metrics['model_bytes']:,} bytes > micro.max_model_bytes {spec.max_model_bytes:,}")
     return failures

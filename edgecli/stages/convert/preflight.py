@@ -213,7 +213,9 @@ def _fix_command(proto: Any) -> str:
     tool = "python -m onnxruntime.tools.make_dynamic_shape_fixed"
     params = [d.dim_param for value in _real_inputs(proto) for _, d in _dynamic_dims(value) if d.dim_param]
     if params:
-        return f"{tool} --dim_param {params[0]} --dim_value N MODEL OUT" + (" (once per dim_param)" if len(set(params)) > 1 else "")
+        return f"{tool} --dim_param {params[0]} --dim_value N MODEL OUT" + (
+            " (once per dim_param)" if len(set(params)) > 1 else ""
+        )
     return f"{tool} --input_name NAME --input_shape 1,... MODEL OUT"
 
 
@@ -234,7 +236,9 @@ def dynamic_shape_warnings(proto: Any) -> list[str]:
         if dims:
             which = ", ".join(_dim_text(i, d) for i, d in dims)
             verb = "is" if len(dims) == 1 else "are"
-            lines.append(f"TFLite delegates (GPU/NNAPI/NPU) need static shapes: input '{value.name}' {which} {verb} dynamic")
+            lines.append(
+                f"TFLite delegates (GPU/NNAPI/NPU) need static shapes: input '{value.name}' {which} {verb} dynamic"
+            )
     if lines:
         lines.append(f"fix dynamic shapes before converting: {_fix_command(proto)}")
     return lines
@@ -246,8 +250,17 @@ def tflite_findings(proto: Any, micro: bool) -> Findings:
     return Findings(problems, dynamic_shape_warnings(proto))
 
 
-QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
-                           "MatMulInteger", "ConvInteger"})
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "ConvInteger",
+    }
+)
 
 
 def is_quantized_onnx(proto: Any) -> bool:
@@ -316,8 +329,10 @@ def report(findings: Findings, what: str) -> None:
         return
     if len(findings.problems) == 1:
         raise TransformError(f"{what}: {findings.problems[0]}")
-    raise TransformError(f"{what}: {len(findings.problems)} problems, nothing was converted:",
-                         details=[f"  - {problem}" for problem in findings.problems])
+    raise TransformError(
+        f"{what}: {len(findings.problems)} problems, nothing was converted:",
+        details=[f"  - {problem}" for problem in findings.problems],
+    )
 
 
 def preflight(model: ModelFile, recipe: Any) -> None:

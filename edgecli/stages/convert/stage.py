@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgecli.analysis.model_stats import check_finite_weights
+from edgecli.analysis.parity import check_parity
+from edgecli.backends.onnx_export import onnx_to_onnx, pt2_to_onnx, simplify_onnx
+from edgecli.backends.tflite_convert import to_tflite
 from edgecli.core import console
-from edgecli.data.dataset import Dataset, synthetic_dataset
 from edgecli.core.errors import TransformError, UsageError
+from edgecli.data.dataset import Dataset, synthetic_dataset
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
-from edgecli.analysis.model_stats import check_finite_weights
 from edgecli.recipes import ConvertRecipe
 from edgecli.runtimes import open_runner
 from edgecli.stages.artifact import Artifact, staged
 from edgecli.stages.convert.micro import micro_artifact, micro_runner
-from edgecli.backends.onnx_export import onnx_to_onnx, pt2_to_onnx, simplify_onnx
 from edgecli.stages.convert.preflight import is_quantized_onnx, preflight
-from edgecli.backends.tflite_convert import to_tflite
-from edgecli.analysis.parity import check_parity
 
 
 def _input_layout(parent_specs: list, child_specs: list) -> str | None:
@@ -124,11 +124,16 @@ def convert(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None) -> Ar
         if data is None:
             data = synthetic_dataset(parent.inputs, count=min(recipe.parity.samples, 32))
             console.warn("no --data given: parity is checked on random inputs, not real ones")
-        reduced = recipe.target in ("tflite", "tflite-micro") and (recipe.precision != "float32" or recipe.target == "tflite-micro")
-        reduced = reduced or (recipe.target == "ort" and is_quantized_onnx(artifact.payload))  # int8 rounding differs by kernel
-        what = f"{model.format.value} -> {recipe.target}" + (f" {recipe.precision}" if recipe.target == "tflite" else "")
+        reduced = recipe.target in ("tflite", "tflite-micro") and (
+            recipe.precision != "float32" or recipe.target == "tflite-micro"
+        )
+        reduced = reduced or (
+            recipe.target == "ort" and is_quantized_onnx(artifact.payload)
+        )  # int8 rounding differs by kernel
+        what = f"{model.format.value} -> {recipe.target}" + (
+            f" {recipe.precision}" if recipe.target == "tflite" else ""
+        )
         artifact.metrics.update(check_parity(parent, child, data, recipe.parity, what, reduced))
     artifact.metrics["size_bytes_parent"] = model.size_bytes
     artifact.metrics["parity_data"] = data.name
     return artifact
-

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from edgecli.analysis.metrics import accuracy
+from edgecli.analysis.model_stats import param_count
 from edgecli.core import console
 from edgecli.data.dataset import Dataset
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
-from edgecli.analysis.metrics import accuracy
-from edgecli.analysis.model_stats import param_count
 from edgecli.recipes import BenchRecipe, DistillRecipe
 from edgecli.runtimes import open_runner
 from edgecli.stages.artifact import Artifact, staged
@@ -26,8 +26,12 @@ def eager_logits(module: Any, x: Any, batch_size: int = 256) -> np.ndarray:
 
     module.eval()
     with torch.no_grad():
-        return torch.cat([module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)))
-                          for i in range(0, len(x), batch_size)]).numpy()
+        return torch.cat(
+            [
+                module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)))
+                for i in range(0, len(x), batch_size)
+            ]
+        ).numpy()
 
 
 @contextlib.contextmanager
@@ -51,8 +55,12 @@ def latencies(teacher: ModelFile, artifact: Artifact, sample: np.ndarray, runs: 
     with _student_for_timing(artifact, teacher) as (student_file, student_runtime):
         runners = [open_runner(teacher, threads=1), open_runner(student_file, threads=1)]
         feeds = [runner.feeds({runner.inputs[0].name: sample}) for runner in runners]
-        times = measure_latency(runners, feeds, BenchRecipe(runs=runs, warmup=10, min_time_s=0.2), "timing teacher and student")
-    teacher_runtime = {Format.ONNX: "onnxruntime", Format.ORT: "onnxruntime", Format.PT2: "torch"}.get(teacher.format, "litert")
+        times = measure_latency(
+            runners, feeds, BenchRecipe(runs=runs, warmup=10, min_time_s=0.2), "timing teacher and student"
+        )
+    teacher_runtime = {Format.ONNX: "onnxruntime", Format.ORT: "onnxruntime", Format.PT2: "torch"}.get(
+        teacher.format, "litert"
+    )
     return {
         "teacher_p50_ms": round(float(np.median(times[0])), 4),
         "student_p50_ms": round(float(np.median(times[1])), 4),
@@ -60,8 +68,15 @@ def latencies(teacher: ModelFile, artifact: Artifact, sample: np.ndarray, runs: 
     }
 
 
-def compare(teacher: ModelFile, artifact: Artifact, student: Any, sample: np.ndarray, eval_data: Dataset | None,
-            baseline: tuple[Any, Any] | None, recipe: DistillRecipe) -> None:
+def compare(
+    teacher: ModelFile,
+    artifact: Artifact,
+    student: Any,
+    sample: np.ndarray,
+    eval_data: Dataset | None,
+    baseline: tuple[Any, Any] | None,
+    recipe: DistillRecipe,
+) -> None:
     """Fill the artifact's metrics and report, and show the teacher / student / baseline table."""
     metrics, report = artifact.metrics, artifact.report
     metrics["teacher_params"] = param_count(teacher)
@@ -94,11 +109,38 @@ def _table(metrics: dict[str, Any], report: dict[str, Any], with_baseline: bool)
     def cell(value: Any, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    rows = [("teacher", metrics.get("teacher_params"), metrics.get("teacher_bytes"), report.get("teacher_p50_ms"), metrics.get("teacher_accuracy")),
-            ("student (distilled)", metrics.get("student_params"), metrics.get("student_bytes"), report.get("student_p50_ms"), metrics.get("accuracy"))]
+    rows = [
+        (
+            "teacher",
+            metrics.get("teacher_params"),
+            metrics.get("teacher_bytes"),
+            report.get("teacher_p50_ms"),
+            metrics.get("teacher_accuracy"),
+        ),
+        (
+            "student (distilled)",
+            metrics.get("student_params"),
+            metrics.get("student_bytes"),
+            report.get("student_p50_ms"),
+            metrics.get("accuracy"),
+        ),
+    ]
     if with_baseline:
-        rows.append(("student (labels only)", metrics.get("student_params"), metrics.get("student_bytes"), report.get("student_p50_ms"),
-                     metrics.get("baseline_accuracy")))
+        rows.append(
+            (
+                "student (labels only)",
+                metrics.get("student_params"),
+                metrics.get("student_bytes"),
+                report.get("student_p50_ms"),
+                metrics.get("baseline_accuracy"),
+            )
+        )
     for name, params, size, p50, acc in rows:
-        table.add_row(name, cell(params, ","), cell(size, ","), cell(p50, ".3f") + (" ms" if p50 is not None else ""), cell(acc, ".2%"))
+        table.add_row(
+            name,
+            cell(params, ","),
+            cell(size, ","),
+            cell(p50, ".3f") + (" ms" if p50 is not None else ""),
+            cell(acc, ".2%"),
+        )
     return table

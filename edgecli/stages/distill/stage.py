@@ -17,24 +17,26 @@ from typing import Any
 
 import numpy as np
 
-from edgecli.training import distributed
-from edgecli.data.augment import ViewRows
-from edgecli.training.checkpoint import Checkpoint
-from edgecli.data.dataset import Dataset
-from edgecli.data.rows import array_digest
-from edgecli.core.errors import DataError, RecipeError, TransformError, UsageError
-from edgecli.formats.detect import Format
-from edgecli.formats.model_file import ModelFile
 from edgecli.analysis.metrics import check_labels, is_classifier_output
 from edgecli.analysis.model_stats import check_finite_weights
+from edgecli.core.errors import DataError, RecipeError, TransformError, UsageError
+from edgecli.data.augment import ViewRows
+from edgecli.data.dataset import Dataset
+from edgecli.data.rows import array_digest
+from edgecli.formats.detect import Format
+from edgecli.formats.model_file import ModelFile
 from edgecli.models.students import check_student_file, count_params, make_student
 from edgecli.recipes import DistillRecipe
 from edgecli.stages.artifact import Artifact
 from edgecli.stages.distill.teacher import TeacherTargets, teacher_runner
+from edgecli.training import distributed
+from edgecli.training.checkpoint import Checkpoint
 from edgecli.training.loop import BestKeeper, fit, seed_everything, top1
 
 
-def kd_loss(student_logits: Any, teacher_logits: Any, labels: Any | None, temperature: float, soft_weight: float) -> Any:
+def kd_loss(
+    student_logits: Any, teacher_logits: Any, labels: Any | None, temperature: float, soft_weight: float
+) -> Any:
     """soft_weight * T² * KL(teacher_T || student_T) + (1 - soft_weight) * CE(student, labels).
 
     Without labels the soft term alone is used.
@@ -84,8 +86,10 @@ class FeatureTap:
         modules = dict(module.named_modules())
         if name not in modules or not name:
             names = [n for n in modules if n]
-            raise RecipeError(f"hint.student_layer '{name}' is not a module of the student",
-                              hint=f"its modules: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
+            raise RecipeError(
+                f"hint.student_layer '{name}' is not a module of the student",
+                hint=f"its modules: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}",
+            )
         self.value: Any = None
         self.handle = modules[name].register_forward_hook(self._keep)
 
@@ -191,26 +195,47 @@ def train_phase(setup: Setup, student: Any, phase: str, distil: bool) -> Trained
             return {}
         student.eval()
         with torch.no_grad():
-            preds = torch.cat([top1(student(torch.from_numpy(setup.val_x[i : i + 256]))) for i in range(0, len(setup.val_x), 256)])
+            preds = torch.cat(
+                [top1(student(torch.from_numpy(setup.val_x[i : i + 256]))) for i in range(0, len(setup.val_x), 256)]
+            )
         student.train()
         score = float((preds == setup.val_target).float().mean())
         keeper.update(epoch + 1, score)
         return {"val_acc" if setup.labels is not None else "val_agree": score}
 
     def save_state(state: dict[str, Any]) -> None:
-        setup.checkpoint.save(phase, {
-            "fit": state, "student": student.state_dict(), "keeper": keeper.state(),
-            "adapter": adapter.state_dict() if adapter is not None else {}, "hint_sums": hint_sums,
-        })
+        setup.checkpoint.save(
+            phase,
+            {
+                "fit": state,
+                "student": student.state_dict(),
+                "keeper": keeper.state(),
+                "adapter": adapter.state_dict() if adapter is not None else {},
+                "hint_sums": hint_sums,
+            },
+        )
 
     student.train()
     loss = fit(
-        model, params, len(setup.train_idx), lambda idx: [torch.from_numpy(current["x"][setup.train_idx[idx.numpy()]])], loss_fn,
-        epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, optimizer=recipe.optimizer,
-        weight_decay=recipe.weight_decay, seed=recipe.seed, schedule=recipe.schedule,
-        description="distilling" if distil else "baseline (labels only)", before_epoch=before_epoch,
-        after_epoch=validate, stop_when=lambda epoch: keeper.should_stop(epoch + 1),
-        resume=None if saved is None else saved["fit"], save_state=save_state, shard=setup.shard,
+        model,
+        params,
+        len(setup.train_idx),
+        lambda idx: [torch.from_numpy(current["x"][setup.train_idx[idx.numpy()]])],
+        loss_fn,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        optimizer=recipe.optimizer,
+        weight_decay=recipe.weight_decay,
+        seed=recipe.seed,
+        schedule=recipe.schedule,
+        description="distilling" if distil else "baseline (labels only)",
+        before_epoch=before_epoch,
+        after_epoch=validate,
+        stop_when=lambda epoch: keeper.should_stop(epoch + 1),
+        resume=None if saved is None else saved["fit"],
+        save_state=save_state,
+        shard=setup.shard,
     )
     student.eval()
     keeper.restore(len(loss))
@@ -249,8 +274,15 @@ def _single_input(data: Dataset, name: str) -> Any:
 def fingerprint(recipe: DistillRecipe, teacher: ModelFile, data_digest: str, labels: np.ndarray | None) -> str:
     """What a checkpoint must match to be resumed: the recipe, the teacher and the data (the
     training inputs' array_digest as float32, and the labels)."""
-    parts = [json.dumps(recipe.model_dump(mode="json", exclude={"data", "eval_data", "latency_runs", "teacher_cache"}), sort_keys=True),
-             teacher.sha256, data_digest, "" if labels is None else array_digest(labels)]
+    parts = [
+        json.dumps(
+            recipe.model_dump(mode="json", exclude={"data", "eval_data", "latency_runs", "teacher_cache"}),
+            sort_keys=True,
+        ),
+        teacher.sha256,
+        data_digest,
+        "" if labels is None else array_digest(labels),
+    ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -265,12 +297,19 @@ def _check_student(student: Any, x: ViewRows, classes: int, source: str) -> None
         raise RecipeError(f"the student ({source}) cannot run on the data: {str(exc).splitlines()[0][:160]}") from None
     shape = list(getattr(out, "shape", []))
     if shape != [min(2, len(x)), classes]:
-        raise RecipeError(f"the student ({source}) outputs {shape} but the teacher's logits are [N, {classes}]",
-                          hint="the student needs one output with as many classes as the teacher")
+        raise RecipeError(
+            f"the student ({source}) outputs {shape} but the teacher's logits are [N, {classes}]",
+            hint="the student needs one output with as many classes as the teacher",
+        )
 
 
-def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, eval_data: Dataset | None,
-            checkpoint_path: Path | None = None) -> Artifact:
+def distill(
+    teacher: ModelFile,
+    recipe: DistillRecipe,
+    train: Dataset | None,
+    eval_data: Dataset | None,
+    checkpoint_path: Path | None = None,
+) -> Artifact:
     """Train the recipe's student on the teacher's soft targets (and labels when present)."""
     check_finite_weights(teacher)  # also refuses a damaged teacher before torch is even imported
     import torch
@@ -287,30 +326,53 @@ def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, ev
     hint_layer = recipe.hint.teacher_layer if recipe.hint else None
     with distributed.process_group() as shard, teacher_runner(teacher, hint_layer) as runner:
         if len(runner.inputs) != 1:
-            raise UsageError(f"distill supports single-input teachers for now; {teacher.path} has {len(runner.inputs)} inputs")
+            raise UsageError(
+                f"distill supports single-input teachers for now; {teacher.path} has {len(runner.inputs)} inputs"
+            )
         for labelled in (train, eval_data):  # labels outside the teacher's classes: refused before any work
             check_labels(runner, labelled)  # a teacher that is not a classifier is refused below
         data = _single_input(train, runner.inputs[0].name)  # on disk: read a batch at a time
-        targets = TeacherTargets(teacher, runner, runner.inputs[0].name, data, recipe.augment, recipe.seed, hint_layer,
-                                 recipe.teacher_cache)
+        targets = TeacherTargets(
+            teacher, runner, runner.inputs[0].name, data, recipe.augment, recipe.seed, hint_layer, recipe.teacher_cache
+        )
         x = targets.x
         if distributed.is_writer():
             targets.view(0)
         distributed.barrier()  # the other processes read what rank 0 computed and cached
         first = targets.view(0)
         if not is_classifier_output(first.logits):
-            raise TransformError(f"the teacher's output has shape {list(first.logits.shape)}; distill needs [N, classes] logits")
+            raise TransformError(
+                f"the teacher's output has shape {list(first.logits.shape)}; distill needs [N, classes] logits"
+            )
         classes = first.logits.shape[1]
         train_idx, val_idx = split_indices(len(x), recipe.val_split, recipe.seed)
         labels = torch.from_numpy(train.labels) if train.labels is not None else None
         val_x = x.subset(val_idx) if len(val_idx) else None
         val_target = None
         if val_x is not None:
-            val_target = labels[val_idx] if labels is not None else torch.from_numpy(
-                first.logits[val_idx] if recipe.augment is None else runner.predict(Dataset({targets.input_name: val_x}, None, "val"), 256)[0]
-            ).argmax(1)
-        setup = Setup(recipe, targets, train_idx, labels, val_x, val_target,
-                      Checkpoint(checkpoint_path, fingerprint(recipe, teacher, targets.data_digest, train.labels), distributed.is_writer()), shard)
+            val_target = (
+                labels[val_idx]
+                if labels is not None
+                else torch.from_numpy(
+                    first.logits[val_idx]
+                    if recipe.augment is None
+                    else runner.predict(Dataset({targets.input_name: val_x}, None, "val"), 256)[0]
+                ).argmax(1)
+            )
+        setup = Setup(
+            recipe,
+            targets,
+            train_idx,
+            labels,
+            val_x,
+            val_target,
+            Checkpoint(
+                checkpoint_path,
+                fingerprint(recipe, teacher, targets.data_digest, train.labels),
+                distributed.is_writer(),
+            ),
+            shard,
+        )
         student, source = make_student(recipe.student, tuple(x.shape[1:]), classes)
         _check_student(student, x, classes, source)
         trained = train_phase(setup, student, "student", distil=True)
@@ -320,15 +382,23 @@ def distill(teacher: ModelFile, recipe: DistillRecipe, train: Dataset | None, ev
             baseline_student, _ = make_student(recipe.student, tuple(x.shape[1:]), classes)
             baseline = (baseline_student, train_phase(setup, baseline_student, "baseline", distil=False))
         program = export_student(student, x)
-        metrics: dict[str, Any] = {"student": source, "student_params": count_params(student), "train_samples": len(train_idx),
-                                   "val_samples": len(val_idx), **trained.metrics()}
+        metrics: dict[str, Any] = {
+            "student": source,
+            "student_params": count_params(student),
+            "train_samples": len(train_idx),
+            "val_samples": len(val_idx),
+            **trained.metrics(),
+        }
         artifact = Artifact(Format.PT2, program, metrics, write=distributed.is_writer())
         if recipe.student.path is not None:
             artifact.weights_from = ModelFile.open(Path(recipe.student.path))
         else:
             artifact.new_weights = True
-        artifact.report = {"teacher_cache": {"views": targets.views, "computed": targets.computed, "read": targets.read},
-                           "resumed_from_epoch": trained.resumed_at, "processes": shard[1]}
+        artifact.report = {
+            "teacher_cache": {"views": targets.views, "computed": targets.computed, "read": targets.read},
+            "resumed_from_epoch": trained.resumed_at,
+            "processes": shard[1],
+        }
         if artifact.write:
             compare(teacher, artifact, student, x[:1], eval_data, baseline, recipe)
     return artifact

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from edgecli.core import console
+from edgecli.core.errors import RecipeError, TransformError
 from edgecli.data.augment import ViewRows, augmented_view
 from edgecli.data.dataset import Dataset
 from edgecli.data.rows import array_digest
-from edgecli.core.errors import RecipeError, TransformError
 from edgecli.formats.detect import Format
 from edgecli.formats.files import TempFolder, atomic_path
 from edgecli.formats.model_file import ModelFile
@@ -59,7 +59,10 @@ def _onnx_with_output(teacher: ModelFile, layer: str, folder: Path) -> ModelFile
     proto = onnx.load(str(teacher.path))
     produced = [out for node in proto.graph.node for out in node.output if out]
     if layer not in produced:
-        raise RecipeError(f"hint.teacher_layer '{layer}' is not a tensor of the ONNX teacher", hint=f"e.g. {_close_names(layer, produced)}")
+        raise RecipeError(
+            f"hint.teacher_layer '{layer}' is not a tensor of the ONNX teacher",
+            hint=f"e.g. {_close_names(layer, produced)}",
+        )
     if layer not in {o.name for o in proto.graph.output}:
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(layer))
         proto.graph.output[-1].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
@@ -75,7 +78,10 @@ def _pt2_with_output(runner: Runner, layer: str) -> None:
     graph = runner.module.graph
     nodes = {n.name: n for n in graph.nodes if n.op not in ("placeholder", "output", "get_attr")}
     if layer not in nodes:
-        raise RecipeError(f"hint.teacher_layer '{layer}' is not a node of the .pt2 teacher", hint=f"e.g. {_close_names(layer, list(nodes))}")
+        raise RecipeError(
+            f"hint.teacher_layer '{layer}' is not a node of the .pt2 teacher",
+            hint=f"e.g. {_close_names(layer, list(nodes))}",
+        )
     output = next(n for n in graph.nodes if n.op == "output")
     flat = output.args[0] if isinstance(output.args[0], (list, tuple)) else (output.args[0],)
     output.args = (tuple(flat) + (nodes[layer],),)
@@ -98,8 +104,10 @@ def teacher_runner(teacher: ModelFile, hint_layer: str | None):
         with TempFolder(prefix="edgecli-hint-") as folder:
             yield open_runner(_onnx_with_output(teacher, hint_layer, Path(folder)))
     else:
-        raise RecipeError(f"a hint loss needs an ONNX or .pt2 teacher; {teacher.path} is {teacher.format.value}",
-                          hint="convert the teacher to ONNX, or drop the hint section")
+        raise RecipeError(
+            f"a hint loss needs an ONNX or .pt2 teacher; {teacher.path} is {teacher.format.value}",
+            hint="convert the teacher to ONNX, or drop the hint section",
+        )
 
 
 class TeacherTargets:
@@ -108,8 +116,17 @@ class TeacherTargets:
     kept in memory (logits, hint features; never the inputs) and, with `cache`, on disk under a key
     of the teacher's bytes, the data's bytes, the augmentation, the seed and the hint layer."""
 
-    def __init__(self, teacher: ModelFile, runner: Runner, input_name: str, x: Any, augment: AugmentSpec | None,
-                 seed: int, hint_layer: str | None, cache: bool) -> None:
+    def __init__(
+        self,
+        teacher: ModelFile,
+        runner: Runner,
+        input_name: str,
+        x: Any,
+        augment: AugmentSpec | None,
+        seed: int,
+        hint_layer: str | None,
+        cache: bool,
+    ) -> None:
         self.teacher, self.runner, self.input_name = teacher, runner, input_name
         self.x = ViewRows(x)  # float32 samples, read when indexed
         self.augment, self.seed, self.hint_layer = augment, seed, hint_layer
@@ -154,7 +171,9 @@ class TeacherTargets:
 
     def _compute(self, inputs: ViewRows, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         label = f"teacher outputs (view {index + 1}/{self.views})" if self.views > 1 else "teacher outputs"
-        outputs = self.runner.predict(Dataset({self.input_name: inputs}, None, "training data"), batch_size=256, description=label)
+        outputs = self.runner.predict(
+            Dataset({self.input_name: inputs}, None, "training data"), batch_size=256, description=label
+        )
         logits = outputs[0].astype(np.float32)
         features = outputs[-1].astype(np.float32) if self.hint_layer is not None else None
         if features is not None and features.ndim == 4 and self.runner.input_layout == "NHWC":

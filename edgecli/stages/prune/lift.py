@@ -160,8 +160,14 @@ def _conv_module(gm: Any, node: Any, kind: str) -> Any:
     if cls is None or not isinstance(groups, int):
         return None
     module = cls(
-        weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=stride, padding=padding,
-        dilation=dilation, groups=groups, bias=bias is not None,
+        weight.shape[1] * groups,
+        weight.shape[0],
+        tuple(weight.shape[2:]),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        bias=bias is not None,
     )
     module.weight = _as_param(weight)
     if bias is not None:
@@ -190,7 +196,12 @@ def _bn_module(gm: Any, node: Any, kind: str) -> Any:
     x = node.args[0]
     weight, bias = _fetch(gm, node.args[1]), _fetch(gm, node.args[2])
     mean, var = _fetch(gm, node.args[3]), _fetch(gm, node.args[4])
-    if mean is None or var is None or (node.args[1] is not None and weight is None) or (node.args[2] is not None and bias is None):
+    if (
+        mean is None
+        or var is None
+        or (node.args[1] is not None and weight is None)
+        or (node.args[2] is not None and bias is None)
+    ):
         return None
     if (weight is None) != (bias is None):
         return None
@@ -224,7 +235,9 @@ def _follows(shape: list[Any], in_val: Any, out_val: Any) -> bool:
         return False
     in_shape, out_shape = list(in_val.shape), list(out_val.shape)
     return (
-        len(out_shape) == 2 and len(in_shape) > 2 and str(in_shape[0]) == str(out_shape[0])
+        len(out_shape) == 2
+        and len(in_shape) > 2
+        and str(in_shape[0]) == str(out_shape[0])
         and str(out_shape[1]) == str(prod(in_shape[1:]))
     )
 
@@ -267,10 +280,17 @@ def lift(gm: Any) -> Any:
             if key in by_weight:
                 name = by_weight[key][0]
                 if by_weight[key][1] != kind:
-                    raise TransformError(f"the weights of {where(node)} are shared with another kind of layer; "
-                                         "structured pruning cannot change one without the other")
+                    raise TransformError(
+                        f"the weights of {where(node)} are shared with another kind of layer; "
+                        "structured pruning cannot change one without the other"
+                    )
             else:
-                name = namer.name(node, weight_node if kind in ("batch_norm", "native_batch_norm") and node.args[1] is None else node.args[1])
+                name = namer.name(
+                    node,
+                    weight_node
+                    if kind in ("batch_norm", "native_batch_norm") and node.args[1] is None
+                    else node.args[1],
+                )
                 _set_path(root, name, module)
                 by_weight[key] = (name, kind)
                 lifted_names[name] = node.name
@@ -341,6 +361,6 @@ def failing_node(module: Any, inputs: list[Any]) -> tuple[Any, BaseException] | 
     try:
         with torch.no_grad():
             finder.run(*inputs)
-    except Exception as exc:  # noqa: BLE001 (any error names the node)
+    except Exception as exc:
         return finder.current, exc
     return None

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from edgecli.analysis.metrics import accuracy, agreement
 from edgecli.core import console
-from edgecli.data.dataset import Dataset
 from edgecli.core.errors import TransformError, UsageError
+from edgecli.data.dataset import Dataset
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
-from edgecli.analysis.metrics import accuracy, agreement
 from edgecli.recipes import PruneRecipe
 from edgecli.stages.artifact import Artifact, staged
 from edgecli.stages.prune.unstructured import (
@@ -81,18 +81,24 @@ def prune_onnx(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eva
     from edgecli.formats import onnx_file
 
     if recipe.finetune.epochs:
-        raise UsageError("fine-tuning needs a trainable model: ONNX weights are pruned without training",
-                         hint="prune the .pt2 (or state_dict + model.factory) to fine-tune, or --set finetune.epochs=0")
+        raise UsageError(
+            "fine-tuning needs a trainable model: ONNX weights are pruned without training",
+            hint="prune the .pt2 (or state_dict + model.factory) to fine-tune, or --set finetune.epochs=0",
+        )
     if recipe.schedule == "gradual":
-        raise UsageError("schedule gradual raises sparsity during fine-tuning, which ONNX input cannot do",
-                         hint="--set schedule=oneshot, or prune the .pt2")
+        raise UsageError(
+            "schedule gradual raises sparsity during fine-tuning, which ONNX input cannot do",
+            hint="--set schedule=oneshot, or prune the .pt2",
+        )
     check_schedule(recipe, False)
     proto = onnx_file.load(model.path)
     axes, shared = weight_initializers(proto, recipe.min_params)
     for name in shared:
         console.warn(f"{name}: initializer used by more than one node, left dense")
     if not axes:
-        raise TransformError(f"{model.path} has no Conv/Gemm/MatMul weight initializer with >= {recipe.min_params} elements to prune")
+        raise TransformError(
+            f"{model.path} has no Conv/Gemm/MatMul weight initializer with >= {recipe.min_params} elements to prune"
+        )
     inits = {t.name: t for t in proto.graph.initializer}
     arrays = {name: numpy_helper.to_array(inits[name]).copy() for name in axes}
     weights = {name: torch.from_numpy(a) for name, a in arrays.items()}  # shares memory with `arrays`
@@ -100,7 +106,9 @@ def prune_onnx(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eva
     if recipe.method == "2of4":
         masks, dense_layers = two_four_masks(weights, axes)
         if not masks:
-            raise TransformError("no weight has a reduction dimension that is a multiple of 4: nothing can be 2:4 sparse")
+            raise TransformError(
+                "no weight has a reduction dimension that is a multiple of 4: nothing can be 2:4 sparse"
+            )
         for name in dense_layers:
             console.warn(f"{name} {tuple(arrays[name].shape)}: reduction dimension not a multiple of 4, left dense")
     else:
@@ -111,7 +119,10 @@ def prune_onnx(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eva
 
     all_params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
     figures = sparsity_figures(arrays, all_params, dense_layers)
-    metrics: dict[str, Any] = {"method": recipe.method, "target_sparsity": 0.5 if recipe.method == "2of4" else recipe.sparsity}
+    metrics: dict[str, Any] = {
+        "method": recipe.method,
+        "target_sparsity": 0.5 if recipe.method == "2of4" else recipe.sparsity,
+    }
     metrics.update(figures)
     artifact = Artifact(Format.ONNX, proto, metrics)
     metrics.update(size_figures(model.path.read_bytes(), artifact.to_bytes(None)))
@@ -134,10 +145,14 @@ def prune_onnx(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eva
                     metrics.update(accuracy_before=before, accuracy=after, accuracy_drop=before - after)
             metrics["max_abs_diff"] = float(np.max(np.abs(dense.astype(np.float64) - pruned)))
             if metrics.get("agreement", 1.0) < 0.95:
-                console.warn(f"without fine-tuning only {metrics['agreement']:.1%} of the predictions match the dense "
-                             "model's: lower the sparsity, or prune the .pt2 with fine-tuning")
+                console.warn(
+                    f"without fine-tuning only {metrics['agreement']:.1%} of the predictions match the dense "
+                    "model's: lower the sparsity, or prune the .pt2 with fine-tuning"
+                )
     show_layers(figures, {name: a.shape for name, a in arrays.items()})
-    console.info(f"zeroed {figures['sparsity']:.1%} of {figures['prunable_params']:,} weights without training; "
-                 f"gzip {metrics['gzip_bytes_parent']:,} -> {metrics['gzip_bytes']:,} bytes ({metrics['gzip_ratio']:.2f}x)")
+    console.info(
+        f"zeroed {figures['sparsity']:.1%} of {figures['prunable_params']:,} weights without training; "
+        f"gzip {metrics['gzip_bytes_parent']:,} -> {metrics['gzip_bytes']:,} bytes ({metrics['gzip_ratio']:.2f}x)"
+    )
     speed_note(recipe.method)
     return artifact

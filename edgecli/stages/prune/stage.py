@@ -3,16 +3,16 @@ magnitude / 2:4 -> zeroed weights (prune_unstructured for .pt2, prune_onnx for O
 
 from __future__ import annotations
 
-from edgecli.data.dataset import Dataset
+from edgecli.analysis.model_stats import check_finite_weights
 from edgecli.core.errors import UsageError
+from edgecli.data.dataset import Dataset
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
-from edgecli.analysis.model_stats import check_finite_weights
 from edgecli.recipes import PruneRecipe
 from edgecli.stages.artifact import Artifact
 from edgecli.stages.prune.unstructured import apply_masks, magnitude_masks, prunable_weights, two_four_masks
 
-__all__ = ["prune", "apply_masks", "magnitude_masks", "prunable_weights", "two_four_masks"]
+__all__ = ["apply_masks", "magnitude_masks", "prunable_weights", "prune", "two_four_masks"]
 
 
 def prune(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval_data: Dataset | None) -> Artifact:
@@ -23,7 +23,9 @@ def prune(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval_dat
             hint="prune the PyTorch model and convert the result, or use method magnitude / 2of4 on ONNX",
         )
     if model.format not in (Format.PT2, Format.ONNX):
-        raise UsageError(f"prune reads .pt2, a state_dict + model.factory, or ONNX; {model.path} is {model.format.value}")
+        raise UsageError(
+            f"prune reads .pt2, a state_dict + model.factory, or ONNX; {model.path} is {model.format.value}"
+        )
     check_finite_weights(model)
     train, eval_data = _checked_labels(model, recipe, train, eval_data)
     if recipe.method == "channel":
@@ -39,15 +41,16 @@ def prune(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval_dat
     return prune_onnx(model, recipe, train, eval_data)
 
 
-def _checked_labels(model: ModelFile, recipe: PruneRecipe, train: Dataset | None,
-                    eval_data: Dataset | None) -> tuple[Dataset | None, Dataset | None]:
+def _checked_labels(
+    model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval_data: Dataset | None
+) -> tuple[Dataset | None, Dataset | None]:
     """Refuse labels outside the model's classes before pruning or fine-tuning (DataError). Labels for
     a model that is not a classifier: evaluation labels are dropped with a warning; training labels
     cannot train it (UsageError when fine-tuning or Taylor importance would use them)."""
     if all(d is None or d.labels is None for d in (train, eval_data)):
         return train, eval_data
-    from edgecli.core import console
     from edgecli.analysis.metrics import check_labels
+    from edgecli.core import console
     from edgecli.runtimes import open_runner
 
     runner = open_runner(model)
@@ -56,8 +59,10 @@ def _checked_labels(model: ModelFile, recipe: PruneRecipe, train: Dataset | None
         note = check_labels(runner, data)
         if note is not None:
             if data is train and (recipe.finetune.epochs or recipe.channel.importance == "taylor"):
-                raise UsageError(f"fine-tuning on labels needs a classifier output: {note}",
-                                 hint="--set finetune.epochs=0, or prune without labels")
+                raise UsageError(
+                    f"fine-tuning on labels needs a classifier output: {note}",
+                    hint="--set finetune.epochs=0, or prune without labels",
+                )
             console.warn(note)
             data = data.without_labels()
         checked.append(data)

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from edgecli.core import console
-from edgecli.data.dataset import Dataset
 from edgecli.core.errors import BackendMissing, TransformError, UsageError, last_line
+from edgecli.data.dataset import Dataset
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import PruneRecipe
@@ -229,8 +229,10 @@ def _step(pruner: Any, module: Any, example: Any) -> None:
         with console.muted():
             pruner.step()
     except Exception as exc:  # Torch-Pruning raises assorted errors on constructs it cannot follow
-        raise TransformError(f"Torch-Pruning could not prune this model: {last_line(exc, 200)}",
-                             hint="keep the layers involved with channel.keep_layers") from None
+        raise TransformError(
+            f"Torch-Pruning could not prune this model: {last_line(exc, 200)}",
+            hint="keep the layers involved with channel.keep_layers",
+        ) from None
     failure = failing_node(module, [example])
     if failure is not None:
         node, exc = failure
@@ -249,7 +251,13 @@ def _measure(module: Any, target: str, sample: Any) -> int:
 
 
 def _search_ratio(
-    lifted: Any, example: Any, recipe: PruneRecipe, ignored: set[str], target: str, fraction: float, sample: Any,
+    lifted: Any,
+    example: Any,
+    recipe: PruneRecipe,
+    ignored: set[str],
+    target: str,
+    fraction: float,
+    sample: Any,
 ) -> tuple[float, list[dict[str, float]]]:
     """The smallest pruning ratio whose one-shot result has at most `fraction` of the dense MACs/params
     (bisection on copies). Returns the ratio and the search steps."""
@@ -296,7 +304,9 @@ def _split_epochs(epochs: int, steps: int) -> list[int]:
 # ------------------------------------------------------------------ the stage
 
 
-def structured_prune(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval_data: Dataset | None) -> Artifact:
+def structured_prune(
+    model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval_data: Dataset | None
+) -> Artifact:
     """Remove whole channels of a .pt2 model to the recipe's target; fine-tune; export again."""
     import torch
 
@@ -376,8 +386,14 @@ def structured_prune(model: ModelFile, recipe: PruneRecipe, train: Dataset | Non
         if epochs:
             label = "fine-tuning" if spec.steps == 1 else f"fine-tuning (step {i + 1}/{spec.steps})"
             # the same seed each step: the same validation split (never trained on)
-            done = finetune(lifted, teacher, (x_train, y_train), tune.model_copy(update={"epochs": epochs}), recipe.seed,
-                            description=label)
+            done = finetune(
+                lifted,
+                teacher,
+                (x_train, y_train),
+                tune.model_copy(update={"epochs": epochs}),
+                recipe.seed,
+                description=label,
+            )
             history["loss"] += done.loss
             history["val_accuracy"] += done.val_accuracy
             history["epochs"] += done.epochs_run
@@ -414,13 +430,19 @@ def structured_prune(model: ModelFile, recipe: PruneRecipe, train: Dataset | Non
             metrics["finetune_val_accuracy"] = [round(v, 4) for v in history["val_accuracy"]]
     if accuracy_before is not None:
         after = _accuracy(lifted, x_eval, y_eval)
-        metrics.update(accuracy_before=accuracy_before, accuracy_pruned=accuracy_pruned, accuracy=after,
-                       accuracy_drop=accuracy_before - after)
+        metrics.update(
+            accuracy_before=accuracy_before,
+            accuracy_pruned=accuracy_pruned,
+            accuracy=after,
+            accuracy_drop=accuracy_before - after,
+        )
     failures = []
     for key, budget in (("macs_ratio", spec.macs_ratio), ("params_ratio", spec.params_ratio)):
         if budget is not None and metrics[key] > budget + 1e-9:
-            failures.append(f"{key} {metrics[key]:.3f} > {budget:g} (max_layer_ratio {spec.max_layer_ratio:g} or "
-                            "keep_layers limit the pruning)")
+            failures.append(
+                f"{key} {metrics[key]:.3f} > {budget:g} (max_layer_ratio {spec.max_layer_ratio:g} or "
+                "keep_layers limit the pruning)"
+            )
     console.info(
         f"removed channels: params {params_before:,} -> {params_after:,} ({metrics['params_ratio']:.2f}x), "
         f"MACs {macs_before:,} -> {macs_after:,} ({metrics['macs_ratio']:.2f}x)"

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from edgecli.analysis.metrics import accuracy
 from edgecli.core import console
-from edgecli.data.dataset import Dataset
 from edgecli.core.errors import TransformError, UsageError
+from edgecli.data.dataset import Dataset
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
-from edgecli.analysis.metrics import accuracy
 from edgecli.recipes import PruneRecipe
 from edgecli.runtimes.torch_runner import TorchRunner
 from edgecli.stages.artifact import Artifact
@@ -141,25 +141,35 @@ def show_layers(figures: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> 
     dense = set(figures.get("dense_layers", []))
     for name, fraction in figures["layers"].items():
         note = " (dense: reduction not a multiple of 4)" if name in dense else ""
-        table.add_row(name, "x".join(map(str, shapes[name])), f"{int(np.prod(shapes[name])):,}", f"{fraction:.1%}{note}")
+        table.add_row(
+            name, "x".join(map(str, shapes[name])), f"{int(np.prod(shapes[name])):,}", f"{fraction:.1%}{note}"
+        )
     console.show(table)
 
 
 def speed_note(method: str) -> None:
     if method == "2of4":
-        console.info("2:4 sparsity runs faster only on sparse tensor cores (NVIDIA Ampere and later, with a 2:4-aware "
-                     "runtime such as TensorRT or cuSPARSELt); dense CPU kernels gain nothing from the zeros")
+        console.info(
+            "2:4 sparsity runs faster only on sparse tensor cores (NVIDIA Ampere and later, with a 2:4-aware "
+            "runtime such as TensorRT or cuSPARSELt); dense CPU kernels gain nothing from the zeros"
+        )
     else:
-        console.info("unstructured zeros do not make dense kernels faster (CPU or GPU): the gain is in compressed "
-                     "(gzip) size; use method channel for a smaller, faster model")
+        console.info(
+            "unstructured zeros do not make dense kernels faster (CPU or GPU): the gain is in compressed "
+            "(gzip) size; use method channel for a smaller, faster model"
+        )
 
 
 def check_schedule(recipe: PruneRecipe, trains: bool) -> None:
     if recipe.schedule == "gradual" and recipe.method != "magnitude":
-        raise UsageError(f"schedule gradual applies to method magnitude, not {recipe.method}", hint="--set schedule=oneshot")
+        raise UsageError(
+            f"schedule gradual applies to method magnitude, not {recipe.method}", hint="--set schedule=oneshot"
+        )
     if recipe.schedule == "gradual" and not trains:
-        raise UsageError("schedule gradual raises sparsity during fine-tuning: it needs finetune.epochs >= 1",
-                         hint="--set finetune.epochs=3, or --set schedule=oneshot")
+        raise UsageError(
+            "schedule gradual raises sparsity during fine-tuning: it needs finetune.epochs >= 1",
+            hint="--set finetune.epochs=3, or --set schedule=oneshot",
+        )
 
 
 # ---------------------------------------------------------------- .pt2
@@ -201,7 +211,9 @@ def prune_pt2(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval
     if recipe.method == "2of4":
         masks, dense_layers = two_four_masks(weights)
         if not masks:
-            raise TransformError("no layer has a reduction dimension that is a multiple of 4: nothing can be 2:4 sparse")
+            raise TransformError(
+                "no layer has a reduction dimension that is a multiple of 4: nothing can be 2:4 sparse"
+            )
         for name in dense_layers:
             console.warn(f"{name} {tuple(weights[name].shape)}: input dimension not a multiple of 4, left dense")
     else:
@@ -229,11 +241,21 @@ def prune_pt2(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval
         def after_step() -> None:
             step[0] += 1
             if gradual and step[0] <= ramp_steps:
-                current[0] = magnitude_masks(weights, cubic_sparsity(recipe.sparsity, step[0], ramp_steps), recipe.scope)
+                current[0] = magnitude_masks(
+                    weights, cubic_sparsity(recipe.sparsity, step[0], ramp_steps), recipe.scope
+                )
             apply_masks(weights, current[0])
 
-        result = finetune(runner.module, teacher, tensors, spec, recipe.seed, after_step,
-                          first_eligible_epoch=max(ramp_epochs, 1), description="fine-tuning")
+        result = finetune(
+            runner.module,
+            teacher,
+            tensors,
+            spec,
+            recipe.seed,
+            after_step,
+            first_eligible_epoch=max(ramp_epochs, 1),
+            description="fine-tuning",
+        )
         if gradual:
             masks = magnitude_masks(weights, recipe.sparsity, recipe.scope)
         apply_masks(weights, masks)  # also after a best-epoch restore
@@ -241,13 +263,18 @@ def prune_pt2(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval
     arrays = {name: w.detach().numpy() for name, w in weights.items()}
     all_params = sum(p.numel() for p in runner.module.parameters())
     figures = sparsity_figures(arrays, all_params, dense_layers)
-    metrics: dict[str, Any] = {"method": recipe.method, "target_sparsity": 0.5 if recipe.method == "2of4" else recipe.sparsity}
+    metrics: dict[str, Any] = {
+        "method": recipe.method,
+        "target_sparsity": 0.5 if recipe.method == "2of4" else recipe.sparsity,
+    }
     metrics.update(figures)
     if result is not None:
         metrics.update(result.metrics())
     if before is not None:
         after = _evaluate(runner, eval_data)
-        metrics.update(accuracy_before=before, accuracy_pruned=pruned_accuracy, accuracy=after, accuracy_drop=before - after)
+        metrics.update(
+            accuracy_before=before, accuracy_pruned=pruned_accuracy, accuracy=after, accuracy_drop=before - after
+        )
     artifact = Artifact(Format.PT2, runner.program, metrics)
     metrics.update(size_figures(model.path.read_bytes(), artifact.to_bytes(None)))
     data = eval_data if eval_data is not None else train
@@ -259,7 +286,9 @@ def prune_pt2(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval
             metrics["macs"] = count  # per sample, unchanged by zeros for dense kernels
     show_layers(figures, {name: tuple(w.shape) for name, w in weights.items()})
     zeros = figures["prunable_params"] - sum(int(np.count_nonzero(a)) for a in arrays.values())
-    console.info(f"pruned {zeros:,} of {figures['prunable_params']:,} weights ({figures['sparsity']:.1%}); "
-                 f"gzip {metrics['gzip_bytes_parent']:,} -> {metrics['gzip_bytes']:,} bytes ({metrics['gzip_ratio']:.2f}x)")
+    console.info(
+        f"pruned {zeros:,} of {figures['prunable_params']:,} weights ({figures['sparsity']:.1%}); "
+        f"gzip {metrics['gzip_bytes_parent']:,} -> {metrics['gzip_bytes']:,} bytes ({metrics['gzip_ratio']:.2f}x)"
+    )
     speed_note(recipe.method)
     return artifact

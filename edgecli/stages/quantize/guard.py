@@ -54,7 +54,9 @@ class Target:
         """Why the metrics miss the target; NaN/Inf outputs are a failure with or without a target."""
         missed = non_finite_failures(metrics)
         if self.max_accuracy_drop is not None and not metrics["accuracy_drop"] <= self.max_accuracy_drop + 1e-12:
-            missed.append(f"accuracy drop {metrics['accuracy_drop']:.4f} > max_accuracy_drop {self.max_accuracy_drop:g}")
+            missed.append(
+                f"accuracy drop {metrics['accuracy_drop']:.4f} > max_accuracy_drop {self.max_accuracy_drop:g}"
+            )
         if self.min_agreement is not None and not metrics["agreement"] >= self.min_agreement - 1e-12:
             missed.append(f"agreement {metrics['agreement']:.4f} < min_agreement {self.min_agreement:g}")
         return missed
@@ -74,8 +76,10 @@ def non_finite_failures(metrics: dict[str, Any]) -> list[str]:
     lines = []
     total = metrics.get("eval_samples", "?")
     if metrics.get("non_finite_samples_float"):
-        lines.append(f"the float model outputs NaN/Inf on {metrics['non_finite_samples_float']} of {total} samples: "
-                     "accuracy and agreement cannot be measured")
+        lines.append(
+            f"the float model outputs NaN/Inf on {metrics['non_finite_samples_float']} of {total} samples: "
+            "accuracy and agreement cannot be measured"
+        )
     if metrics.get("non_finite_samples"):
         lines.append(f"the quantized model outputs NaN/Inf on {metrics['non_finite_samples']} of {total} samples")
     return lines
@@ -115,7 +119,9 @@ def search(
     order = [layer.node for layer in most_sensitive(layers)]
     best = GuardResult(first, [], [_step_record(0, [], first.metrics, target)])
     if first.metrics.get("non_finite_samples_float"):
-        console.warn("the float model itself outputs NaN/Inf on the evaluation data: no layer kept in float can help; no search")
+        console.warn(
+            "the float model itself outputs NaN/Inf on the evaluation data: no layer kept in float can help; no search"
+        )
         return best
     best_gap = target.shortfall(first.metrics)
     float_nodes: list[str] = []

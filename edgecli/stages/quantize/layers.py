@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-
 # An additive attention mask's sentinel: -1e4 (older BERTs) down to float32's lowest (-3.4e38).
 # Tensors that carry it have no useful INT8 scale, so both quantizers keep them in float.
 MASK_VALUE = 1e4

@@ -10,23 +10,33 @@ from pathlib import Path
 from typing import Any
 
 from edgecli.core import console
-from edgecli.data.dataset import Dataset, split_batches
 from edgecli.core.errors import TransformError, UsageError, last_line
+from edgecli.data.dataset import Dataset, split_batches
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
+from edgecli.formats.files import TempFolder
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import QuantizeRecipe
 from edgecli.runtimes.base import Runner
 from edgecli.stages.artifact import Artifact
 from edgecli.stages.quantize.layers import MASK_VALUE, ErrorAccumulator, LayerError
-from edgecli.formats.files import TempFolder
 
 # Ops that onnxruntime's dynamic quantizer handles and that are fast on CPU. Conv is left out on
 # purpose: dynamic Conv becomes ConvInteger, measured 1.4-5.3x slower than float on CPU. Gemm is not
 # in onnxruntime's dynamic registry, so Gemm nodes are first rewritten as MatMul + Add.
 DYNAMIC_OPS = ["MatMul", "Attention", "LSTM", "EmbedLayerNormalization"]
 # Ops whose float weights a quantized model stores as INT8 (what makes the file smaller).
-WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LSTM", "GRU", "EmbedLayerNormalization", "Gather"}
+WEIGHTED_OPS = {
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "Attention",
+    "LSTM",
+    "GRU",
+    "EmbedLayerNormalization",
+    "Gather",
+}
 DEQUANTIZE_OPS = {"DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"}
 QUANT_TYPES = {"int8": "QInt8", "uint8": "QUInt8"}
 
@@ -83,7 +93,9 @@ def gemm_to_matmul(proto: Any) -> int:
             continue
         matrix = numpy_helper.to_array(weights[node.input[1]])
         name = f"{node.input[1]}_matmul"
-        proto.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(matrix.T if attrs.get("transB", 0) else matrix), name))
+        proto.graph.initializer.append(
+            numpy_helper.from_array(np.ascontiguousarray(matrix.T if attrs.get("transB", 0) else matrix), name)
+        )
         has_bias = len(node.input) > 2 and node.input[2]
         product = f"{node.output[0]}_matmul" if has_bias else node.output[0]
         nodes.append(helper.make_node("MatMul", [node.input[0], name], [product], name=node.name))
@@ -142,7 +154,9 @@ def attention_mask_nodes(proto: Any) -> list[str]:
     def carries_mask_value(name: str, depth: int = 0) -> bool:
         if name in constants:
             value = constants[name]
-            return value.size > 0 and np.issubdtype(value.dtype, np.floating) and float(np.abs(value).max()) >= MASK_VALUE
+            return (
+                value.size > 0 and np.issubdtype(value.dtype, np.floating) and float(np.abs(value).max()) >= MASK_VALUE
+            )
         node = producers.get(name)
         if node is None or depth > 8 or node.op_type not in MASK_PATH_OPS:
             return False
@@ -151,7 +165,11 @@ def attention_mask_nodes(proto: Any) -> list[str]:
     nodes = []
     for softmax in (n for n in proto.graph.node if n.op_type == "Softmax"):
         source = producers.get(softmax.input[0])
-        if source is not None and source.op_type in ("Add", "Where") and any(carries_mask_value(i) for i in source.input):
+        if (
+            source is not None
+            and source.op_type in ("Add", "Where")
+            and any(carries_mask_value(i) for i in source.input)
+        ):
             nodes += [source.name, softmax.name]
     return nodes
 
@@ -160,9 +178,13 @@ class OnnxQuantizer:
     """Quantizes one ONNX model as a recipe asks, as often as asked (the accuracy guard keeps more
     layers in float each time); calibration runs once and is cached in a private folder."""
 
-    def __init__(self, model: ModelFile, recipe: QuantizeRecipe, runner: Runner, calib: Dataset | None, folder: Path) -> None:
+    def __init__(
+        self, model: ModelFile, recipe: QuantizeRecipe, runner: Runner, calib: Dataset | None, folder: Path
+    ) -> None:
         if recipe.activation_type not in QUANT_TYPES:
-            raise UsageError(f"activation_type {recipe.activation_type} is for format: tflite", hint="use int8 or uint8 for ONNX")
+            raise UsageError(
+                f"activation_type {recipe.activation_type} is for format: tflite", hint="use int8 or uint8 for ONNX"
+            )
         self.recipe, self.runner, self.calib, self.folder = recipe, runner, calib, folder
         self.source = self._prepare(model.path)
         self.float_proto = onnx_file.load(self.source, check=False)
@@ -235,7 +257,13 @@ class OnnxQuantizer:
 
     def _quantize_file(self, target: Path, excluded_nodes: list[str]) -> None:
         reduce_range = resolve_reduce_range(self.recipe.reduce_range)
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_dynamic,
+            quantize_static,
+        )
 
         recipe = self.recipe
         types = {name: getattr(QuantType, value) for name, value in QUANT_TYPES.items()}
@@ -244,28 +272,45 @@ class OnnxQuantizer:
         if recipe.mode == "dynamic":
             with console.muted():
                 quantize_dynamic(
-                    self.source, target, op_types_to_quantize=[op for op in DYNAMIC_OPS if op in present - excluded_ops],
-                    per_channel=recipe.per_channel, reduce_range=reduce_range,
-                    weight_type=types[recipe.weight_type], nodes_to_exclude=excluded_nodes,
+                    self.source,
+                    target,
+                    op_types_to_quantize=[op for op in DYNAMIC_OPS if op in present - excluded_ops],
+                    per_channel=recipe.per_channel,
+                    reduce_range=reduce_range,
+                    weight_type=types[recipe.weight_type],
+                    nodes_to_exclude=excluded_nodes,
                 )
             return
-        methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+        methods = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }
         with contextlib.ExitStack() as stack:
             reader = None
             if not self._ranges.exists():  # the first quantization calibrates; later ones reuse the ranges
                 assert self.calib is not None
                 sample = self.calib.take(recipe.calibration.samples)
-                batches = len(split_batches(len(sample), recipe.calibration.batch_size if self.runner.dynamic_batch else 1))
+                batches = len(
+                    split_batches(len(sample), recipe.calibration.batch_size if self.runner.dynamic_batch else 1)
+                )
                 bar = stack.enter_context(console.progress(f"calibrating ({recipe.calibration.method})", total=batches))
                 reader = _CalibrationReader(self.runner, sample, recipe.calibration.batch_size, bar)
             stack.enter_context(console.muted())
             quantize_static(
-                self.source, target, reader, quant_format=QuantFormat.QDQ,
+                self.source,
+                target,
+                reader,
+                quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=sorted(present - excluded_ops) if excluded_ops else None,
-                per_channel=recipe.per_channel, reduce_range=reduce_range,
-                activation_type=types[recipe.activation_type], weight_type=types[recipe.weight_type],
-                nodes_to_exclude=excluded_nodes, calibrate_method=methods[recipe.calibration.method],
-                extra_options={"CalibStridedMinMax": 1}, calibration_cache_path=self._ranges,
+                per_channel=recipe.per_channel,
+                reduce_range=reduce_range,
+                activation_type=types[recipe.activation_type],
+                weight_type=types[recipe.weight_type],
+                nodes_to_exclude=excluded_nodes,
+                calibrate_method=methods[recipe.calibration.method],
+                extra_options={"CalibStridedMinMax": 1},
+                calibration_cache_path=self._ranges,
             )
 
     def layer_errors(self, quantized: Artifact, data: Dataset) -> list[LayerError]:
@@ -278,9 +323,10 @@ class OnnxQuantizer:
         float_tensors = [float_name for _, float_name, _ in pairs]
         quant_tensors = [quant_name for _, _, quant_name in pairs]
         accumulators = [ErrorAccumulator() for _ in pairs]
-        with _exposed(self.float_proto, float_tensors, self.folder / "float-debug.onnx") as float_session, _exposed(
-            quantized.payload, quant_tensors, self.folder / "quant-debug.onnx"
-        ) as quant_session:
+        with (
+            _exposed(self.float_proto, float_tensors, self.folder / "float-debug.onnx") as float_session,
+            _exposed(quantized.payload, quant_tensors, self.folder / "quant-debug.onnx") as quant_session,
+        ):
             spans = split_batches(len(data), 32 if self.runner.dynamic_batch else 1)
             with console.progress("measuring per-layer error", total=len(spans)) as bar:
                 for start, stop in spans:
@@ -301,8 +347,13 @@ class OnnxQuantizer:
             quantized_here = self._is_quantized(node, kept.get(node.name), dequantized, initializers)
             layers.append(
                 LayerError(
-                    node=name, op_type=node.op_type, output=float_name, snr_db=acc.snr_db, rel_mse=acc.rel_mse,
-                    sensitivity=acc.rel_mse - max(upstream, default=0.0), quantized=quantized_here,
+                    node=name,
+                    op_type=node.op_type,
+                    output=float_name,
+                    snr_db=acc.snr_db,
+                    rel_mse=acc.rel_mse,
+                    sensitivity=acc.rel_mse - max(upstream, default=0.0),
+                    quantized=quantized_here,
                     reason=None if quantized_here else _float_reason(node, self.recipe, self.mask_nodes),
                 )
             )
@@ -384,6 +435,8 @@ def _exposed(proto: Any, tensors: list[str], path: Path) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def onnx_quantizer(model: ModelFile, recipe: QuantizeRecipe, runner: Runner, calib: Dataset | None) -> Iterator[OnnxQuantizer]:
+def onnx_quantizer(
+    model: ModelFile, recipe: QuantizeRecipe, runner: Runner, calib: Dataset | None
+) -> Iterator[OnnxQuantizer]:
     with TempFolder(prefix="edgecli-quant-") as folder:
         yield OnnxQuantizer(model, recipe, runner, calib, Path(folder))

@@ -22,7 +22,9 @@ NOT_FASTER = 0.95
 QUICK = BenchRecipe(warmup=5, runs=30, min_time_s=0.3, threads=1, batch_size=1)
 
 
-def slow_quantization_reasons(recipe: QuantizeRecipe, ops: Counter, float_layers: int, float_p50_ms: float) -> list[str]:
+def slow_quantization_reasons(
+    recipe: QuantizeRecipe, ops: Counter, float_layers: int, float_p50_ms: float
+) -> list[str]:
     """Why a quantized model may be no faster than its float parent on this machine (may be empty)."""
     from edgecli.stages.bench.stage import machine_info
 
@@ -35,20 +37,28 @@ def slow_quantization_reasons(recipe: QuantizeRecipe, ops: Counter, float_layers
             "(TFLite): FP16 halves the size, speed needs a GPU/NPU delegate"
         )
     if recipe.activation_type == "int16" and recipe.mode == "static":
-        reasons.append("16-bit activations: LiteRT has no fast 16x8 kernels on CPU (measured about 40x slower than float)")
+        reasons.append(
+            "16-bit activations: LiteRT has no fast 16x8 kernels on CPU (measured about 40x slower than float)"
+        )
     if recipe.mode == "dynamic":
-        reasons.append("dynamic quantization quantizes activations on every call; for small layers that costs more than INT8 math saves")
+        reasons.append(
+            "dynamic quantization quantizes activations on every call; for small layers that costs more than INT8 math saves"
+        )
     if float_layers:
         reasons.append(f"{float_layers} layer(s) kept in float add quantize/dequantize conversions around them")
     flags = set(machine_info()["cpu_flags"])
     if recipe.mode == "static" and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
         reasons.append("this CPU has no VNNI/AMX int8 dot-product instructions")
     if float_p50_ms < 0.05:
-        reasons.append(f"the float model takes {float_p50_ms * 1000:.0f} us per call: fixed per-call overhead dominates")
+        reasons.append(
+            f"the float model takes {float_p50_ms * 1000:.0f} us per call: fixed per-call overhead dominates"
+        )
     return reasons
 
 
-def speed_check(model: ModelFile, artifact: Artifact, recipe: QuantizeRecipe, data: Dataset | None, float_layers: int) -> dict[str, Any]:
+def speed_check(
+    model: ModelFile, artifact: Artifact, recipe: QuantizeRecipe, data: Dataset | None, float_layers: int
+) -> dict[str, Any]:
     """p50 latency of float and quantized models at 1 thread, batch 1, interleaved; warns when the
     quantized model is not faster. Timings go to the report, never to the lineage."""
     from edgecli.stages.bench.stage import latency_stats, measure_latency

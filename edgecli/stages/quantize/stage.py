@@ -9,13 +9,13 @@ from typing import Any
 
 from rich.table import Table
 
-from edgecli.core import console
-from edgecli.data.dataset import Dataset
-from edgecli.core.errors import UsageError
-from edgecli.formats.detect import Format
-from edgecli.formats.model_file import ModelFile
 from edgecli.analysis.metrics import accuracy, agreement, check_labels, non_finite_samples
 from edgecli.analysis.model_stats import check_finite_weights
+from edgecli.core import console
+from edgecli.core.errors import UsageError
+from edgecli.data.dataset import Dataset
+from edgecli.formats.detect import Format
+from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import QuantizeRecipe
 from edgecli.runtimes import open_runner
 from edgecli.runtimes.base import Runner
@@ -67,7 +67,9 @@ def _check_request(model: ModelFile, recipe: QuantizeRecipe, calib: Dataset | No
             hint="pass --eval-data eval.npz with labels under 'y', use min_agreement, or --set max_accuracy_drop=null",
         )
     if recipe.min_agreement is not None and check is None:
-        raise UsageError("min_agreement needs data to compare float and quantized outputs", hint="pass --data or --eval-data")
+        raise UsageError(
+            "min_agreement needs data to compare float and quantized outputs", hint="pass --data or --eval-data"
+        )
 
 
 def _checked_labels(model: ModelFile, recipe: QuantizeRecipe, check: Dataset | None) -> Dataset | None:
@@ -79,7 +81,10 @@ def _checked_labels(model: ModelFile, recipe: QuantizeRecipe, check: Dataset | N
     if note is None:
         return check
     if recipe.max_accuracy_drop is not None:
-        raise UsageError(f"max_accuracy_drop needs a classifier output: {note}", hint="use min_agreement, or --set max_accuracy_drop=null")
+        raise UsageError(
+            f"max_accuracy_drop needs a classifier output: {note}",
+            hint="use min_agreement, or --set max_accuracy_drop=null",
+        )
     console.warn(note)
     return check.without_labels()
 
@@ -105,7 +110,14 @@ def _layer_table(layers: list[LayerError]) -> Table:
     shown = most_sensitive(layers)[:TABLE_ROWS] + [l for l in layers if not l.quantized][:TABLE_ROWS]
     for layer in shown:
         status = "int" if layer.quantized else f"float: {layer.reason}"
-        table.add_row(layer.node.split(";")[0][-48:], layer.op_type, f"{layer.snr_db:.1f}", f"{layer.rel_mse:.2e}", f"{layer.sensitivity:.2e}", status)
+        table.add_row(
+            layer.node.split(";")[0][-48:],
+            layer.op_type,
+            f"{layer.snr_db:.1f}",
+            f"{layer.rel_mse:.2e}",
+            f"{layer.sensitivity:.2e}",
+            status,
+        )
     if len(layers) > len(shown):
         table.caption = f"{len(shown)} of {len(layers)} layers, most sensitive first; all are in --report"
     return table
@@ -140,7 +152,12 @@ def quantize(
 
 
 def _quantize(
-    model: ModelFile, recipe: QuantizeRecipe, calib: Dataset | None, eval_data: Dataset | None, check: Dataset | None, diagnose: bool
+    model: ModelFile,
+    recipe: QuantizeRecipe,
+    calib: Dataset | None,
+    eval_data: Dataset | None,
+    check: Dataset | None,
+    diagnose: bool,
 ) -> Artifact:
     target = Target.of(recipe)
     float_runner = open_runner(model)
@@ -156,9 +173,13 @@ def _quantize(
             layers = quantizer.layer_errors(first, layer_data.take(recipe.guard.samples))
         result = GuardResult(first)
         if missed:
-            console.info(f"the quantized model misses the target ({'; '.join(target.failures(first.metrics))}); searching")
+            console.info(
+                f"the quantized model misses the target ({'; '.join(target.failures(first.metrics))}); searching"
+            )
             if not getattr(quantizer, "float_fallback", True):
-                console.warn(f"{recipe.format} {recipe.mode} quantization cannot keep single layers in float; no fallback searched")
+                console.warn(
+                    f"{recipe.format} {recipe.mode} quantization cannot keep single layers in float; no fallback searched"
+                )
             elif recipe.guard.max_steps and evaluate is not None:
                 result = search(quantizer, evaluate, first, layers, target, recipe.guard)
     artifact = result.artifact
@@ -186,13 +207,19 @@ def _quantize(
 
 
 def _report(
-    model: ModelFile, recipe: QuantizeRecipe, artifact: Artifact, size: int, layers: list[LayerError],
-    result: GuardResult, target: Target, speed: dict[str, Any] | None,
+    model: ModelFile,
+    recipe: QuantizeRecipe,
+    artifact: Artifact,
+    size: int,
+    layers: list[LayerError],
+    result: GuardResult,
+    target: Target,
+    speed: dict[str, Any] | None,
 ) -> dict[str, Any]:
     metrics = artifact.metrics
-    excluded = [
-        {"node": l.node, "op_type": l.op_type, "reason": l.reason} for l in layers if not l.quantized
-    ] or [{"node": n, "reason": "recipe: exclude_nodes"} for n in recipe.exclude_nodes]
+    excluded = [{"node": l.node, "op_type": l.op_type, "reason": l.reason} for l in layers if not l.quantized] or [
+        {"node": n, "reason": "recipe: exclude_nodes"} for n in recipe.exclude_nodes
+    ]
     return {
         "mode": recipe.mode,
         "format": recipe.format,

@@ -19,17 +19,17 @@ from typing import Any
 
 import numpy as np
 
+from edgecli.backends.onnx_export import as_onnx_file
+from edgecli.backends.tflite_convert import onnx2tf_output
 from edgecli.core import console
-from edgecli.data.dataset import Dataset
 from edgecli.core.errors import TransformError, UsageError, last_line
+from edgecli.data.dataset import Dataset
 from edgecli.formats.detect import Format
 from edgecli.formats.keras_file import import_tensorflow, load_keras
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import QuantizeRecipe
 from edgecli.runtimes.base import NCHW_TO_NHWC, Runner
 from edgecli.stages.artifact import Artifact
-from edgecli.backends.onnx_export import as_onnx_file
-from edgecli.backends.tflite_convert import onnx2tf_output
 from edgecli.stages.quantize.layers import LayerError
 
 
@@ -64,7 +64,9 @@ def model_inputs(runner: Runner, batch: dict[str, np.ndarray], nhwc: bool) -> di
     return arrays
 
 
-def _representative(runner: Runner, data: Dataset, nhwc: bool, tracker: Any) -> Iterator[list[np.ndarray] | dict[str, np.ndarray]]:
+def _representative(
+    runner: Runner, data: Dataset, nhwc: bool, tracker: Any
+) -> Iterator[list[np.ndarray] | dict[str, np.ndarray]]:
     """One sample at a time, laid out as the converted graph expects. Several inputs go by name (the
     converter's signature): the converted graph may order them otherwise than the float model (the
     tiny transformer's SavedModel from onnx2tf sorts them by name)."""
@@ -77,10 +79,11 @@ def _representative(runner: Runner, data: Dataset, nhwc: bool, tracker: Any) -> 
 def _unknown(kind: str, names: Sequence[str], known: Sequence[str], hint_key: str) -> UsageError:
     close = difflib.get_close_matches(names[0], list(known), n=1, cutoff=0.5)
     shown = sorted(known, key=len)[:4]
-    listed = ", ".join(shown) + (f" and {len(known) - len(shown)} more (see --report)" if len(known) > len(shown) else "")
+    listed = ", ".join(shown) + (
+        f" and {len(known) - len(shown)} more (see --report)" if len(known) > len(shown) else ""
+    )
     return UsageError(
-        f"{kind} {', '.join(names)} not in the TFLite model"
-        + (f"; did you mean {close[0]}?" if close else ""),
+        f"{kind} {', '.join(names)} not in the TFLite model" + (f"; did you mean {close[0]}?" if close else ""),
         hint=f"{hint_key} takes TFLite names: {listed}",
     )
 
@@ -88,8 +91,17 @@ def _unknown(kind: str, names: Sequence[str], known: Sequence[str], hint_key: st
 class TFLiteQuantizer:
     """Quantizations of one converted model as the recipe asks, optionally with layers kept in float."""
 
-    def __init__(self, tf: Any, converter: Any, recipe: QuantizeRecipe, runner: Runner, calib: Dataset | None, nhwc: bool) -> None:
-        self.tf, self.converter, self.recipe, self.runner, self.calib, self.nhwc = tf, converter, recipe, runner, calib, nhwc
+    def __init__(
+        self, tf: Any, converter: Any, recipe: QuantizeRecipe, runner: Runner, calib: Dataset | None, nhwc: bool
+    ) -> None:
+        self.tf, self.converter, self.recipe, self.runner, self.calib, self.nhwc = (
+            tf,
+            converter,
+            recipe,
+            runner,
+            calib,
+            nhwc,
+        )
         self.full_integer = recipe.mode == "static"
         self.int16 = self.full_integer and recipe.activation_type == "int16"
         # Layers can be kept in float only where the MLIR quantizer makes the model (full-integer INT8).
@@ -114,8 +126,8 @@ class TFLiteQuantizer:
         c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         c.inference_input_type = c.inference_output_type = tf.float32
         c.representative_dataset = None
-        c._experimental_disable_per_channel = not recipe.per_channel  # noqa: SLF001 (the converter's own switch)
-        c._experimental_calibrate_only = calibrate_only  # noqa: SLF001 (as QuantizationDebugger sets it)
+        c._experimental_disable_per_channel = not recipe.per_channel
+        c._experimental_calibrate_only = calibrate_only
         # quantize() refused static mode without calibration data before any quantizer was opened
         sample = self.calib.take(recipe.calibration.samples) if self.full_integer and self.calib is not None else None
         # TensorFlow's 16x8 path reads the calibration data twice (MLIR calibration, then its own quantizer).
@@ -125,7 +137,9 @@ class TFLiteQuantizer:
                 c.representative_dataset = lambda: _representative(self.runner, sample, self.nhwc, bar)
                 ops = tf.lite.OpsSet
                 c.target_spec.supported_ops = [
-                    ops.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8 if self.int16 else ops.TFLITE_BUILTINS_INT8
+                    ops.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+                    if self.int16
+                    else ops.TFLITE_BUILTINS_INT8
                 ]
                 if not calibrate_only:
                     c.inference_input_type = c.inference_output_type = self.io_dtype
@@ -258,15 +272,21 @@ def _check_weights_changed(flatbuffer: bytes, mode: str) -> None:
 
 
 @contextlib.contextmanager
-def tflite_quantizer(model: ModelFile, recipe: QuantizeRecipe, runner: Runner, calib: Dataset | None) -> Iterator[TFLiteQuantizer]:
+def tflite_quantizer(
+    model: ModelFile, recipe: QuantizeRecipe, runner: Runner, calib: Dataset | None
+) -> Iterator[TFLiteQuantizer]:
     """Convert `model` for TensorFlow's converter once (onnx2tf for ONNX and .pt2) and yield a
     TFLiteQuantizer over it; temporary files are removed on exit."""
     if recipe.activation_type == "uint8":
-        raise UsageError("TFLite full-integer quantization uses int8 (or int16) activations", hint="set activation_type: int8")
+        raise UsageError(
+            "TFLite full-integer quantization uses int8 (or int16) activations", hint="set activation_type: int8"
+        )
     if recipe.weight_type != "int8":
         raise UsageError("TFLite quantizes weights to int8", hint="set weight_type: int8 (uint8 is for ONNX)")
     if recipe.mode == "static" and recipe.calibration.method != "minmax":
-        console.warn(f"TFLite calibrates min/max ranges; calibration.method {recipe.calibration.method} applies to ONNX only")
+        console.warn(
+            f"TFLite calibrates min/max ranges; calibration.method {recipe.calibration.method} applies to ONNX only"
+        )
     if recipe.activation_type == "int16" and recipe.mode != "static":
         console.info(f"activation_type int16 applies to mode: static; mode {recipe.mode} quantizes weights only")
     if recipe.activation_type == "int16" and recipe.mode == "static" and recipe.io_type == "int8":
@@ -274,4 +294,3 @@ def tflite_quantizer(model: ModelFile, recipe: QuantizeRecipe, runner: Runner, c
     tf = import_tensorflow()
     with _converter(model, tf) as (converter, nhwc):
         yield TFLiteQuantizer(tf, converter, recipe, runner, calib, nhwc)
-

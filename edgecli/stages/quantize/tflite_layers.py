@@ -52,19 +52,21 @@ class Graph:
             self.interpreter.allocate_tensors()
         self.ops = [
             Op(d["index"], d["op_name"], tuple(int(i) for i in d["inputs"]), tuple(int(o) for o in d["outputs"]))
-            for d in self.interpreter._get_ops_details()  # noqa: SLF001 (the graph has no public accessor)
+            for d in self.interpreter._get_ops_details()
         ]
         self.inputs = self.interpreter.get_input_details()
         self.producer = {o: op for op in self.ops for o in op.outputs}
         self._details: dict[int, dict[str, Any]] = {}
         self.by_name: dict[str, int] = {}
-        for index in sorted({i for op in self.ops for i in (*op.inputs, *op.outputs) if i >= 0} | {d["index"] for d in self.inputs}):
+        for index in sorted(
+            {i for op in self.ops for i in (*op.inputs, *op.outputs) if i >= 0} | {d["index"] for d in self.inputs}
+        ):
             self.by_name.setdefault(self.detail(index)["name"], index)
         self.dynamic_batch = all(len(d["shape_signature"]) and d["shape_signature"][0] < 0 for d in self.inputs)
 
     def detail(self, index: int) -> dict[str, Any]:
         if index not in self._details:
-            self._details[index] = self.interpreter._get_tensor_details(index, 0)  # noqa: SLF001
+            self._details[index] = self.interpreter._get_tensor_details(index, 0)
         return self._details[index]
 
     def is_activation(self, index: int) -> bool:
@@ -169,7 +171,9 @@ def compare_layers(reference: bytes, candidate: bytes, inputs: dict[str, np.ndar
                 for float_index, quant_index in matched:
                     acc.add(float_graph.value(float_index), quant_graph.value(quant_index))
             bar.advance()
-    rel = {float_graph.detail(f)["name"]: acc.rel_mse for (_, matched), acc in zip(pairs, accumulators) for f, _ in matched}
+    rel = {
+        float_graph.detail(f)["name"]: acc.rel_mse for (_, matched), acc in zip(pairs, accumulators) for f, _ in matched
+    }
     layers = []
     for (op, matched), acc in zip(pairs, accumulators):
         name = float_graph.detail(op.outputs[0])["name"]
@@ -183,9 +187,15 @@ def compare_layers(reference: bytes, candidate: bytes, inputs: dict[str, np.ndar
                 extra["same_scale"] = True
         layers.append(
             LayerError(
-                node=name, op_type=op.op_type, output=name, snr_db=acc.snr_db, rel_mse=acc.rel_mse,
-                sensitivity=acc.rel_mse - max(upstream, default=0.0), quantized=quantized,
-                reason=None if quantized else "the TFLite quantizer kept it in float", extra=extra,
+                node=name,
+                op_type=op.op_type,
+                output=name,
+                snr_db=acc.snr_db,
+                rel_mse=acc.rel_mse,
+                sensitivity=acc.rel_mse - max(upstream, default=0.0),
+                quantized=quantized,
+                reason=None if quantized else "the TFLite quantizer kept it in float",
+                extra=extra,
             )
         )
     return layers

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgecli.analysis.metrics import accuracy
 from edgecli.data.dataset import load_dataset
 from edgecli.formats.model_file import ModelFile
-from edgecli.analysis.metrics import accuracy
 from edgecli.recipes import BenchRecipe, DataSpec
 from edgecli.runtimes import open_runner
 from edgecli.stages.bench.stage import latency_stats, measure_latency
@@ -22,7 +22,19 @@ from tests.conftest import data_args, run_cli
 TIMING = ["--set", "runs=20", "--set", "min_time_s=0.05", "--set", "warmup=2"]
 FAST = [*TIMING, "--set", "memory=false"]  # peak memory (a process per model) is measured in `report` only
 SAMPLE_MACS = 123_057_920  # sample_models/README.md: MACs per image
-POINT_KEYS = {"threads", "batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_per_s", "runs", "p50_spread", "speedup"}
+POINT_KEYS = {
+    "threads",
+    "batch_size",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "std_ms",
+    "throughput_per_s",
+    "runs",
+    "p50_spread",
+    "speedup",
+}
 
 
 def fixed_batch_onnx(path: Path) -> Path:
@@ -44,8 +56,25 @@ def fixed_batch_onnx(path: Path) -> Path:
 def report(sample, sample_int8, sample_tflite, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
     path = folder / "report.json"
-    result = run_cli("bench", sample["onnx"], sample_int8, sample_tflite, sample["pt2"], "-r", "default", *data_args("bench"), *TIMING,
-                     "--json", path, "--markdown", folder / "report.md", "--csv", folder / "report.csv", "--plot", folder / "report.png")
+    result = run_cli(
+        "bench",
+        sample["onnx"],
+        sample_int8,
+        sample_tflite,
+        sample["pt2"],
+        "-r",
+        "default",
+        *data_args("bench"),
+        *TIMING,
+        "--json",
+        path,
+        "--markdown",
+        folder / "report.md",
+        "--csv",
+        folder / "report.csv",
+        "--plot",
+        folder / "report.png",
+    )
     assert result.code == 0, result.stderr
     return json.loads(path.read_text()), result, folder
 
@@ -68,8 +97,24 @@ def test_report_has_the_documented_fields(report):
     assert {"reference", "data", "models", "gates", "passed", "warnings", "recipe", "machine"} <= set(data)
     assert [m["format"] for m in data["models"]] == ["onnx", "onnx", "tflite", "pt2"]
     for model in data["models"]:
-        assert {"path", "format", "size_bytes", "gzip_bytes", "params", "macs", "sparsity", "latency", "latency_ms",
-                "speedup", "size_ratio", "accuracy", "accuracy_drop", "agreement", "cosine", "relative_error"} <= set(model)
+        assert {
+            "path",
+            "format",
+            "size_bytes",
+            "gzip_bytes",
+            "params",
+            "macs",
+            "sparsity",
+            "latency",
+            "latency_ms",
+            "speedup",
+            "size_ratio",
+            "accuracy",
+            "accuracy_drop",
+            "agreement",
+            "cosine",
+            "relative_error",
+        } <= set(model)
         memory = model["memory"]  # measured in a process of its own per model
         assert model["peak_mib"] == memory["peak_mib"] >= memory["baseline_mib"] > 0
         assert 0 <= model["model_mib"] < memory["peak_mib"]
@@ -129,19 +174,39 @@ def test_table_on_stderr_lists_every_model(report):
 
 def test_broken_gate_exits_1_after_writing_the_report(sample, sample_int8, tmp_path):
     path = tmp_path / "r.json"
-    result = run_cli("bench", sample["onnx"], sample_int8, "-r", "default", *data_args("bench"), *FAST, "--set", "data.limit=200",
-                     "--set", "gates=['size_bytes <= 1000', 'accuracy_drop <= 0.05', 'cosine >= 0.99', 'macs <= 2e8']", "--json", path)
+    result = run_cli(
+        "bench",
+        sample["onnx"],
+        sample_int8,
+        "-r",
+        "default",
+        *data_args("bench"),
+        *FAST,
+        "--set",
+        "data.limit=200",
+        "--set",
+        "gates=['size_bytes <= 1000', 'accuracy_drop <= 0.05', 'cosine >= 0.99', 'macs <= 2e8']",
+        "--json",
+        path,
+    )
     assert result.code == 1
     data = json.loads(path.read_text())
     assert data["passed"] is False
     verdict = {g["gate"]: g["passed"] for g in data["gates"]}
-    assert verdict == {"size_bytes <= 1000": False, "accuracy_drop <= 0.05": True, "cosine >= 0.99": True, "macs <= 2e8": True}
+    assert verdict == {
+        "size_bytes <= 1000": False,
+        "accuracy_drop <= 0.05": True,
+        "cosine >= 0.99": True,
+        "macs <= 2e8": True,
+    }
     assert [g["model"] for g in data["gates"]] == [str(sample_int8)] * 4  # never the reference
     assert result.lines[-1].startswith("gate failed: 1 gate(s) failed: size_bytes <= 1000")
 
 
 def test_shipped_ci_gates_hold_for_int8_against_float_size_and_accuracy(sample, sample_int8):
-    result = run_cli("bench", sample["onnx"], sample_int8, "-r", "ci-gates", *data_args("bench"), *FAST, "--json", "-", "-q")
+    result = run_cli(
+        "bench", sample["onnx"], sample_int8, "-r", "ci-gates", *data_args("bench"), *FAST, "--json", "-", "-q"
+    )
     data = json.loads(result.stdout)
     verdict = {g["gate"]: g["passed"] for g in data["gates"]}
     assert set(verdict) == {"p90_ms <= 1.0", "size_bytes <= 500_000", "accuracy_drop <= 0.01", "speedup >= 1.5"}
@@ -162,7 +227,9 @@ def test_gate_on_a_metric_not_measured_exits_2(sample):
 
 
 def test_json_to_stdout_is_pure_json(sample, tmp_path):
-    result = run_cli("bench", sample["onnx"], "-r", "default", *data_args("bench"), *FAST, "--set", "data.limit=100", "--json", "-")
+    result = run_cli(
+        "bench", sample["onnx"], "-r", "default", *data_args("bench"), *FAST, "--set", "data.limit=100", "--json", "-"
+    )
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["models"][0]["format"] == "onnx"
 
@@ -177,13 +244,26 @@ def test_without_data_times_on_synthetic_inputs(sample):
 
 
 def test_multi_input_integer_transformer_without_data(tiny_transformer):
-    result = run_cli("bench", tiny_transformer.onnx, tiny_transformer.pt2, "-r", "default", *FAST, "--set", "batch_size=[1,4]",
-                     "--json", "-", "-q")
+    result = run_cli(
+        "bench",
+        tiny_transformer.onnx,
+        tiny_transformer.pt2,
+        "-r",
+        "default",
+        *FAST,
+        "--set",
+        "batch_size=[1,4]",
+        "--json",
+        "-",
+        "-q",
+    )
     assert result.code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["data"] == "random inputs"
     for model in data["models"]:
-        assert model["inputs"] == {name: {"shape": [1, 16], "dtype": "int64"} for name in ("input_ids", "attention_mask", "token_type_ids")}
+        assert model["inputs"] == {
+            name: {"shape": [1, 16], "dtype": "int64"} for name in ("input_ids", "attention_mask", "token_type_ids")
+        }
         assert [p["batch_size"] for p in model["latency"]] == [1, 4]
     onnx_row, pt2_row = data["models"]
     assert onnx_row["macs"] == pt2_row["macs"] > 1_000_000  # the same network counted two ways
@@ -191,12 +271,27 @@ def test_multi_input_integer_transformer_without_data(tiny_transformer):
 
 def test_sweep_times_every_threads_and_batch_point(sample, tmp_path):
     fixed = fixed_batch_onnx(tmp_path / "fixed.onnx")
-    result = run_cli("bench", sample["onnx"], fixed, "-r", "default", *FAST, "--set", "threads=[1,2]", "--set", "batch_size=[1,4]",
-                     "--json", "-")
+    result = run_cli(
+        "bench",
+        sample["onnx"],
+        fixed,
+        "-r",
+        "default",
+        *FAST,
+        "--set",
+        "threads=[1,2]",
+        "--set",
+        "batch_size=[1,4]",
+        "--json",
+        "-",
+    )
     assert result.code == 0, result.stderr
     sample_row, fixed_row = json.loads(result.stdout)["models"]
     assert [(p["threads"], p["batch_size"]) for p in sample_row["latency"]] == [(1, 1), (1, 4), (2, 1), (2, 4)]
-    assert [(p["threads"], p["batch_size"]) for p in fixed_row["latency"]] == [(1, 1), (2, 1)]  # its batch is fixed at 1
+    assert [(p["threads"], p["batch_size"]) for p in fixed_row["latency"]] == [
+        (1, 1),
+        (2, 1),
+    ]  # its batch is fixed at 1
     assert fixed_row["batch_fixed"] is True and sample_row["batch_fixed"] is False
     assert "fixed.onnx: its signature fixes the batch at 1" in result.stderr
     for point in sample_row["latency"]:
@@ -210,8 +305,22 @@ def test_sweep_times_every_threads_and_batch_point(sample, tmp_path):
 def test_reference_option_adds_a_model_not_given_and_identical_models_agree_fully(sample, tmp_path):
     copy = tmp_path / "copy.onnx"
     shutil.copyfile(sample["onnx"], copy)
-    result = run_cli("bench", copy, "--reference", sample["onnx"], "-r", "default", *data_args("bench"), *FAST,
-                     "--set", "data.limit=100", "--set", "gates=['cosine >= 0.999999']", "--json", "-")
+    result = run_cli(
+        "bench",
+        copy,
+        "--reference",
+        sample["onnx"],
+        "-r",
+        "default",
+        *data_args("bench"),
+        *FAST,
+        "--set",
+        "data.limit=100",
+        "--set",
+        "gates=['cosine >= 0.999999']",
+        "--json",
+        "-",
+    )
     assert result.code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["reference"] == str(sample["onnx"])
@@ -224,8 +333,24 @@ def test_reference_option_adds_a_model_not_given_and_identical_models_agree_full
 
 
 def test_reference_option_picks_one_of_the_models(sample, sample_int8):
-    result = run_cli("bench", sample["onnx"], sample_int8, "--reference", sample_int8, "-r", "default", *data_args("bench"), *FAST,
-                     "--set", "data.limit=100", "--set", "gates=['accuracy_drop <= 0.5']", "--json", "-", "-q")
+    result = run_cli(
+        "bench",
+        sample["onnx"],
+        sample_int8,
+        "--reference",
+        sample_int8,
+        "-r",
+        "default",
+        *data_args("bench"),
+        *FAST,
+        "--set",
+        "data.limit=100",
+        "--set",
+        "gates=['accuracy_drop <= 0.5']",
+        "--json",
+        "-",
+        "-q",
+    )
     assert result.code == 0, result.stderr
     data = json.loads(result.stdout)
     float_row, int8_row = data["models"]

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecli.data.dataset import synthetic_dataset, synthetic_fill, synthetic_sample_shape
-from edgecli.core.errors import RecipeError, UsageError
-from edgecli.formats.model_file import ModelFile
 from edgecli.analysis.metrics import mean_cosine
 from edgecli.analysis.model_stats import macs, onnx_macs, sparsity, topological_nodes
+from edgecli.core.errors import RecipeError, UsageError
+from edgecli.data.dataset import synthetic_dataset, synthetic_fill, synthetic_sample_shape
+from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import BenchRecipe, load_recipe
 from edgecli.runtimes.base import TensorSpec
-from edgecli.stages.bench.stage import evaluate_gates, gate_metrics
 from edgecli.stages.bench.honesty import spread_warnings, within_noise_warning
+from edgecli.stages.bench.stage import evaluate_gates, gate_metrics
 from edgecli.stages.bench.stats import latency_point, latency_stats, p50_spread, segment_p50s, speedup
 
 SAMPLE_MACS = 123_057_920
@@ -96,19 +96,34 @@ def test_speedup_compares_the_same_point_per_sample():
 def row(path: str, p90: float, size: int, accuracy_drop: float | None, spd: float) -> dict:
     return {
         "path": path,
-        "latency": [{"p50_ms": p90 / 2, "p90_ms": p90, "p99_ms": p90 * 2, "mean_ms": p90 / 2, "std_ms": 0.1,
-                     "throughput_per_s": 1000 / (p90 / 2), "p50_spread": 0.01}],
+        "latency": [
+            {
+                "p50_ms": p90 / 2,
+                "p90_ms": p90,
+                "p99_ms": p90 * 2,
+                "mean_ms": p90 / 2,
+                "std_ms": 0.1,
+                "throughput_per_s": 1000 / (p90 / 2),
+                "p50_spread": 0.01,
+            }
+        ],
         "size_bytes": size,
         "accuracy_drop": accuracy_drop,
         "speedup": spd,
     }
 
 
-ROWS = [row("float.onnx", 4.0, 2_000_000, 0.0, 1.0), row("int8.onnx", 1.0, 500_000, 0.004, 3.0), row("pruned.onnx", 4.5, 1_000_000, 0.02, 0.9)]
+ROWS = [
+    row("float.onnx", 4.0, 2_000_000, 0.0, 1.0),
+    row("int8.onnx", 1.0, 500_000, 0.004, 3.0),
+    row("pruned.onnx", 4.5, 1_000_000, 0.02, 0.9),
+]
 
 
 def test_gates_pass_and_fail_per_model_never_on_the_reference():
-    results = evaluate_gates(ROWS, ["p90_ms <= 2", "size_bytes <= 1_000_000", "accuracy_drop <= 0.01", "speedup >= 1.5"])
+    results = evaluate_gates(
+        ROWS, ["p90_ms <= 2", "size_bytes <= 1_000_000", "accuracy_drop <= 0.01", "speedup >= 1.5"]
+    )
     verdict = {(r["gate"], r["model"]): r["passed"] for r in results}
     assert verdict == {
         ("p90_ms <= 2", "int8.onnx"): True,
@@ -149,7 +164,10 @@ def test_unknown_gate_metric_is_a_recipe_error_with_a_suggestion():
 
 
 def test_spread_warning_names_the_model_and_the_remedy():
-    rows = [{"path": "a/model.onnx", "latency": [point(1.0, spread=0.08)]}, {"path": "b.onnx", "latency": [point(1.0, spread=0.01)]}]
+    rows = [
+        {"path": "a/model.onnx", "latency": [point(1.0, spread=0.08)]},
+        {"path": "b.onnx", "latency": [point(1.0, spread=0.01)]},
+    ]
     assert spread_warnings(rows, max_spread=0.05) == [
         "p50 of model.onnx varied by 8% across the run: differences under that are noise; close other programs or raise min_time_s"
     ]
@@ -201,16 +219,23 @@ def test_dynamic_dims_by_name_or_axis_and_input_shapes():
 
 
 def test_fill_follows_the_input_name():
-    assert [synthetic_fill(n) for n in ("attention_mask", "MASK", "token_type_ids", "segment_ids", "input_ids", "pixel_values")] == [
-        "ones", "ones", "zeros", "zeros", "random", "random"
-    ]
+    assert [
+        synthetic_fill(n)
+        for n in ("attention_mask", "MASK", "token_type_ids", "segment_ids", "input_ids", "pixel_values")
+    ] == ["ones", "ones", "zeros", "zeros", "random", "random"]
 
 
 def test_recipe_synthesis_fields():
-    recipe = BenchRecipe(threads=2, batch_size=[1, 8], dynamic_dims={1: 64}, input_shapes={"input_ids": [16]}, int_range=[0, 30522])
+    recipe = BenchRecipe(
+        threads=2, batch_size=[1, 8], dynamic_dims={1: 64}, input_shapes={"input_ids": [16]}, int_range=[0, 30522]
+    )
     assert recipe.threads == [2] and recipe.batch_size == [1, 8]
     assert recipe.dynamic_dims == {"1": 64} and recipe.int_range == (0, 30522)
-    for bad, message in ((["threads=[1,1]"], "listed twice"), (["int_range=[5,5]"], "is empty"), (["threads=0"], "threads.0")):
+    for bad, message in (
+        (["threads=[1,1]"], "listed twice"),
+        (["int_range=[5,5]"], "is empty"),
+        (["threads=0"], "threads.0"),
+    ):
         with pytest.raises(RecipeError, match=message):
             load_recipe("bench", "default", bad)
 
@@ -255,8 +280,11 @@ def test_macs_of_a_graph_stored_out_of_order_and_of_a_matmul(tmp_path: Path):
     weight = numpy_helper.from_array(np.ones((8, 3), np.float32), "w")
     nodes = [helper.make_node("Relu", ["h"], ["y"]), helper.make_node("MatMul", ["x", "w"], ["h"])]  # consumer first
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 3])], [weight],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 3])],
+        [weight],
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     assert [n.op_type for n in topological_nodes(list(proto.graph.node))] == ["MatMul", "Relu"]
@@ -275,7 +303,8 @@ def test_sparsity_counts_exact_zeros_of_weight_tensors(tmp_path: Path):
     weight[weight % 3 == 0] = 0.0  # 0, 3, 6, 9: 4 of 12
     bias = numpy_helper.from_array(np.zeros(3, np.float32), "b")  # rank 1: not a weight tensor
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w", "b"], ["y"])], "g",
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
         [numpy_helper.from_array(weight, "w"), bias],

@@ -22,7 +22,17 @@ FAST = ["--set", f"calibration_samples={CALIBRATION}", "--set", f"parity.samples
 def micro_sample(sample, tmp_path_factory):
     """The sample ONNX model converted with -r tflite-micro once for the session: (folder, result)."""
     folder = tmp_path_factory.mktemp("micro")
-    result = run_cli("convert", sample["onnx"], "-r", "tflite-micro", "--data", sample["eval"], *FAST, "-o", folder / "fashion.tflite")
+    result = run_cli(
+        "convert",
+        sample["onnx"],
+        "-r",
+        "tflite-micro",
+        "--data",
+        sample["eval"],
+        *FAST,
+        "-o",
+        folder / "fashion.tflite",
+    )
     return folder, result
 
 
@@ -92,7 +102,10 @@ def test_sample_model_runs_under_tflm_with_the_reported_arena(sample, micro_samp
     interpreter = _tflm(model, arena)
     detail = interpreter.get_input_details(0)
     assert detail["dtype"] is np.int8 and list(detail["shape"]) == [1, 28, 28, 1]
-    scale, zero_point = detail["quantization_parameters"]["scales"][0], detail["quantization_parameters"]["zero_points"][0]
+    scale, zero_point = (
+        detail["quantization_parameters"]["scales"][0],
+        detail["quantization_parameters"]["zero_points"][0],
+    )
     top1 = []
     for image in x.transpose(0, 2, 3, 1):
         interpreter.set_input(np.clip(np.round(image[None] / scale + zero_point), -128, 127).astype(np.int8), 0)
@@ -142,7 +155,9 @@ def test_op_without_a_tflm_kernel_exits_4_naming_it(tiny_keras, tmp_path):
 
 
 def test_output_must_be_a_tflite_path(sample, tmp_path):
-    result = run_cli("convert", sample["onnx"], "-r", "tflite-micro", "--data", sample["eval"], "-o", tmp_path / "m.onnx")
+    result = run_cli(
+        "convert", sample["onnx"], "-r", "tflite-micro", "--data", sample["eval"], "-o", tmp_path / "m.onnx"
+    )
     assert result.code == 2
     assert "writes tflite" in result.lines[-1]
     assert leftovers(tmp_path) == []

@@ -25,7 +25,9 @@ def test_ort_format_matches_its_parent_and_keeps_lineage(sample, tmp_path, sourc
     assert model.format is Format.ORT and out.read_bytes()[4:8] == b"ORTM"
     step = model.lineage["steps"][-1]
     assert step["verb"] == "convert" and step["parent"]["format"] == source
-    assert step["metrics"]["parity_max_abs_diff"] <= 1e-4 and step["metrics"]["parity_agreement"] == 1.0  # 1.9e-6 measured
+    assert (
+        step["metrics"]["parity_max_abs_diff"] <= 1e-4 and step["metrics"]["parity_agreement"] == 1.0
+    )  # 1.9e-6 measured
     data = load_dataset(DataSpec(path=sample["eval"], limit=256))
     reference = open_runner(ModelFile.open(sample["onnx"])).predict(data)[0]
     runner = open_runner(model)
@@ -36,8 +38,22 @@ def test_ort_format_matches_its_parent_and_keeps_lineage(sample, tmp_path, sourc
 def test_ort_file_is_benchmarked_and_inspected(sample, tmp_path):
     out = tmp_path / "model.ort"
     assert run_cli("convert", sample["onnx"], "-r", "ort-mobile", "--data", sample["eval"], "-o", out, "-q").code == 0
-    bench = run_cli("bench", sample["onnx"], out, "-r", "default", "--data", sample["eval"], "--set", "runs=10",
-                    "--set", "min_time_s=0", "--json", "-", "-q")
+    bench = run_cli(
+        "bench",
+        sample["onnx"],
+        out,
+        "-r",
+        "default",
+        "--data",
+        sample["eval"],
+        "--set",
+        "runs=10",
+        "--set",
+        "min_time_s=0",
+        "--json",
+        "-",
+        "-q",
+    )
     assert bench.code == 0, bench.stderr
     rows = json.loads(bench.stdout)["models"]
     assert rows[1]["format"] == "ort" and rows[1]["agreement"] == 1.0 and rows[1]["accuracy"] == rows[0]["accuracy"]

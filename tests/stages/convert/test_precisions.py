@@ -29,8 +29,16 @@ def _weight_dtypes(path: Path) -> set[str]:
 def test_full_integer_int8_agrees_with_float_on_held_out_samples(sample, tmp_path):
     out = tmp_path / "int8.tflite"
     result = run_cli(
-        "convert", sample["onnx"], "-r", "tflite-int8", "--data", sample["eval"],
-        "--set", "parity.samples=1000", "-o", out,
+        "convert",
+        sample["onnx"],
+        "-r",
+        "tflite-int8",
+        "--data",
+        sample["eval"],
+        "--set",
+        "parity.samples=1000",
+        "-o",
+        out,
     )
     assert result.code == 0, result.stderr
     step = ModelFile.open(out).lineage["steps"][-1]
@@ -51,8 +59,19 @@ def test_dynamic_range_and_float16_shrink_the_weights_and_agree(sample, tmp_path
     for precision, dtype, ratio, rel in (("dynamic", "int8", 0.3, 0.05), ("float16", "float16", 0.55, 1e-3)):
         out = tmp_path / f"{precision}.tflite"
         result = run_cli(
-            "convert", sample["onnx"], "-r", "tflite", "--data", sample["eval"],
-            "--set", f"precision={precision}", "--set", "parity.samples=128", "-o", out, "-q",
+            "convert",
+            sample["onnx"],
+            "-r",
+            "tflite",
+            "--data",
+            sample["eval"],
+            "--set",
+            f"precision={precision}",
+            "--set",
+            "parity.samples=128",
+            "-o",
+            out,
+            "-q",
         )
         assert result.code == 0, result.stderr
         reference = _outputs(sample["onnx"], sample["eval"], 0, 256)
@@ -96,7 +115,8 @@ def _redundant_model(path: Path) -> None:
         helper.make_node("Relu", ["sum"], ["y"], name="relu"),
     ]
     graph = helper.make_graph(
-        nodes, "redundant",
+        nodes,
+        "redundant",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
         [a, b],

@@ -11,6 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgecli.backends.tflite_convert import onnx2tf_output
 from edgecli.core.errors import TransformError
 from edgecli.formats import onnx_file
 from edgecli.stages.convert.preflight import (
@@ -22,7 +23,6 @@ from edgecli.stages.convert.preflight import (
     ort_problems,
     tflite_findings,
 )
-from edgecli.backends.tflite_convert import onnx2tf_output
 from tests.conftest import leftovers, run_cli
 
 
@@ -155,7 +155,10 @@ def test_pt2_export_failure_names_the_op(tmp_path):
     result = run_cli("convert", source, "-r", "onnx", "-o", out / "cummax.onnx")
     assert result.code == 4, result.stderr
     assert time.perf_counter() - start < 30
-    assert f"torch.onnx could not export {source}: no ONNX translation for aten.cummax.default (graph node %cummax)" in result.lines[-1]
+    assert (
+        f"torch.onnx could not export {source}: no ONNX translation for aten.cummax.default (graph node %cummax)"
+        in result.lines[-1]
+    )
     assert "Refer to the full stack trace" not in result.stderr
     assert leftovers(out) == []
 
@@ -181,7 +184,10 @@ def test_dynamic_shapes_are_warned_on_the_cli_with_the_problems(tmp_path):
     source = _save(proto, tmp_path / "seq.onnx")
     result = run_cli("convert", source, "-r", "tflite", "-o", tmp_path / "seq.tflite")
     assert result.code == 4
-    assert result.lines[0] == "warning: TFLite delegates (GPU/NNAPI/NPU) need static shapes: input 'x' dim 1 'seq' is dynamic"
+    assert (
+        result.lines[0]
+        == "warning: TFLite delegates (GPU/NNAPI/NPU) need static shapes: input 'x' dim 1 'seq' is dynamic"
+    )
 
 
 def test_tflite_micro_flags_builtins_tflm_has_no_kernel_for():
@@ -209,12 +215,15 @@ def test_constant_folded_ops_are_not_flagged():
     ]
     assert micro_problems(_model(nodes, [_input([1, 8])], scalars)) == []
     dynamic = _model(nodes, [_input([1, "n"])], scalars)
-    assert micro_problems(dynamic) == ["op Range (node 'range'): becomes TFLite RANGE, which TensorFlow Lite Micro has no kernel for"]
+    assert micro_problems(dynamic) == [
+        "op Range (node 'range'): becomes TFLite RANGE, which TensorFlow Lite Micro has no kernel for"
+    ]
 
 
 def test_tflm_table_matches_the_installed_tflite_micro():
     """Every builtin the table calls missing has no Register_<BUILTIN> in the tflite-micro runtime."""
     import tflite_micro as package
+
     runtime = next(Path(package.__file__).parent.rglob("_runtime*.so"))
     symbols = set(re.findall(rb"Register_([A-Z0-9_]+)Ev", runtime.read_bytes()))
     assert {b"CONV_2D", b"FULLY_CONNECTED", b"SOFTMAX"} <= symbols  # the scan sees registered kernels

@@ -50,7 +50,9 @@ def test_onnx_to_tflite_records_nhwc_and_matches(sample, sample_tflite):
 
 def test_pt2_to_tflite_in_one_step(sample, tmp_path):
     out = tmp_path / "cnn.tflite"
-    result = run_cli("convert", sample["pt2"], "-r", "tflite", *data_args("convert"), "--set", "parity.samples=64", "-o", out, "-q")
+    result = run_cli(
+        "convert", sample["pt2"], "-r", "tflite", *data_args("convert"), "--set", "parity.samples=64", "-o", out, "-q"
+    )
     assert result.code == 0, result.stderr
     assert result.stderr == ""  # -q: nothing on stderr on success
     diff = np.abs(_outputs(sample["pt2"], sample["eval"], 64) - _outputs(out, sample["eval"], 64)).max()
@@ -67,7 +69,9 @@ def test_random_inputs_when_no_data_are_announced(sample, tmp_path):
 
 def test_opset_upgrade_onnx_to_onnx(sample, tmp_path):
     out = tmp_path / "op20.onnx"
-    result = run_cli("convert", sample["onnx"], "-r", "onnx", *data_args("convert"), "--set", "opset=20", "-o", out, "-q")
+    result = run_cli(
+        "convert", sample["onnx"], "-r", "onnx", *data_args("convert"), "--set", "opset=20", "-o", out, "-q"
+    )
     assert result.code == 0, result.stderr
     proto = onnx.load(str(out))
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [20]
@@ -89,7 +93,17 @@ def test_opset_downgrade_18_to_17_drops_the_attribute_opset_17_lacks(sample, tmp
 
 
 def test_opset_downgrade_without_an_adapter_names_the_op(sample, tmp_path):
-    result = run_cli("convert", sample["onnx"], "-r", "onnx", *data_args("convert"), "--set", "opset=13", "-o", tmp_path / "op13.onnx")
+    result = run_cli(
+        "convert",
+        sample["onnx"],
+        "-r",
+        "onnx",
+        *data_args("convert"),
+        "--set",
+        "opset=13",
+        "-o",
+        tmp_path / "op13.onnx",
+    )
     assert result.code == 4
     assert "opset 18 -> 13" in result.lines[-1] and "adapter for Relu" in result.lines[-1]
     assert leftovers(tmp_path) == []

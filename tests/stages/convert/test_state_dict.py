@@ -49,9 +49,25 @@ def assert_parent_is_the_state_dict(path: Path) -> dict:
 
 def test_state_dict_to_pt2_with_input_shape(tmp_path: Path, evaluation) -> None:
     out = tmp_path / "cnn.pt2"
-    result = run_cli("--trust-code", "convert", STATE_DICT, "-r", "onnx", "--set", "target=pt2", "--set", FACTORY,
-                     "--set", "model.input_shape=[1,1,28,28]", "--data", SAMPLE / "eval.npz",
-                     "--set", "parity.samples=32", "-o", out)
+    result = run_cli(
+        "--trust-code",
+        "convert",
+        STATE_DICT,
+        "-r",
+        "onnx",
+        "--set",
+        "target=pt2",
+        "--set",
+        FACTORY,
+        "--set",
+        "model.input_shape=[1,1,28,28]",
+        "--data",
+        SAMPLE / "eval.npz",
+        "--set",
+        "parity.samples=32",
+        "-o",
+        out,
+    )
     assert result.code == 0, result.stderr
     assert leftovers(tmp_path) == ["cnn.pt2"]
     model = ModelFile.open(out)
@@ -67,8 +83,21 @@ def test_state_dict_to_pt2_with_input_shape(tmp_path: Path, evaluation) -> None:
 
 def test_state_dict_to_onnx_matches_the_eager_module(tmp_path: Path, evaluation) -> None:
     out = tmp_path / "cnn.onnx"
-    result = run_cli("--trust-code", "convert", STATE_DICT, "-r", "onnx", "--set", FACTORY, "--data", SAMPLE / "eval.npz",
-                     "--set", "parity.samples=64", "-o", out)
+    result = run_cli(
+        "--trust-code",
+        "convert",
+        STATE_DICT,
+        "-r",
+        "onnx",
+        "--set",
+        FACTORY,
+        "--data",
+        SAMPLE / "eval.npz",
+        "--set",
+        "parity.samples=64",
+        "-o",
+        out,
+    )
     assert result.code == 0, result.stderr
     assert leftovers(tmp_path) == ["cnn.onnx"]
     _, labels, eager = evaluation
@@ -81,9 +110,27 @@ def test_state_dict_to_onnx_matches_the_eager_module(tmp_path: Path, evaluation)
 
 def test_quantize_a_state_dict(tmp_path: Path) -> None:
     out = tmp_path / "cnn.int8.onnx"
-    result = run_cli("--trust-code", "quantize", STATE_DICT, "-r", "int8-static", "--set", FACTORY, "--data", SAMPLE / "calib.npz",
-                     "--eval-data", SAMPLE / "eval.npz", "--set", "eval_data.limit=500",
-                     "--set", "calibration.samples=64", "--set", "speed_check=false", "-o", out)
+    result = run_cli(
+        "--trust-code",
+        "quantize",
+        STATE_DICT,
+        "-r",
+        "int8-static",
+        "--set",
+        FACTORY,
+        "--data",
+        SAMPLE / "calib.npz",
+        "--eval-data",
+        SAMPLE / "eval.npz",
+        "--set",
+        "eval_data.limit=500",
+        "--set",
+        "calibration.samples=64",
+        "--set",
+        "speed_check=false",
+        "-o",
+        out,
+    )
     assert result.code == 0, result.stderr
     assert leftovers(tmp_path) == ["cnn.int8.onnx"]
     assert ModelFile.open(out).format is Format.ONNX

@@ -39,7 +39,9 @@ def test_hint_loss_pools_to_the_smaller_map_then_takes_the_mse():
     expected = np.mean((pooled - teacher) ** 2)
     assert float(hint_loss(torch.tensor(student), torch.tensor(teacher))) == pytest.approx(expected, rel=1e-9)
     same_size = rng.normal(size=(2, 3, 2, 2))
-    assert float(hint_loss(torch.tensor(same_size), torch.tensor(teacher))) == pytest.approx(np.mean((same_size - teacher) ** 2))
+    assert float(hint_loss(torch.tensor(same_size), torch.tensor(teacher))) == pytest.approx(
+        np.mean((same_size - teacher) ** 2)
+    )
 
 
 def test_hint_adapter_maps_student_channels_to_teacher_channels():

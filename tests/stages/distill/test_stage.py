@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from edgecli.analysis.metrics import accuracy
 from edgecli.data.dataset import load_dataset
 from edgecli.formats.model_file import ModelFile
-from edgecli.analysis.metrics import accuracy
 from edgecli.recipes import DataSpec
 from edgecli.runtimes import open_runner
 from tests.conftest import ROOT, data_args, leftovers, run_cli
@@ -61,7 +61,9 @@ def test_onnx_teacher_student_learns_is_cached_and_deterministic(sample, tmp_pat
     metrics = _last_step(a)["metrics"]
     student_acc = _eval_accuracy(a, sample["eval"])
     assert abs(metrics["accuracy"] - student_acc) < 1e-9
-    assert student_acc >= 0.75, student_acc  # 4 epochs on 1350 images: measured 0.7985 with one torch thread (teacher 0.9185; chance 0.1)
+    assert student_acc >= 0.75, (
+        student_acc
+    )  # 4 epochs on 1350 images: measured 0.7985 with one torch thread (teacher 0.9185; chance 0.1)
     assert metrics["student_params"] == _params(a) <= 0.25 * _params(sample["pt2"])
     assert metrics["teacher_accuracy"] == pytest.approx(0.9185, abs=1e-4)
     assert report_a["student_p50_ms"] < report_a["teacher_p50_ms"]  # ~60x fewer MACs
@@ -76,9 +78,28 @@ def test_tflite_teacher_and_mlp_student_without_labels(sample, sample_tflite, tm
     unlabeled = tmp_path / "x.npz"
     np.savez(unlabeled, x=np.load(sample["train"])["x"][:1500])
     out = tmp_path / "mlp.pt2"
-    result = run_cli("distill", sample_tflite, "-r", "kd-unlabelled", "--data", unlabeled, "--eval-data", sample["eval"],
-                     "--set", "student={family: mlp, hidden: [64]}", "--set", "augment=null", "--set", "epochs=3",
-                     "--set", "latency_runs=0", "-o", out, "-q", env=cache)
+    result = run_cli(
+        "distill",
+        sample_tflite,
+        "-r",
+        "kd-unlabelled",
+        "--data",
+        unlabeled,
+        "--eval-data",
+        sample["eval"],
+        "--set",
+        "student={family: mlp, hidden: [64]}",
+        "--set",
+        "augment=null",
+        "--set",
+        "epochs=3",
+        "--set",
+        "latency_runs=0",
+        "-o",
+        out,
+        "-q",
+        env=cache,
+    )
     assert result.code == 0, result.stderr
     student_acc = _eval_accuracy(out, sample["eval"])
     assert student_acc > 0.65, student_acc  # soft targets alone teach it (chance is 0.1)
@@ -89,20 +110,37 @@ def test_tflite_teacher_and_mlp_student_without_labels(sample, sample_tflite, tm
 def test_pt2_teacher_with_hint_loss(sample, tmp_path, cache):
     """The hint pulls a student feature map (through a learned 1x1 conv) towards a teacher layer
     named by its .pt2 graph node; the run must learn and the hint must change the student."""
-    common = ["distill", sample["pt2"], "-r", "kd", *data_args("distill"), *SMALL, "--set", "epochs=2",
-              "--set", "latency_runs=0", "-q"]
+    common = [
+        "distill",
+        sample["pt2"],
+        "-r",
+        "kd",
+        *data_args("distill"),
+        *SMALL,
+        "--set",
+        "epochs=2",
+        "--set",
+        "latency_runs=0",
+        "-q",
+    ]
     hinted, plain = tmp_path / "hint.pt2", tmp_path / "plain.pt2"
-    result = run_cli(*common, "--set", "hint={teacher_layer: relu__5, student_layer: '6', weight: 0.5}", "-o", hinted, env=cache)
+    result = run_cli(
+        *common, "--set", "hint={teacher_layer: relu__5, student_layer: '6', weight: 0.5}", "-o", hinted, env=cache
+    )
     # relu__5: the teacher's 128 x 14 x 14 map after its sixth conv; '6': the student's 48 x 14 x 14 ReLU
     assert result.code == 0, result.stderr
     assert run_cli(*common, "-o", plain, env=cache).code == 0
     assert _eval_accuracy(hinted, sample["eval"]) > 0.7  # measured 0.749 after 2 epochs (2 torch threads)
     hint_losses = _last_step(hinted)["metrics"]["hint_loss"]
-    assert len(hint_losses) == 2 and hint_losses[1] < 0.8 * hint_losses[0], hint_losses  # the features move to the teacher's
+    assert len(hint_losses) == 2 and hint_losses[1] < 0.8 * hint_losses[0], (
+        hint_losses
+    )  # the features move to the teacher's
     assert "hint_loss" not in _last_step(plain)["metrics"]
     assert _last_step(hinted)["recipe"]["hint"]["teacher_layer"] == "relu__5"
 
-    bad = run_cli(*common, "--set", "hint={teacher_layer: relu__55, student_layer: '6'}", "-o", tmp_path / "x.pt2", env=cache)
+    bad = run_cli(
+        *common, "--set", "hint={teacher_layer: relu__55, student_layer: '6'}", "-o", tmp_path / "x.pt2", env=cache
+    )
     assert bad.code == 2 and "relu__55" in bad.stderr and "relu__5" in bad.stderr, bad.stderr
     assert not (tmp_path / "x.pt2").exists()
 
@@ -113,9 +151,23 @@ def test_student_from_pt2_file_and_from_factory(sample, tmp_path, cache):
 
     init = tmp_path / "init.pt2"
     module = build_student(StudentSpec(channels=[8, 16]), (1, 28, 28), 10).eval()
-    torch.export.save(torch.export.export(module, (torch.zeros(2, 1, 28, 28),),
-                                          dynamic_shapes=({0: torch.export.Dim("batch")},)), str(init))
-    args = ["distill", sample["onnx"], "-r", "kd", *data_args("distill"), *SMALL, "--set", "epochs=2", "--set", "latency_runs=0", "-q"]
+    torch.export.save(
+        torch.export.export(module, (torch.zeros(2, 1, 28, 28),), dynamic_shapes=({0: torch.export.Dim("batch")},)),
+        str(init),
+    )
+    args = [
+        "distill",
+        sample["onnx"],
+        "-r",
+        "kd",
+        *data_args("distill"),
+        *SMALL,
+        "--set",
+        "epochs=2",
+        "--set",
+        "latency_runs=0",
+        "-q",
+    ]
     from_file = tmp_path / "from_file.pt2"
     result = run_cli(*args, "--set", f"student={{path: {init}}}", "-o", from_file, env=cache)
     assert result.code == 0, result.stderr
@@ -123,11 +175,28 @@ def test_student_from_pt2_file_and_from_factory(sample, tmp_path, cache):
     assert _eval_accuracy(from_file, sample["eval"]) > 0.7
 
     factory = tmp_path / "my_students.py"
-    factory.write_text("import torch.nn as nn\n\ndef tiny(hidden=32):\n"
-                       "    return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))\n")
+    factory.write_text(
+        "import torch.nn as nn\n\ndef tiny(hidden=32):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))\n"
+    )
     from_code = tmp_path / "from_code.pt2"
-    result = subprocess.run([sys.executable, "-m", "edgecli", "--trust-code", *map(str, args), "--set", "student={factory: 'my_students:tiny', kwargs: {hidden: 24}}",
-                             "-o", from_code], cwd=tmp_path, capture_output=True, text=True, env={**_env(), **cache})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecli",
+            "--trust-code",
+            *map(str, args),
+            "--set",
+            "student={factory: 'my_students:tiny', kwargs: {hidden: 24}}",
+            "-o",
+            from_code,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**_env(), **cache},
+    )
     assert result.returncode == 0, result.stderr
     assert _params(from_code) == 784 * 24 + 24 + 24 * 10 + 10
 
@@ -139,8 +208,25 @@ def _env() -> dict[str, str]:
 
 
 def test_sigint_then_resume_gives_the_uninterrupted_student(sample, tmp_path, cache):
-    args = [sys.executable, "-m", "edgecli", "distill", str(sample["onnx"]), "-r", "kd", *map(str, data_args("distill")),
-            "--set", "data.limit=1000", "--set", "augment.views=2", "--set", "epochs=6", "--set", "latency_runs=0", "-q"]
+    args = [
+        sys.executable,
+        "-m",
+        "edgecli",
+        "distill",
+        str(sample["onnx"]),
+        "-r",
+        "kd",
+        *map(str, data_args("distill")),
+        "--set",
+        "data.limit=1000",
+        "--set",
+        "augment.views=2",
+        "--set",
+        "epochs=6",
+        "--set",
+        "latency_runs=0",
+        "-q",
+    ]
     env = {**_env(), **cache}
     reference = tmp_path / "reference.pt2"
     assert subprocess.run([*args, "-o", str(reference)], env=env, capture_output=True).returncode == 0
@@ -160,24 +246,48 @@ def test_sigint_then_resume_gives_the_uninterrupted_student(sample, tmp_path, ca
     saved = tmp_path / "saved.ckpt"
     saved.write_bytes(ckpt.read_bytes())
 
-    resumed = subprocess.run([*args, "-o", str(out), "--checkpoint", str(ckpt), "--report", str(tmp_path / "r.json")],
-                             env=env, capture_output=True, text=True)
+    resumed = subprocess.run(
+        [*args, "-o", str(out), "--checkpoint", str(ckpt), "--report", str(tmp_path / "r.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((tmp_path / "r.json").read_text())["resumed_from_epoch"] >= 1
     assert out.read_bytes() == reference.read_bytes()
     assert leftovers(out.parent) == ["student.pt2"]  # the checkpoint is removed once the student is written
 
-    other = subprocess.run([*args, "--set", "seed=3", "-o", str(tmp_path / "x.pt2"), "--checkpoint", str(saved)],
-                           env=env, capture_output=True, text=True)
+    other = subprocess.run(
+        [*args, "--set", "seed=3", "-o", str(tmp_path / "x.pt2"), "--checkpoint", str(saved)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert other.returncode == 2 and "belongs to another run" in other.stderr, other.stderr
-    not_one = subprocess.run([*args, "-o", str(tmp_path / "x.pt2"), "--checkpoint", str(reference)], env=env, capture_output=True, text=True)
+    not_one = subprocess.run(
+        [*args, "-o", str(tmp_path / "x.pt2"), "--checkpoint", str(reference)], env=env, capture_output=True, text=True
+    )
     assert not_one.returncode == 3 and "cannot be read" in not_one.stderr, not_one.stderr
     assert not (tmp_path / "x.pt2").exists()
 
 
 def test_baseline_and_bad_inputs(sample, tmp_path, cache):
-    args = ["distill", sample["onnx"], "-r", "kd", *data_args("distill"), "--set", "data.limit=600", "--set", "augment=null",
-            "--set", "epochs=1", "--set", "latency_runs=0", "-q"]
+    args = [
+        "distill",
+        sample["onnx"],
+        "-r",
+        "kd",
+        *data_args("distill"),
+        "--set",
+        "data.limit=600",
+        "--set",
+        "augment=null",
+        "--set",
+        "epochs=1",
+        "--set",
+        "latency_runs=0",
+        "-q",
+    ]
     out = tmp_path / "s.pt2"
     result = run_cli(*args, "--set", "baseline=true", "-o", out, env=cache)
     assert result.code == 0, result.stderr
@@ -191,12 +301,18 @@ def test_baseline_and_bad_inputs(sample, tmp_path, cache):
     unlabeled = tmp_path / "x.npz"
     np.savez(unlabeled, x=train["x"][:100])
     wrong_head = tmp_path / "five.py"
-    wrong_head.write_text("import torch.nn as nn\n\ndef five():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 5))\n")
+    wrong_head.write_text(
+        "import torch.nn as nn\n\ndef five():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 5))\n"
+    )
     cases = [
         (["--data", bad_labels], 3, "hold values outside 0..9 (e.g. 12 at row 7): the model has 10 classes"),
         (["--data", unlabeled, "--set", "baseline=true"], 2, "baseline: true needs labels"),
         (["--set", "student={factory: 'five:five'}"], 2, "outputs [2, 5] but the teacher's logits are [N, 10]"),
-        (["--set", "student={family: mlp, path: x.pt2}"], 2, "give one of student.family, student.path, student.factory"),
+        (
+            ["--set", "student={family: mlp, path: x.pt2}"],
+            2,
+            "give one of student.family, student.path, student.factory",
+        ),
         (["--set", "hint={teacher_layer: x, student_layer: '1'}"], 2, "is not a tensor of the ONNX teacher"),
         (["--set", "augment={views: 0}"], 2, "augment.views"),
         (["--checkpoint", sample["onnx"]], 2, "is the teacher model"),  # never written over the input
@@ -215,10 +331,36 @@ def test_runs_under_torchrun_with_two_processes(sample, tmp_path, cache):
     torchrun = Path(sys.executable).parent / "torchrun"
     out, report = tmp_path / "ddp.pt2", tmp_path / "ddp.json"
     result = subprocess.run(
-        [str(torchrun), "--nproc-per-node", "2", "-m", "edgecli", "distill", str(sample["onnx"]), "-r", "kd",
-         *map(str, data_args("distill")), "--set", "data.limit=2000", "--set", "augment.views=2", "--set", "epochs=3",
-         "--set", "latency_runs=0", "-o", str(out), "--report", str(report), "-q"],
-        env={**_env(), **cache}, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        [
+            str(torchrun),
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "edgecli",
+            "distill",
+            str(sample["onnx"]),
+            "-r",
+            "kd",
+            *map(str, data_args("distill")),
+            "--set",
+            "data.limit=2000",
+            "--set",
+            "augment.views=2",
+            "--set",
+            "epochs=3",
+            "--set",
+            "latency_runs=0",
+            "-o",
+            str(out),
+            "--report",
+            str(report),
+            "-q",
+        ],
+        env={**_env(), **cache},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(report.read_text())["processes"] == 2

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from edgecli.analysis.metrics import accuracy
 from edgecli.data.dataset import load_dataset
 from edgecli.formats.model_file import ModelFile
-from edgecli.analysis.metrics import accuracy
 from edgecli.recipes import DataSpec
 from edgecli.runtimes import open_runner
 from edgecli.stages.prune.stage import magnitude_masks
@@ -52,8 +52,22 @@ def test_layer_masks_prune_every_layer_alike():
 def pruned_80(sample, tmp_path_factory):
     """One run without fine-tuning, shared by the tests below: magnitude-50 at sparsity 0.8."""
     out = tmp_path_factory.mktemp("p80") / "p80.pt2"
-    result = run_cli("prune", sample["pt2"], "-r", "magnitude-50", *data_args("prune"), "--set", "sparsity=0.8",
-                     "--set", "finetune.epochs=0", "--set", "eval_data.limit=200", "-o", out, "-q")
+    result = run_cli(
+        "prune",
+        sample["pt2"],
+        "-r",
+        "magnitude-50",
+        *data_args("prune"),
+        "--set",
+        "sparsity=0.8",
+        "--set",
+        "finetune.epochs=0",
+        "--set",
+        "eval_data.limit=200",
+        "-o",
+        out,
+        "-q",
+    )
     assert result.code == 0, result.stderr
     return out
 
@@ -97,8 +111,18 @@ def test_pruned_model_compresses_better(sample, pruned_80):
 def test_same_seed_same_bytes(sample, tmp_path):
     # 2 fine-tuning steps (128 images, batch 64): shuffling, optimiser and masks all run; fewer images
     # only make the run shorter
-    args = ["-r", "magnitude-50", *data_args("prune"), "--set", "finetune.epochs=1", "--set", "data.limit=128",
-            "--set", "eval_data.limit=64", "-q"]
+    args = [
+        "-r",
+        "magnitude-50",
+        *data_args("prune"),
+        "--set",
+        "finetune.epochs=1",
+        "--set",
+        "data.limit=128",
+        "--set",
+        "eval_data.limit=64",
+        "-q",
+    ]
     a, b = tmp_path / "a.pt2", tmp_path / "b.pt2"
     assert run_cli("prune", sample["pt2"], *args, "-o", a).code == 0
     assert run_cli("prune", sample["pt2"], *args, "-o", b).code == 0

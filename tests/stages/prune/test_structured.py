@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgecli.formats.model_file import ModelFile
 from edgecli.analysis.model_stats import macs
+from edgecli.formats.model_file import ModelFile
 from edgecli.stages.prune.lift import lift, lift_difference
 from tests.conftest import ROOT, data_args, run_cli
 
@@ -89,7 +89,9 @@ def _export(module: nn.Module, folder: Path, name: str) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     x = rng.random((64, 1, 16, 16), dtype=np.float32)
     y = rng.integers(0, 10, 64)
-    program = torch.export.export(module, (torch.from_numpy(x[:2]),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    program = torch.export.export(
+        module, (torch.from_numpy(x[:2]),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
+    )
     path, data = folder / f"{name}.pt2", folder / f"{name}.npz"
     torch.export.save(program, str(path))
     np.savez(data, x=x, y=y)
@@ -117,15 +119,40 @@ def test_lift_names_layers_as_the_user_did_and_computes_the_same(tmp_path):
 
 def test_channels50_halves_every_layer_and_finetunes(sample, tmp_path):
     out, report = tmp_path / "c50.pt2", tmp_path / "c50.json"
-    result = run_cli("prune", sample["pt2"], "-r", "channels-50", *data_args("prune"), "--set", "finetune.epochs=1",
-                     "--set", "data.limit=1000", "--set", "eval_data.limit=500", "--report", report, "-o", out, "-q")
+    result = run_cli(
+        "prune",
+        sample["pt2"],
+        "-r",
+        "channels-50",
+        *data_args("prune"),
+        "--set",
+        "finetune.epochs=1",
+        "--set",
+        "data.limit=1000",
+        "--set",
+        "eval_data.limit=500",
+        "--report",
+        report,
+        "-o",
+        out,
+        "-q",
+    )
     assert result.code == 0, result.stderr
     state = torch.export.load(str(out)).state_dict
     for layer, width in SAMPLE_CONVS.items():
         assert state[f"{layer}.weight"].shape[0] == width // 2
     assert state["25.weight"].shape == (10, 64)  # the classifier keeps its 10 classes
     metrics = _report(report)
-    expected = 1 * 16 * 9 + 16 * 32 * 9 + 3 * 32 * 32 * 9 + 32 * 64 * 9 + 64 * 64 * 9 + 2 * (16 + 4 * 32 + 2 * 64) + 64 * 10 + 10
+    expected = (
+        1 * 16 * 9
+        + 16 * 32 * 9
+        + 3 * 32 * 32 * 9
+        + 32 * 64 * 9
+        + 64 * 64 * 9
+        + 2 * (16 + 4 * 32 + 2 * 64)
+        + 64 * 10
+        + 10
+    )
     assert metrics["params"] == expected == _program_params(out)  # parameters (BatchNorm statistics not counted)
     assert metrics["params_before"] == _program_params(sample["pt2"]) == 352_874
     assert metrics["layers"]["0"] == "32 -> 16" and metrics["layers"]["20"] == "128 -> 64"
@@ -138,10 +165,27 @@ def test_channels50_halves_every_layer_and_finetunes(sample, tmp_path):
 
 def test_macs_target_from_a_state_dict(sample, tmp_path):
     out, report = tmp_path / "m.pt2", tmp_path / "m.json"
-    result = run_cli("--trust-code", "prune", ROOT / "sample_models" / "fashion" / "fashion_cnn.pt", "-r", "macs-2x",
-                     "--set", "model.factory=sample_models.fashion_cnn:build", *data_args("prune"),
-                     "--set", "finetune.epochs=0", "--set", "data.limit=200", "--set", "eval_data.limit=200",
-                     "--report", report, "-o", out, "-q")
+    result = run_cli(
+        "--trust-code",
+        "prune",
+        ROOT / "sample_models" / "fashion" / "fashion_cnn.pt",
+        "-r",
+        "macs-2x",
+        "--set",
+        "model.factory=sample_models.fashion_cnn:build",
+        *data_args("prune"),
+        "--set",
+        "finetune.epochs=0",
+        "--set",
+        "data.limit=200",
+        "--set",
+        "eval_data.limit=200",
+        "--report",
+        report,
+        "-o",
+        out,
+        "-q",
+    )
     assert result.code == 0, result.stderr
     metrics = _report(report)
     assert metrics["macs_ratio"] <= 0.5
@@ -160,18 +204,55 @@ def test_macs_target_from_a_state_dict(sample, tmp_path):
 def test_residual_network_prunes_and_still_converts(tmp_path):
     path, data = _export(TinyResNet(), tmp_path, "res")
     out, report = tmp_path / "res-pruned.pt2", tmp_path / "res.json"
-    result = run_cli("prune", path, "--set", "method=channel", "--set", "channel.ratio=0.5", "--set", "scope=layer",
-                     "--data", data, "--eval-data", data, "--report", report, "-o", out, "-q")
+    result = run_cli(
+        "prune",
+        path,
+        "--set",
+        "method=channel",
+        "--set",
+        "channel.ratio=0.5",
+        "--set",
+        "scope=layer",
+        "--data",
+        data,
+        "--eval-data",
+        data,
+        "--report",
+        report,
+        "-o",
+        out,
+        "-q",
+    )
     assert result.code == 0, result.stderr
     state = torch.export.load(str(out)).state_dict
     # both sides of every skip add keep the same width: the stem with layer1, the projection with layer2
-    assert state["stem.0.weight"].shape[0] == state["layer1.0.conv2.weight"].shape[0] == state["layer1.1.conv2.weight"].shape[0] == 8
+    assert (
+        state["stem.0.weight"].shape[0]
+        == state["layer1.0.conv2.weight"].shape[0]
+        == state["layer1.1.conv2.weight"].shape[0]
+        == 8
+    )
     assert state["layer2.0.down.0.weight"].shape[0] == state["layer2.1.conv2.weight"].shape[0] == 16
     assert state["fc.weight"].shape == (10, 16 * 2 * 2)  # the view(n, -1) followed the pruned channels
     assert _report(report)["params"] == _program_params(out)
     again = tmp_path / "again.pt2"
-    result = run_cli("prune", path, "--set", "method=channel", "--set", "channel.ratio=0.5", "--set", "scope=layer",
-                     "--data", data, "--eval-data", data, "-o", again, "-q")
+    result = run_cli(
+        "prune",
+        path,
+        "--set",
+        "method=channel",
+        "--set",
+        "channel.ratio=0.5",
+        "--set",
+        "scope=layer",
+        "--data",
+        data,
+        "--eval-data",
+        data,
+        "-o",
+        again,
+        "-q",
+    )
     assert result.code == 0 and again.read_bytes() == out.read_bytes()  # same input, recipe, seed: same bytes
     onnx, tflite = tmp_path / "res.onnx", tmp_path / "res.tflite"
     result = run_cli("convert", out, "-r", "onnx", "--data", data, "-o", onnx, "-q")
@@ -186,8 +267,20 @@ def test_residual_network_prunes_and_still_converts(tmp_path):
 
 def test_unknown_keep_layer_is_a_usage_error(sample, tmp_path):
     out = tmp_path / "x.pt2"
-    result = run_cli("prune", sample["pt2"], "-r", "channels-50", "--set", "channel.keep_layers=[12, '21x']",
-                     *data_args("prune"), "--set", "finetune.epochs=0", "-o", out, "-q")
+    result = run_cli(
+        "prune",
+        sample["pt2"],
+        "-r",
+        "channels-50",
+        "--set",
+        "channel.keep_layers=[12, '21x']",
+        *data_args("prune"),
+        "--set",
+        "finetune.epochs=0",
+        "-o",
+        out,
+        "-q",
+    )
     assert result.code == 2, result.stderr
     assert "21x" in result.stderr and "20" in result.stderr  # names the close layer
     assert not out.exists()
@@ -196,25 +289,66 @@ def test_unknown_keep_layer_is_a_usage_error(sample, tmp_path):
 def test_a_construct_that_cannot_follow_is_refused_naming_it(tmp_path):
     path, data = _export(ChannelShuffle(), tmp_path, "shuffle")
     out = tmp_path / "x.pt2"
-    result = run_cli("prune", path, "--set", "method=channel", "--set", "channel.ratio=0.5", "--set", "scope=layer",
-                     "--data", data, "-o", out, "-q")
+    result = run_cli(
+        "prune",
+        path,
+        "--set",
+        "method=channel",
+        "--set",
+        "channel.ratio=0.5",
+        "--set",
+        "scope=layer",
+        "--data",
+        data,
+        "-o",
+        out,
+        "-q",
+    )
     assert result.code == 4, result.stderr
     assert "through node view after layer conv" in result.stderr and "keep_layers: [conv]" in result.stderr
     assert not out.exists()
     # keeping the layer that feeds it makes the same model prunable
-    result = run_cli("prune", path, "--set", "method=channel", "--set", "channel.ratio=0.5", "--set", "scope=layer",
-                     "--set", "channel.keep_layers=[conv]", "--data", data, "-o", out, "-q")
+    result = run_cli(
+        "prune",
+        path,
+        "--set",
+        "method=channel",
+        "--set",
+        "channel.ratio=0.5",
+        "--set",
+        "scope=layer",
+        "--set",
+        "channel.keep_layers=[conv]",
+        "--data",
+        data,
+        "-o",
+        out,
+        "-q",
+    )
     assert result.code == 0, result.stderr
 
 
-@pytest.mark.parametrize("sets, message", [
-    (["channel.ratio=0.5", "channel.macs_ratio=0.5"], "exactly one target"),
-    (["channel.importance=taylor", "channel.ratio=0.3"], "labelled training data"),
-    (["channel.ratio=0.3", "finetune.patience=2"], "val_split"),
-])
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["channel.ratio=0.5", "channel.macs_ratio=0.5"], "exactly one target"),
+        (["channel.importance=taylor", "channel.ratio=0.3"], "labelled training data"),
+        (["channel.ratio=0.3", "finetune.patience=2"], "val_split"),
+    ],
+)
 def test_bad_channel_recipes(sample, tmp_path, sets, message):
     args = [a for s in sets for a in ("--set", s)]
-    result = run_cli("prune", sample["pt2"], "--set", "method=channel", *args, "--eval-data", sample["eval"],
-                     "-o", tmp_path / "x.pt2", "-q")
+    result = run_cli(
+        "prune",
+        sample["pt2"],
+        "--set",
+        "method=channel",
+        *args,
+        "--eval-data",
+        sample["eval"],
+        "-o",
+        tmp_path / "x.pt2",
+        "-q",
+    )
     assert result.code == 2, result.stderr
     assert message in result.stderr

@@ -18,8 +18,20 @@ from tests.conftest import data_args, run_cli
 # 400 training images (was 1000): 2 epochs still lift accuracy far above one-shot pruning's, measured
 # on the first 300 eval images: 2:4 0.62 -> 0.877, gradual 80% 0.177 (one-shot) -> 0.453
 FAST = ["--set", "data.limit=400", "--set", "eval_data.limit=300", "-q"]
-REPORT_FIELDS = ("method", "sparsity", "layers", "params", "nonzero_params", "prunable_params", "gzip_bytes",
-                 "gzip_bytes_parent", "gzip_ratio", "macs", "accuracy_before", "accuracy")
+REPORT_FIELDS = (
+    "method",
+    "sparsity",
+    "layers",
+    "params",
+    "nonzero_params",
+    "prunable_params",
+    "gzip_bytes",
+    "gzip_bytes_parent",
+    "gzip_ratio",
+    "macs",
+    "accuracy_before",
+    "accuracy",
+)
 
 
 def _pt2_weights(path) -> dict[str, torch.Tensor]:
@@ -100,9 +112,24 @@ def test_distillation_uses_the_teacher():
 def two_four(sample, tmp_path_factory):
     """sparse-2of4 with fine-tuning (validation split, early stopping and distillation on)."""
     out = tmp_path_factory.mktemp("p24") / "s24.pt2"
-    result = run_cli("prune", sample["pt2"], "-r", "sparse-2of4", *data_args("prune"), *FAST, "--set", "finetune.epochs=2",
-                     "--set", "finetune.val_split=0.2", "--set", "finetune.patience=1", "--set", "finetune.distill=true",
-                     "-o", out)
+    result = run_cli(
+        "prune",
+        sample["pt2"],
+        "-r",
+        "sparse-2of4",
+        *data_args("prune"),
+        *FAST,
+        "--set",
+        "finetune.epochs=2",
+        "--set",
+        "finetune.val_split=0.2",
+        "--set",
+        "finetune.patience=1",
+        "--set",
+        "finetune.distill=true",
+        "-o",
+        out,
+    )
     assert result.code == 0, result.stderr
     return out
 
@@ -119,8 +146,9 @@ def test_two_four_pattern_holds_after_finetuning(sample, two_four):
         zeros = (_groups_of_four(w) == 0).sum(1)
         assert bool((zeros >= 2).all()), name
         assert metrics["layers"][name] >= 0.5
-    assert metrics["sparsity"] == pytest.approx(1 - (sum(int((w != 0).sum()) for w in pruned.values())
-                                                     / sum(w.numel() for w in pruned.values())))
+    assert metrics["sparsity"] == pytest.approx(
+        1 - (sum(int((w != 0).sum()) for w in pruned.values()) / sum(w.numel() for w in pruned.values()))
+    )
 
 
 def test_two_four_report(two_four):
@@ -136,8 +164,18 @@ def test_two_four_report(two_four):
 
 def test_gradual_magnitude_reaches_the_target_exactly(sample, tmp_path):
     out = tmp_path / "m80.pt2"
-    result = run_cli("prune", sample["pt2"], "-r", "magnitude-80", *data_args("prune"), *FAST, "--set", "finetune.epochs=2",
-                     "-o", out)
+    result = run_cli(
+        "prune",
+        sample["pt2"],
+        "-r",
+        "magnitude-80",
+        *data_args("prune"),
+        *FAST,
+        "--set",
+        "finetune.epochs=2",
+        "-o",
+        out,
+    )
     assert result.code == 0, result.stderr
     pruned = _pt2_weights(out)
     zeros = sum(int((w == 0).sum()) for w in pruned.values())
@@ -174,8 +212,23 @@ def _onnx_weights(path) -> dict[str, np.ndarray]:
 
 def test_onnx_magnitude_pruning(sample, tmp_path):
     out = tmp_path / "m.onnx"
-    result = run_cli("prune", sample["onnx"], "-r", "magnitude-50", "--set", "finetune.epochs=0", "--set", "sparsity=0.3",
-                     "--eval-data", sample["eval"], "--set", "eval_data.limit=300", "-o", out, "-q")
+    result = run_cli(
+        "prune",
+        sample["onnx"],
+        "-r",
+        "magnitude-50",
+        "--set",
+        "finetune.epochs=0",
+        "--set",
+        "sparsity=0.3",
+        "--eval-data",
+        sample["eval"],
+        "--set",
+        "eval_data.limit=300",
+        "-o",
+        out,
+        "-q",
+    )
     assert result.code == 0, result.stderr
     weights = _onnx_weights(out)
     total = sum(w.size for w in weights.values())
@@ -199,7 +252,9 @@ def test_onnx_two_four(sample, tmp_path):
             assert bool(((_groups_of_four(torch.from_numpy(w), 1) == 0).sum(1) >= 2).all()), name
 
 
-@pytest.mark.parametrize("extra, words", [([], "fine-tuning"), (["--set", "method=channel", "--set", "finetune.epochs=0"], "channel")])
+@pytest.mark.parametrize(
+    "extra, words", [([], "fine-tuning"), (["--set", "method=channel", "--set", "finetune.epochs=0"], "channel")]
+)
 def test_onnx_usage_errors(sample, tmp_path, extra, words):
     out = tmp_path / "x.onnx"
     result = run_cli("prune", sample["onnx"], "-r", "magnitude-50", *data_args("prune"), *extra, "-o", out)

@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 import pytest
 
+from edgecli.analysis.metrics import accuracy, agreement
 from edgecli.data.dataset import load_dataset
 from edgecli.formats.model_file import ModelFile
-from edgecli.analysis.metrics import accuracy, agreement
 from edgecli.recipes import DataSpec
 from edgecli.runtimes import open_runner
 from tests.conftest import data_args, leftovers, run_cli
@@ -32,7 +32,10 @@ def eval_outputs(sample):
 def _measure(path, eval_outputs) -> dict[str, float]:
     data, reference = eval_outputs
     output = open_runner(ModelFile.open(path)).predict(data)[0]
-    return {"agreement": agreement(reference, output), "drop": accuracy(reference, data.labels) - accuracy(output, data.labels)}
+    return {
+        "agreement": agreement(reference, output),
+        "drop": accuracy(reference, data.labels) - accuracy(output, data.labels),
+    }
 
 
 def _float_nodes(path) -> set[str]:
@@ -44,8 +47,22 @@ def _float_nodes(path) -> set[str]:
 
 def test_guard_keeps_sensitive_layers_float_until_the_drop_budget_holds(sample, tmp_path, eval_outputs):
     out, report = tmp_path / "guarded.onnx", tmp_path / "guard.json"
-    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", *data_args("quantize"), *ONE_IMAGE,
-                     "--set", "max_accuracy_drop=0", "--set", "guard.max_steps=12", "-o", out, "--report", report)
+    result = run_cli(
+        "quantize",
+        sample["onnx"],
+        "-r",
+        "int8-static",
+        *data_args("quantize"),
+        *ONE_IMAGE,
+        "--set",
+        "max_accuracy_drop=0",
+        "--set",
+        "guard.max_steps=12",
+        "-o",
+        out,
+        "--report",
+        report,
+    )
     assert result.code == 0, result.stderr
     document = json.loads(report.read_text())
     steps = document["guard"]["steps"]
@@ -63,8 +80,22 @@ def test_guard_keeps_sensitive_layers_float_until_the_drop_budget_holds(sample, 
 
 def test_guard_that_cannot_meet_the_target_writes_the_best_and_exits_1(sample, tmp_path, eval_outputs):
     out, report = tmp_path / "best.onnx", tmp_path / "best.json"
-    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", *data_args("quantize"), *ONE_IMAGE,
-                     "--set", "min_agreement=1.0", "--set", "guard.max_steps=2", "-o", out, "--report", report)
+    result = run_cli(
+        "quantize",
+        sample["onnx"],
+        "-r",
+        "int8-static",
+        *data_args("quantize"),
+        *ONE_IMAGE,
+        "--set",
+        "min_agreement=1.0",
+        "--set",
+        "guard.max_steps=2",
+        "-o",
+        out,
+        "--report",
+        report,
+    )
     assert result.code == 1, result.stderr
     assert result.lines[-1].startswith("gate failed: agreement") and "written anyway" in result.lines[-1]
     document = json.loads(report.read_text())
@@ -78,8 +109,21 @@ def test_guard_that_cannot_meet_the_target_writes_the_best_and_exits_1(sample, t
 
 def test_report_has_per_layer_snr_exclusions_size_and_accuracy(sample, tmp_path):
     out, report = tmp_path / "r.onnx", tmp_path / "r.json"
-    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", *data_args("quantize"),
-                     "--set", "exclude_nodes=[node_Conv_122]", "--set", "calibration.samples=128", "-o", out, "--report", report)
+    result = run_cli(
+        "quantize",
+        sample["onnx"],
+        "-r",
+        "int8-static",
+        *data_args("quantize"),
+        "--set",
+        "exclude_nodes=[node_Conv_122]",
+        "--set",
+        "calibration.samples=128",
+        "-o",
+        out,
+        "--report",
+        report,
+    )
     assert result.code == 0, result.stderr
     document = json.loads(report.read_text())
     layers = {l["node"]: l for l in document["layers"]}
@@ -87,8 +131,12 @@ def test_report_has_per_layer_snr_exclusions_size_and_accuracy(sample, tmp_path)
     assert len(convs) == 8
     for layer in convs:
         if layer["quantized"]:
-            assert 20 < layer["snr_db"] < 80 and math.isclose(10 ** (-layer["snr_db"] / 10), layer["rel_mse"], rel_tol=1e-3)
-    assert layers["node_Conv_122"]["quantized"] is False and layers["node_Conv_122"]["reason"] == "recipe: exclude_nodes"
+            assert 20 < layer["snr_db"] < 80 and math.isclose(
+                10 ** (-layer["snr_db"] / 10), layer["rel_mse"], rel_tol=1e-3
+            )
+    assert (
+        layers["node_Conv_122"]["quantized"] is False and layers["node_Conv_122"]["reason"] == "recipe: exclude_nodes"
+    )
     assert {"node": "node_Conv_122", "op_type": "Conv", "reason": "recipe: exclude_nodes"} in document["excluded"]
     size = document["size"]
     assert size["float_bytes"] == sample["onnx"].stat().st_size
@@ -111,16 +159,37 @@ def test_fp16_on_cpu_is_reported_not_faster_with_the_reason(sample, tmp_path):
 def test_guard_targets_need_the_data_they_measure_on(sample, tmp_path):
     unlabelled = tmp_path / "unlabelled.npz"
     np.savez(unlabelled, x=np.load(sample["calib"])["x"][:64])
-    no_labels = run_cli("quantize", sample["onnx"], "-r", "int8-static", "--data", unlabelled,
-                        "--set", "max_accuracy_drop=0.01", "-o", tmp_path / "x.onnx")
+    no_labels = run_cli(
+        "quantize",
+        sample["onnx"],
+        "-r",
+        "int8-static",
+        "--data",
+        unlabelled,
+        "--set",
+        "max_accuracy_drop=0.01",
+        "-o",
+        tmp_path / "x.onnx",
+    )
     assert no_labels.code == 2 and "needs labelled data" in no_labels.lines[-1]
-    no_data = run_cli("quantize", sample["onnx"], "-r", "int8-dynamic", "--set", "min_agreement=0.99", "-o", tmp_path / "y.onnx")
+    no_data = run_cli(
+        "quantize", sample["onnx"], "-r", "int8-dynamic", "--set", "min_agreement=0.99", "-o", tmp_path / "y.onnx"
+    )
     assert no_data.code == 2 and "min_agreement needs data" in no_data.lines[-1]
     assert leftovers(tmp_path) == ["unlabelled.npz"]
 
 
 def test_report_path_in_a_missing_folder_is_refused_before_work(sample, tmp_path):
-    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", *data_args("quantize"), "-o", tmp_path / "x.onnx",
-                     "--report", tmp_path / "missing" / "r.json")
+    result = run_cli(
+        "quantize",
+        sample["onnx"],
+        "-r",
+        "int8-static",
+        *data_args("quantize"),
+        "-o",
+        tmp_path / "x.onnx",
+        "--report",
+        tmp_path / "missing" / "r.json",
+    )
     assert result.code == 2 and "does not exist" in result.lines[-1]
     assert leftovers(tmp_path) == []

@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import pytest
 
+from edgecli.analysis.metrics import accuracy
 from edgecli.data.dataset import load_dataset
 from edgecli.formats.model_file import ModelFile
-from edgecli.analysis.metrics import accuracy
 from edgecli.recipes import DataSpec
 from edgecli.runtimes import open_runner
 from tests.conftest import data_args, leftovers, run_cli
@@ -55,17 +55,24 @@ def _trained_mlp(sample, folder):
     torch.manual_seed(0)
     train = np.load(sample["train"])
     x, y = torch.from_numpy(train["x"].reshape(-1, 784)), torch.from_numpy(train["y"])
-    model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256),
-                                torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for start in range(0, len(x), 64):
-        loss = torch.nn.functional.cross_entropy(model(x[start:start + 64]), y[start:start + 64])
+        loss = torch.nn.functional.cross_entropy(model(x[start : start + 64]), y[start : start + 64])
         opt.zero_grad()
         loss.backward()
         opt.step()
     path = folder / "mlp.onnx"
-    torch.onnx.export(model.eval(), (x[:2],), str(path), dynamo=True, external_data=False,
-                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.onnx.export(
+        model.eval(),
+        (x[:2],),
+        str(path),
+        dynamo=True,
+        external_data=False,
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )
     evaluation = np.load(sample["eval"])
     data = folder / "flat.npz"
     np.savez(data, x=evaluation["x"].reshape(-1, 784), y=evaluation["y"])
@@ -87,8 +94,20 @@ def test_dynamic_int8_on_an_mlp_is_4x_smaller_and_accurate(sample, tmp_path):
 def test_entropy_calibration_per_tensor(sample, tmp_path):
     out = tmp_path / "ent.onnx"
     result = run_cli(
-        "quantize", sample["onnx"], "-r", "int8-static", *data_args("quantize"), "--set", "calibration.method=entropy",
-        "--set", "per_channel=false", "--set", "calibration.samples=128", "-o", out, "-q",
+        "quantize",
+        sample["onnx"],
+        "-r",
+        "int8-static",
+        *data_args("quantize"),
+        "--set",
+        "calibration.method=entropy",
+        "--set",
+        "per_channel=false",
+        "--set",
+        "calibration.samples=128",
+        "-o",
+        out,
+        "-q",
     )
     assert result.code == 0, result.stderr
     assert _accuracy(sample["onnx"], sample["eval"]) - _accuracy(out, sample["eval"]) <= 0.03
@@ -96,8 +115,20 @@ def test_entropy_calibration_per_tensor(sample, tmp_path):
 
 def test_excluded_op_type_stays_float(sample, tmp_path):
     out = tmp_path / "nogemm.onnx"
-    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", *data_args("quantize"), "--set", "exclude_op_types=[Gemm]",
-                     "--set", "calibration.samples=64", "-o", out, "-q")
+    result = run_cli(
+        "quantize",
+        sample["onnx"],
+        "-r",
+        "int8-static",
+        *data_args("quantize"),
+        "--set",
+        "exclude_op_types=[Gemm]",
+        "--set",
+        "calibration.samples=64",
+        "-o",
+        out,
+        "-q",
+    )
     assert result.code == 0, result.stderr
     proto = onnx.load(str(out))
     gemm = next(n for n in proto.graph.node if n.op_type == "Gemm")
@@ -109,8 +140,21 @@ def test_missed_accuracy_gate_writes_model_and_exits_1(sample, tmp_path):
     out = tmp_path / "gated.onnx"
     # Ranges calibrated on a single image clip the others' activations: accuracy drops, so a
     # zero-drop budget is missed; guard.max_steps=0 measures without falling back to float.
-    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", *data_args("quantize"), "--set", "max_accuracy_drop=0",
-                     "--set", "calibration.samples=1", "--set", "guard.max_steps=0", "-o", out)
+    result = run_cli(
+        "quantize",
+        sample["onnx"],
+        "-r",
+        "int8-static",
+        *data_args("quantize"),
+        "--set",
+        "max_accuracy_drop=0",
+        "--set",
+        "calibration.samples=1",
+        "--set",
+        "guard.max_steps=0",
+        "-o",
+        out,
+    )
     assert result.code == 1
     assert result.lines[-1].startswith("gate failed: accuracy drop") and "artifact was written" in result.lines[-1]
     drop = ModelFile.open(out).lineage["steps"][-1]["metrics"]["accuracy_drop"]
@@ -119,8 +163,19 @@ def test_missed_accuracy_gate_writes_model_and_exits_1(sample, tmp_path):
 
 def test_quantize_reads_pt2_through_a_checked_onnx_export(sample, tmp_path):
     out = tmp_path / "from_pt2.int8.onnx"
-    result = run_cli("quantize", sample["pt2"], "-r", "int8-static", *data_args("quantize"),
-                     "--set", "calibration.samples=64", "--set", "speed_check=false", "-o", out)
+    result = run_cli(
+        "quantize",
+        sample["pt2"],
+        "-r",
+        "int8-static",
+        *data_args("quantize"),
+        "--set",
+        "calibration.samples=64",
+        "--set",
+        "speed_check=false",
+        "-o",
+        out,
+    )
     assert result.code == 0, result.stderr
     assert "parity pt2 -> onnx" in result.stderr  # the export itself is checked before quantizing
     step = ModelFile.open(out).lineage["steps"][-1]
@@ -146,17 +201,21 @@ def test_int8_outputs_close_to_float(sample, sample_int8):
     assert rel < 0.1, rel
 
 
-@pytest.mark.parametrize("recipe,suffix,says", [
-    ("int8-static", "onnx", "no quantizable op"),
-    ("int8-dynamic", "onnx", "found no MatMul"),
-    ("tflite-dynamic", "tflite", "found no weight tensor"),
-])
+@pytest.mark.parametrize(
+    "recipe,suffix,says",
+    [
+        ("int8-static", "onnx", "no quantizable op"),
+        ("int8-dynamic", "onnx", "found no MatMul"),
+        ("tflite-dynamic", "tflite", "found no weight tensor"),
+    ],
+)
 def test_model_with_nothing_to_quantize_exits_4(tmp_path, recipe, suffix, says):
     """Relu + Add of a 4-value bias: no layer whose weights INT8 would shrink."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "b"], ["y"])], "g",
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "b"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
         [numpy_helper.from_array(np.ones(4, np.float32), "b")],
@@ -167,8 +226,19 @@ def test_model_with_nothing_to_quantize_exits_4(tmp_path, recipe, suffix, says):
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((64, 4), dtype=np.float32))
     out = tmp_path / "out"
     out.mkdir()
-    result = run_cli("quantize", tmp_path / "m.onnx", "-r", recipe, "--data", tmp_path / "d.npz",
-                     "--set", "max_accuracy_drop=null", "-o", out / f"q.{suffix}", "-q")
+    result = run_cli(
+        "quantize",
+        tmp_path / "m.onnx",
+        "-r",
+        recipe,
+        "--data",
+        tmp_path / "d.npz",
+        "--set",
+        "max_accuracy_drop=null",
+        "-o",
+        out / f"q.{suffix}",
+        "-q",
+    )
     assert result.code == 4, result.stderr
     assert len(result.lines) == 1 and says in result.lines[0]
     assert leftovers(out) == []

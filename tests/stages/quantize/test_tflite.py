@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgecli.analysis.metrics import accuracy, agreement
 from edgecli.data.dataset import load_dataset
 from edgecli.formats.model_file import ModelFile
-from edgecli.analysis.metrics import accuracy, agreement
 from edgecli.recipes import DataSpec
 from edgecli.runtimes import open_runner
 from edgecli.stages.quantize.layers import snr_db
@@ -35,7 +35,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("recipe,suffix,extra,max_ratio,max_drop,min_agreement", CASES)
-def test_recipe_size_accuracy_agreement(sample, evaluation, tmp_path, recipe, suffix, extra, max_ratio, max_drop, min_agreement):
+def test_recipe_size_accuracy_agreement(
+    sample, evaluation, tmp_path, recipe, suffix, extra, max_ratio, max_drop, min_agreement
+):
     data, reference = evaluation
     out = tmp_path / f"q.{suffix}"
     result = run_cli("quantize", sample["onnx"], "-r", recipe, *data_args("quantize"), *extra, "-o", out, "-q")
@@ -61,9 +63,24 @@ def test_fp16_onnx_keeps_float32_io(sample, tmp_path):
 
 def test_tflite_int8_io_and_layout(sample, tmp_path):
     out = tmp_path / "i8.tflite"
-    result = run_cli("quantize", sample["pt2"], "-r", "tflite-int8", *data_args("quantize"),
-                     "--set", "calibration.samples=64", "--set", "io_type=int8", "--set", "max_accuracy_drop=null",
-                     "--set", "eval_data=null", "-o", out, "-q")
+    result = run_cli(
+        "quantize",
+        sample["pt2"],
+        "-r",
+        "tflite-int8",
+        *data_args("quantize"),
+        "--set",
+        "calibration.samples=64",
+        "--set",
+        "io_type=int8",
+        "--set",
+        "max_accuracy_drop=null",
+        "--set",
+        "eval_data=null",
+        "-o",
+        out,
+        "-q",
+    )
     assert result.code == 0, result.stderr
     model = ModelFile.open(out)
     runner = open_runner(model)
@@ -74,8 +91,9 @@ def test_tflite_int8_io_and_layout(sample, tmp_path):
 
 
 def test_full_integer_without_calibration_data_is_2(sample, tmp_path):
-    result = run_cli("quantize", sample["onnx"], "-r", "tflite-int8", "--set", "max_accuracy_drop=null",
-                     "-o", tmp_path / "x.tflite")
+    result = run_cli(
+        "quantize", sample["onnx"], "-r", "tflite-int8", "--set", "max_accuracy_drop=null", "-o", tmp_path / "x.tflite"
+    )
     assert result.code == 2 and "calibration data" in result.lines[-1]
     assert leftovers(tmp_path) == []
 
@@ -92,9 +110,26 @@ def test_tflite_int16_activations_with_integer_io(sample, evaluation, tmp_path):
     data, reference = evaluation
     data, reference = data.take(200), reference[:200]
     out = tmp_path / "a16.tflite"
-    result = run_cli("quantize", sample["onnx"], "-r", "tflite-int8", *data_args("quantize"), "--set", "activation_type=int16",
-                     "--set", "io_type=int8", "--set", "calibration.samples=128", "--set", "eval_data.limit=200",
-                     "--set", "speed_check=false", "-o", out, "-q")
+    result = run_cli(
+        "quantize",
+        sample["onnx"],
+        "-r",
+        "tflite-int8",
+        *data_args("quantize"),
+        "--set",
+        "activation_type=int16",
+        "--set",
+        "io_type=int8",
+        "--set",
+        "calibration.samples=128",
+        "--set",
+        "eval_data.limit=200",
+        "--set",
+        "speed_check=false",
+        "-o",
+        out,
+        "-q",
+    )
     assert result.code == 0, result.stderr
     assert out.stat().st_size <= 0.27 * sample["onnx"].stat().st_size  # measured 0.267 (int8 weights)
     runner = open_runner(ModelFile.open(out))
@@ -108,8 +143,17 @@ def test_tflite_int16_activations_with_integer_io(sample, evaluation, tmp_path):
 
 
 def test_uint8_activations_are_refused_for_tflite(sample, tmp_path):
-    result = run_cli("quantize", sample["onnx"], "-r", "tflite-int8", *data_args("quantize"), "--set", "activation_type=uint8",
-                     "-o", tmp_path / "u8.tflite")
+    result = run_cli(
+        "quantize",
+        sample["onnx"],
+        "-r",
+        "tflite-int8",
+        *data_args("quantize"),
+        "--set",
+        "activation_type=uint8",
+        "-o",
+        tmp_path / "u8.tflite",
+    )
     assert result.code == 2 and "int8" in result.lines[-1]
     assert leftovers(tmp_path) == []
 
@@ -120,9 +164,25 @@ def test_tflite_guard_keeps_layers_float_until_agreement_holds(sample, evaluatio
     import json
 
     out, report = tmp_path / "guarded.tflite", tmp_path / "guarded.json"
-    result = run_cli("quantize", sample["onnx"], "-r", "tflite-int8", *data_args("quantize"), "--set", "calibration.samples=1",
-                     "--set", "max_accuracy_drop=null", "--set", "min_agreement=0.998", "--set", "guard.max_steps=6",
-                     "-o", out, "--report", report)
+    result = run_cli(
+        "quantize",
+        sample["onnx"],
+        "-r",
+        "tflite-int8",
+        *data_args("quantize"),
+        "--set",
+        "calibration.samples=1",
+        "--set",
+        "max_accuracy_drop=null",
+        "--set",
+        "min_agreement=0.998",
+        "--set",
+        "guard.max_steps=6",
+        "-o",
+        out,
+        "--report",
+        report,
+    )
     assert result.code in (0, 1), result.stderr
     document = json.loads(report.read_text())
     steps = document["guard"]["steps"]

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from edgecli.data.dataset import Dataset, load_dataset
-from edgecli.core.errors import TransformError, UsageError
-from edgecli.formats.model_file import ModelFile
 from edgecli.analysis.metrics import agreement
+from edgecli.core.errors import TransformError, UsageError
+from edgecli.data.dataset import Dataset, load_dataset
+from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import DataSpec, QuantizeRecipe
 from edgecli.runtimes import open_runner
 from edgecli.stages.artifact import Artifact, staged
@@ -51,7 +51,9 @@ def fashion(sample):
     runner = open_runner(model)
     evaluation = load_dataset(DataSpec(path=sample["eval"]))
     calib = load_dataset(DataSpec(path=sample["calib"]))
-    return SimpleNamespace(model=model, runner=runner, eval=evaluation, reference=runner.predict(evaluation)[0], calib=calib)
+    return SimpleNamespace(
+        model=model, runner=runner, eval=evaluation, reference=runner.predict(evaluation)[0], calib=calib
+    )
 
 
 @pytest.fixture(scope="module")
@@ -177,14 +179,21 @@ def test_integer_inputs_keep_their_dtype_through_calibration():
 
     keras.utils.set_random_seed(0)
     network = keras.Sequential(
-        [keras.Input((12,), dtype="int32"), keras.layers.Embedding(50, 8), keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)]
+        [
+            keras.Input((12,), dtype="int32"),
+            keras.layers.Embedding(50, 8),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3),
+        ]
     )
     path = session_folder() / "tokens.keras"
     with console.muted():
         network.save(path)
     model = ModelFile.open(path)
     runner = open_runner(model)
-    data = Dataset({"x": np.random.default_rng(0).integers(0, 50, (64, 12))}, None, "token ids")  # int64, as npz holds them
+    data = Dataset(
+        {"x": np.random.default_rng(0).integers(0, 50, (64, 12))}, None, "token ids"
+    )  # int64, as npz holds them
     with tflite_quantizer(model, _recipe(io_type="int8", calibration={"samples": 32}), runner, data) as quantizer:
         quantized = quantizer.quantize()
         inputs, output = _predict(quantized, data)

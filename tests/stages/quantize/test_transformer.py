@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 
+from edgecli.analysis.metrics import agreement
 from edgecli.data.dataset import Dataset, load_dataset
 from edgecli.formats.model_file import ModelFile
-from edgecli.analysis.metrics import agreement
 from edgecli.recipes import DataSpec
 from edgecli.runtimes import open_runner
 from tests.conftest import leftovers, run_cli
@@ -58,12 +58,16 @@ def weight_bytes(tiny_transformer) -> int:
     from onnx import numpy_helper
 
     proto = onnx.load(str(tiny_transformer.onnx))
-    return sum(numpy_helper.to_array(t).nbytes for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+    return sum(
+        numpy_helper.to_array(t).nbytes for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+    )
 
 
 def test_float_model_is_a_real_classifier_that_uses_every_input(tiny_transformer, reference):
     data, logits, inputs = reference
-    assert [(s.name, s.dtype, s.shape) for s in inputs] == [(n, np.dtype(np.int64), (None, SEQ_LEN)) for n in INPUT_NAMES]
+    assert [(s.name, s.dtype, s.shape) for s in inputs] == [
+        (n, np.dtype(np.int64), (None, SEQ_LEN)) for n in INPUT_NAMES
+    ]
     assert tiny_transformer.eval_accuracy >= 0.95  # 1.0 measured
     assert abs(float(np.mean(logits.argmax(1) == data.labels)) - tiny_transformer.eval_accuracy) < 1e-9
     assert not list(tiny_transformer.onnx.parent.glob("*.data"))  # one self-contained file
@@ -83,16 +87,31 @@ def quantized(tiny_transformer, tmp_path_factory):
     def quantize(recipe: str, suffix: str):
         if recipe not in runs:
             out = folder / f"{recipe}.{suffix}"
-            runs[recipe] = run_cli("quantize", tiny_transformer.onnx, "-r", recipe, "--data", tiny_transformer.calib,
-                                   "--eval-data", tiny_transformer.eval, "-o", out, "-q"), out
+            runs[recipe] = (
+                run_cli(
+                    "quantize",
+                    tiny_transformer.onnx,
+                    "-r",
+                    recipe,
+                    "--data",
+                    tiny_transformer.calib,
+                    "--eval-data",
+                    tiny_transformer.eval,
+                    "-o",
+                    out,
+                    "-q",
+                ),
+                out,
+            )
         return runs[recipe]
 
     return quantize
 
 
 @pytest.mark.parametrize("recipe,suffix,kind,min_agreement,max_rel_error", [_param(*case) for case in CASES])
-def test_recipe_on_transformer(tiny_transformer, reference, weight_bytes, quantized, recipe, suffix, kind,
-                               min_agreement, max_rel_error):
+def test_recipe_on_transformer(
+    tiny_transformer, reference, weight_bytes, quantized, recipe, suffix, kind, min_agreement, max_rel_error
+):
     data, float_logits, float_inputs = reference
     result, out = quantized(recipe, suffix)
     assert result.code == 0, result.stderr
@@ -126,8 +145,22 @@ def test_recipe_never_crashes(quantized, recipe, suffix):
 
 def test_report_on_transformer_names_the_mask_layers_kept_float(tiny_transformer, tmp_path):
     out, report = tmp_path / "q.onnx", tmp_path / "q.json"
-    result = run_cli("quantize", tiny_transformer.onnx, "-r", "int8-static", "--data", tiny_transformer.calib,
-                     "--eval-data", tiny_transformer.eval, "--set", "min_agreement=0.99", "-o", out, "--report", report)
+    result = run_cli(
+        "quantize",
+        tiny_transformer.onnx,
+        "-r",
+        "int8-static",
+        "--data",
+        tiny_transformer.calib,
+        "--eval-data",
+        tiny_transformer.eval,
+        "--set",
+        "min_agreement=0.99",
+        "-o",
+        out,
+        "--report",
+        report,
+    )
     assert result.code == 0, result.stderr
     document = json.loads(report.read_text())
     layers = document["layers"]
@@ -147,10 +180,14 @@ def _write_calibration(tiny_transformer, folder, change):
 
 @pytest.mark.parametrize("recipe,suffix", [("int8-static", "onnx"), ("tflite-int8", "tflite")])
 def test_calibration_missing_an_input_exits_3(tiny_transformer, tmp_path, recipe, suffix):
-    calib = _write_calibration(tiny_transformer, tmp_path, lambda a: {k: v for k, v in a.items() if k != "token_type_ids"})
+    calib = _write_calibration(
+        tiny_transformer, tmp_path, lambda a: {k: v for k, v in a.items() if k != "token_type_ids"}
+    )
     out_folder = tmp_path / "out"
     out_folder.mkdir()
-    result = run_cli("quantize", tiny_transformer.onnx, "-r", recipe, "--data", calib, "-o", out_folder / f"q.{suffix}", "-q")
+    result = run_cli(
+        "quantize", tiny_transformer.onnx, "-r", recipe, "--data", calib, "-o", out_folder / f"q.{suffix}", "-q"
+    )
     assert result.code == 3, result.stderr
     assert len(result.lines) == 1, result.stderr
     assert result.lines[0].startswith("cannot read data:") and "token_type_ids" in result.lines[0]
@@ -160,10 +197,14 @@ def test_calibration_missing_an_input_exits_3(tiny_transformer, tmp_path, recipe
 @pytest.mark.parametrize("recipe,suffix", [("int8-static", "onnx"), ("tflite-int8", "tflite")])
 def test_calibration_with_wrong_sequence_length_exits_3(tiny_transformer, tmp_path, recipe, suffix):
     half = SEQ_LEN // 2
-    calib = _write_calibration(tiny_transformer, tmp_path, lambda a: {k: v if k == "y" else v[:, :half] for k, v in a.items()})
+    calib = _write_calibration(
+        tiny_transformer, tmp_path, lambda a: {k: v if k == "y" else v[:, :half] for k, v in a.items()}
+    )
     out_folder = tmp_path / "out"
     out_folder.mkdir()
-    result = run_cli("quantize", tiny_transformer.onnx, "-r", recipe, "--data", calib, "-o", out_folder / f"q.{suffix}", "-q")
+    result = run_cli(
+        "quantize", tiny_transformer.onnx, "-r", recipe, "--data", calib, "-o", out_folder / f"q.{suffix}", "-q"
+    )
     assert result.code == 3, result.stderr
     assert len(result.lines) == 1, result.stderr
     line = result.lines[0]
@@ -189,7 +230,8 @@ def _gelu_graph(head: str, half_first: bool):
     else:
         nodes += [helper.make_node("Mul", ["plus", "x"], ["m"]), helper.make_node("Mul", ["m", "half"], ["y"])]
     graph = helper.make_graph(
-        nodes, "gelu",
+        nodes,
+        "gelu",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])],
         [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in constants.items()],
@@ -214,8 +256,13 @@ def test_gelu_rewritten_in_the_order_onnx2tf_fuses(head, half_first):
     assert np.abs(after - before).max() < 1e-6
     ops = [(n.op_type, list(n.input)) for n in proto.graph.node]
     constant = next(n.output[0] for n in proto.graph.node if n.op_type == "Constant")
-    assert ops[1:] == [("Div", ["x", constant]), ("Erf", ["scaled"]), ("Add", ["erf", "one"]),
-                       ("Mul", ["x", "plus"]), ("Mul", ["m", "half"])]
+    assert ops[1:] == [
+        ("Div", ["x", constant]),
+        ("Erf", ["scaled"]),
+        ("Add", ["erf", "one"]),
+        ("Mul", ["x", "plus"]),
+        ("Mul", ["m", "half"]),
+    ]
 
 
 def test_gelu_rewrite_leaves_other_erf_alone():
