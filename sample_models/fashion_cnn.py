@@ -9,7 +9,6 @@ compression technique in edgecli can handle it.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 #: Output channels of the four 3x3 conv blocks; ``"M"`` is a 2x2 max-pool.

@@ -23,9 +23,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from torch import nn
-
 from fashion_cnn import LAYOUT, build
+from torch import nn
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_OUT = Path(__file__).resolve().parent / "fashion"
@@ -76,9 +75,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generat
     """AdamW + one-cycle LR schedule over EPOCHS epochs of seeded shuffles."""
     steps_per_epoch = (len(x) + BATCH_SIZE - 1) // BATCH_SIZE
     opt = torch.optim.AdamW(model.parameters(), lr=MAX_LR, weight_decay=WEIGHT_DECAY)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=MAX_LR, epochs=EPOCHS, steps_per_epoch=steps_per_epoch
-    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=MAX_LR, epochs=EPOCHS, steps_per_epoch=steps_per_epoch)
     model.train()
     for epoch in range(EPOCHS):
         start, total_loss = time.perf_counter(), 0.0
@@ -177,9 +174,7 @@ def ort_p50_latency_ms(path: Path, sample: np.ndarray) -> float:
     return float(np.median(times) * 1e3)
 
 
-def verify_exports(
-    reference: np.ndarray, x: np.ndarray, y: np.ndarray, pt2: Path, onnx_path: Path
-) -> dict[str, float]:
+def verify_exports(reference: np.ndarray, x: np.ndarray, y: np.ndarray, pt2: Path, onnx_path: Path) -> dict[str, float]:
     """Check that the .pt2 and .onnx reproduce the eager logits on x; return max abs diffs."""
     with torch.no_grad():
         pt2_logits = torch.export.load(pt2).module()(torch.from_numpy(x)).numpy()
@@ -244,7 +239,9 @@ def main() -> None:
         metrics = {
             "accuracy_eval_npz": eval_acc,
             "accuracy_test_10k": test_acc,
-            "architecture": "conv3x3-BN-ReLU channels " + ",".join(map(str, LAYOUT)) + " (M = maxpool2), global avg pool, linear",
+            "architecture": "conv3x3-BN-ReLU channels "
+            + ",".join(map(str, LAYOUT))
+            + " (M = maxpool2), global avg pool, linear",
             "export_max_abs_diff": diffs,
             "file_bytes": {p.name: p.stat().st_size for p in sorted(stage.iterdir())},
             "input": {"dtype": "float32", "name": "input", "range": [0.0, 1.0], "shape": ["batch", 1, 28, 28]},
