@@ -12,7 +12,7 @@ TRAIN := --data $(SAMPLE)/train.npz --eval-data $(SAMPLE)/eval.npz
 CALIB := --data $(SAMPLE)/calib.npz --eval-data $(SAMPLE)/eval.npz
 EVAL := --data $(SAMPLE)/eval.npz
 
-.PHONY: install demo test test-slow test-all clean-demo
+.PHONY: install demo test test-slow test-all lint clean-demo
 
 install: $(STAMP)
 
@@ -34,6 +34,12 @@ test-slow: $(STAMP)
 	$(PYTEST) -m slow
 
 test-all: test test-slow
+
+# ruff (lint and format check) and mypy, configured in pyproject.toml; the same checks as .pre-commit-config.yaml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # ---- the demo chain: each artifact is a make target, rebuilt only when its inputs change ----
 
