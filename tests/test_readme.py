@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from edgecli.analysis.metrics import agreement
 from edgecli.data.dataset import load_dataset
 from edgecli.formats.model_file import ModelFile
-from edgecli.analysis.metrics import agreement
 from edgecli.recipes import DataSpec
 from edgecli.runtimes import open_runner
 from tests.conftest import ROOT
@@ -38,8 +38,20 @@ OVERRIDES = {
     # the float one, far from the 1.2x gate
     "bench": "--set runs=20 --set min_time_s=0.05 --set warmup=2 --set memory=false",
 }
-ARTIFACTS = ("pruned.pt2", "student.pt2", "model.int8.onnx", "model.int8.json", "model.dyn.onnx", "model.int8.tflite",
-             "pruned.onnx", "model.tflite", "model.ort", "report.json", "pruned.int8.onnx", "fashion_cnn_from_pt.pt2")
+ARTIFACTS = (
+    "pruned.pt2",
+    "student.pt2",
+    "model.int8.onnx",
+    "model.int8.json",
+    "model.dyn.onnx",
+    "model.int8.tflite",
+    "pruned.onnx",
+    "model.tflite",
+    "model.ort",
+    "report.json",
+    "pruned.int8.onnx",
+    "fashion_cnn_from_pt.pt2",
+)
 
 
 # (file, heading) of each section whose ```sh blocks run, in this order: a section runs from its
@@ -60,7 +72,7 @@ def doc_section(path: str, heading: str) -> str:
     level = len(heading) - len(heading.lstrip("#"))
     # a heading outside code blocks: fenced blocks hold '# comment' lines that are no headings
     body, fenced = [], False
-    for line in text[start.end():].splitlines(keepends=True):
+    for line in text[start.end() :].splitlines(keepends=True):
         if line.startswith("```"):
             fenced = not fenced
         elif not fenced and re.match(rf"^#{{1,{level}}} ", line):
@@ -109,8 +121,14 @@ def readme(tmp_path_factory) -> tuple[Path, list[tuple[str, subprocess.Completed
     env.pop("EDGECLI_DEBUG", None)
     runs = []
     for command in map(_with_overrides, readme_commands()):
-        proc = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], cwd=folder, env=env,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            ["bash", "-c", f"set -o pipefail; {command}"],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         runs.append((command, proc))
         if proc.returncode != 0:
             break
