@@ -16,8 +16,8 @@ from edgecli.core.errors import BackendMissing, ModelReadError, TransformError, 
 from edgecli.data.dataset import Dataset
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
-from edgecli.formats.files import TempFolder
-from edgecli.formats.model_file import ModelFile, library_path
+from edgecli.formats.files import TempFolder, library_path
+from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import ConvertRecipe
 from edgecli.stages.convert.preflight import require_onnx2tf_support
 

@@ -24,7 +24,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from edgecli.core.errors import ModelReadError, OutputError, UsageError
+from edgecli.core.errors import ModelReadError, ModelTooLarge, OutputError, UsageError
+from edgecli.core.resources import MEMORY_LIMIT_ENV, available_memory, check_fits
 
 STDIO = "-"
 CHUNK = 1 << 20
@@ -39,6 +40,29 @@ def sha256_of(path: Path) -> str:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def utf8_path(path: Path) -> bool:
+    """Whether `path` can be handed to a C++ library as a string: a name with bytes that are not UTF-8
+    (os.fsdecode's surrogates) makes onnxruntime, LiteRT and TensorFlow fail or raise TypeError."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def library_path(path: Path) -> Iterator[Path]:
+    """`path`, or, when its name is not UTF-8, a symbolic link to it with a UTF-8 name in a private
+    temporary folder (removed after the block), for the libraries that read a path themselves."""
+    if utf8_path(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="edgecli-path-") as folder:
+        link = Path(folder) / ("model" + (path.suffix if utf8_path(Path(path.suffix)) else ""))
+        link.symlink_to(path.resolve(), target_is_directory=path.is_dir())
+        yield link
 
 
 def _umask() -> int:
@@ -290,6 +314,41 @@ def write_bytes_atomic(dest: Path, data: bytes) -> None:
 # ---------------------------------------------------------------- stdout
 
 
+_closed: set[int] = set()
+
+
+def guard_stdio() -> None:
+    """At start-up: a closed stdin, stdout or stderr gets /dev/null on its descriptor, so that no file
+    edgecli opens later lands on fd 0, 1 or 2 (and gets model bytes or error lines written into it).
+    stdin is opened the wrong way round (a read fails); a command that needs stdin or stdout is
+    refused by io_guard.CommandFiles.check() first, and what libraries print to a closed stdout or
+    stderr vanishes (there is nobody to tell). sys.stdout and sys.stderr are never None: libraries
+    flush them, and rich would print error lines on stdout without a stderr."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        _closed.add(fd)
+        null = os.open(os.devnull, os.O_WRONLY)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+    if 1 in _closed:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+    if 2 in _closed:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+
+
+def stdout_closed() -> bool:
+    return 1 in _closed or sys.stdout is None
+
+
+def stdin_closed() -> bool:
+    return 0 in _closed or sys.stdin is None
+
+
 def _silence_stdout() -> None:
     """Point fd 1 at /dev/null once its reader is gone, so that Python's flush at exit adds no
     'BrokenPipeError' noise and no second message."""
@@ -301,8 +360,6 @@ def _silence_stdout() -> None:
 
 def write_stdout(data: bytes) -> None:
     """Every byte to stdout, or an OutputError (exit 6) saying how many got there."""
-    from edgecli.formats.io_guard import stdout_closed
-
     if stdout_closed():
         raise OutputError("stdout is closed", hint="run without >&-, or write to a file")
     stream = sys.stdout
@@ -336,31 +393,31 @@ def write_output(dest: str, data: bytes) -> None:
         write_bytes_atomic(Path(dest), data)
 
 
-def check_output_differs(model_arg: str, output: str) -> None:
-    """Refuse to overwrite the input model with the output (see io_guard.CommandFiles for the whole check)."""
-    from edgecli.formats.io_guard import CommandFiles
+# ---------------------------------------------------------------- models: the memory bound, stdin and pipes
 
-    files = CommandFiles()
-    files.input("the input model", model_arg)
-    files.output("-o", output)
-    files.check_clashes()
+# A model takes about 3x its file size in memory while a verb works on it: the parsed model, the
+# working copy a transformation makes (or the runtime's session) and the serialized result.
+MEMORY_FACTOR = 3
 
 
-# ---------------------------------------------------------------- models from stdin and pipes
+def check_memory(path: Path, size: int) -> None:
+    """Refuse, before loading it, a model that needs more memory than is available. Raises ModelTooLarge."""
+    check_fits(
+        size,
+        f"{path} ({size:,} bytes, ~{MEMORY_FACTOR}x that while loaded and transformed)",
+        factor=MEMORY_FACTOR,
+        error=ModelTooLarge,
+        hint=f"free memory or use a larger machine; {MEMORY_LIMIT_ENV} sets the memory edgecli assumes",
+    )
 
 
 def _stream_cap() -> int:
     """Bytes of a piped model worth keeping: what could still be loaded (the memory check's limit)."""
-    from edgecli.core.resources import available_memory
-    from edgecli.formats.model_file import MEMORY_FACTOR
-
     return available_memory() // MEMORY_FACTOR
 
 
 def _copy_stream(read, shown: str, target: Path) -> int:
     """Copy a stream into `target`, refusing (like any model too large to load) past the memory bound."""
-    from edgecli.formats.model_file import check_memory
-
     cap, total = _stream_cap(), 0
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
@@ -411,8 +468,6 @@ def materialize(model_arg: str) -> Iterator[Path]:
                 raise ModelReadError(f"{model_arg} is empty: no model bytes came through the pipe")
             yield target
         return
-    from edgecli.formats.io_guard import stdin_closed
-
     if stdin_closed():
         raise UsageError("model '-' means stdin, but stdin is closed", hint="pipe a model in")
     if sys.stdin.isatty():

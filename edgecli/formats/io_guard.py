@@ -22,39 +22,21 @@ import contextlib
 import errno
 import os
 import stat
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgecli.core.errors import UsageError
-from edgecli.formats.files import STDIO, reason, sweep_stale_files, sweep_temp_folders, temp_name
-
-_closed: set[int] = set()
-
-
-def guard_stdio() -> None:
-    """At start-up: a closed stdin, stdout or stderr gets /dev/null on its descriptor, so that no file
-    edgecli opens later lands on fd 0, 1 or 2 (and gets model bytes or error lines written into it).
-    stdin is opened the wrong way round (a read fails); a command that needs stdin or stdout is
-    refused by check() first, and what libraries print to a closed stdout or stderr vanishes (there is
-    nobody to tell). sys.stdout and sys.stderr are never None: libraries flush them, and rich would
-    print error lines on stdout without a stderr."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-            continue
-        except OSError:
-            pass
-        _closed.add(fd)
-        null = os.open(os.devnull, os.O_WRONLY)
-        if null != fd:
-            os.dup2(null, fd)
-            os.close(null)
-    if 1 in _closed:
-        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-    if 2 in _closed:
-        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+from edgecli.formats.files import (
+    STDIO,
+    guard_stdio,
+    reason,
+    stdin_closed,
+    stdout_closed,
+    sweep_stale_files,
+    sweep_temp_folders,
+    temp_name,
+)
 
 
 def startup() -> None:
@@ -62,14 +44,6 @@ def startup() -> None:
     guard_stdio()
     with contextlib.suppress(OSError):
         sweep_temp_folders()
-
-
-def stdout_closed() -> bool:
-    return 1 in _closed or sys.stdout is None
-
-
-def stdin_closed() -> bool:
-    return 0 in _closed or sys.stdin is None
 
 
 def require_stdout(what: str) -> None:
@@ -251,3 +225,11 @@ class CommandFiles:
                 if same_file(path, Path(other)):
                     raise UsageError(f"{role} and {other_role} name the same file ({text})")
             kept.append((role, text))
+
+
+def check_output_differs(model_arg: str, output: str) -> None:
+    """Refuse to overwrite the input model with the output (CommandFiles.check does the whole check)."""
+    files = CommandFiles()
+    files.input("the input model", model_arg)
+    files.output("-o", output)
+    files.check_clashes()

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecli.core.errors import BackendMissing, ModelReadError, last_line, one_line
-from edgecli.formats.files import TempFolder
-from edgecli.formats.model_file import utf8_path
+from edgecli.formats.files import TempFolder, utf8_path
 
 TRUST_HINT = "pass --trust-pickle if you trust this file"
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from edgecli.core.errors import ModelReadError, last_line
+from edgecli.formats.files import library_path
 from edgecli.formats.keras_file import import_tensorflow, load_keras
-from edgecli.formats.model_file import ModelFile, library_path
+from edgecli.formats.model_file import ModelFile
 from edgecli.runtimes.base import Runner, TensorSpec
 
 

@@ -8,7 +8,8 @@ import numpy as np
 
 from edgecli.core.errors import ModelReadError, damaged_hint, one_line
 from edgecli.formats.detect import Format
-from edgecli.formats.model_file import ModelFile, utf8_path
+from edgecli.formats.files import utf8_path
+from edgecli.formats.model_file import ModelFile
 from edgecli.runtimes.base import Runner, TensorSpec
 
 ORT_TYPES = {

@@ -8,7 +8,8 @@ import numpy as np
 
 from edgecli.core import console
 from edgecli.core.errors import BackendMissing, ModelReadError, damaged_hint, one_line
-from edgecli.formats.model_file import ModelFile, utf8_path
+from edgecli.formats.files import utf8_path
+from edgecli.formats.model_file import ModelFile
 from edgecli.runtimes.base import Runner, TensorSpec
 
 # A quantization step this large means a float sentinel was quantized: an attention mask's

@@ -17,7 +17,6 @@ from edgecli.formats.files import (
     TEMP_FILE,
     TempFolder,
     atomic_path,
-    check_output_differs,
     materialize,
     sha256_of,
     sweep_stale_files,
@@ -26,6 +25,7 @@ from edgecli.formats.files import (
     write_bytes_atomic,
     write_output,
 )
+from edgecli.formats.io_guard import check_output_differs
 
 
 def listing(folder: Path) -> list[str]:
