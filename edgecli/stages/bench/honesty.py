@@ -1,6 +1,6 @@
 """bench, honesty: warnings for figures that do not say what a reader would assume.
 
-- a p50 that moved during the run by more than the recipe's `max_spread` (see bench_stats);
+- a p50 that moved during the run by more than the recipe's `max_spread` (see analysis/latency.py);
 - a model whose lineage says it was compressed (quantize, prune or distill steps its reference does
   not have) but that is not faster than the reference: "faster" means a p50 per sample below 95% of
   the reference's (speedup > 1/0.95 = 1.053), the rule quantize's own speed check uses; the likely
@@ -14,9 +14,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from edgecli.analysis.latency import NOT_FASTER, slow_quantization_reasons
 from edgecli.formats.model_file import ModelFile
 from edgecli.stages.bench.stats import reference_point
-from edgecli.stages.quantize.speed import NOT_FASTER
 
 COMPRESSION_VERBS = ("quantize", "prune", "distill")
 NOT_FASTER_SPEEDUP = 1 / NOT_FASTER  # a speedup at or below 1.053 is "not faster"
@@ -84,7 +84,6 @@ def _quantize_reasons(step: dict[str, Any], model: ModelFile, reference_p50_ms: 
 
     from edgecli.analysis.model_stats import op_histogram
     from edgecli.recipes import QuantizeRecipe
-    from edgecli.stages.quantize.speed import slow_quantization_reasons
 
     try:
         recipe = QuantizeRecipe.model_validate(step.get("recipe") or {})

@@ -17,30 +17,24 @@ the row's speedup and `latency_ms` (the older single-point shape: p50, p90, ... 
 from __future__ import annotations
 
 import gzip
-import math
 import operator
-import os
-import platform
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgecli.analysis.latency import machine_info, measure_latency
 from edgecli.analysis.metrics import accuracy as top1_accuracy
 from edgecli.analysis.metrics import align, check_labels, compare, is_classifier_output, mean_cosine, non_finite_samples
 from edgecli.core import console
 from edgecli.core.errors import UsageError
 from edgecli.data.dataset import Dataset, synthetic_dataset
-from edgecli.formats.lineage import tool_versions
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import GATE_METRICS, BenchRecipe, parse_gate
 from edgecli.runtimes import open_runner
 from edgecli.runtimes.base import Runner
 from edgecli.stages.bench import honesty
-from edgecli.stages.bench.stats import latency_point, latency_stats, speedup
-
-__all__ = ["bench", "evaluate_gates", "latency_stats", "machine_info", "measure_latency"]
+from edgecli.stages.bench.stats import latency_point, speedup
 
 OPERATORS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
 POINT_GATE_METRICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_per_s", "p50_spread")
@@ -63,25 +57,6 @@ OUTPUT_GATE_METRICS = (
     "relative_error",
     "cosine",
 )
-
-
-def machine_info() -> dict[str, Any]:
-    """What the figures were measured on."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        cpuinfo = []
-    wanted = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma", "f16c", "amx_int8"}
-    flags = next((sorted(set(l.split(":", 1)[1].split()) & wanted) for l in cpuinfo if l.startswith("flags")), [])
-    name = next((l.split(":", 1)[1].strip() for l in cpuinfo if l.startswith("model name")), platform.processor())
-    return {
-        "cpu": name,
-        "cpu_count": os.cpu_count(),
-        "cpu_flags": flags,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "tools": tool_versions(),
-    }
 
 
 def gzip_size(path: Path) -> int | None:
@@ -133,45 +108,6 @@ def check_input_names(runners: list[Runner], recipe: BenchRecipe) -> None:
 
 
 # ---------------------------------------------------------------- timing
-
-
-def _warm_up(runner: Runner, feed: dict[str, np.ndarray], warmup: int) -> float:
-    """Run `warmup` untimed runs, then one timed: the seconds one run takes (an estimate)."""
-    for _ in range(warmup):
-        runner.run_feeds(feed)
-    start = time.perf_counter()
-    runner.run_feeds(feed)
-    return max(time.perf_counter() - start, 1e-6)
-
-
-def measure_latency(
-    runners: list[Runner], feeds: list[dict[str, np.ndarray]], recipe: BenchRecipe, label: str = "timing"
-) -> list[list[float]]:
-    """Warm up each (runner, feed) task, then time them interleaved so that machine drift hits all
-    alike: in every round each task runs a fixed number of times, chosen from its warm-up estimate so
-    that all tasks need about the same number of rounds (a fast model runs several times per round, a
-    slow one once). Rounds go on until every task has both `runs` timings and `min_time_s` of timed
-    work. Returns each task's timings in milliseconds, in run order."""
-    estimates = [_warm_up(runner, feed, recipe.warmup) for runner, feed in zip(runners, feeds)]
-    wanted = [max(recipe.runs, math.ceil(recipe.min_time_s / seconds)) for seconds in estimates]
-    rounds = min(wanted)
-    per_round = [math.ceil(count / rounds) for count in wanted]
-    samples: list[list[float]] = [[] for _ in runners]
-    spent = [0.0 for _ in runners]
-    with console.progress(label, total=rounds) as bar:
-        while True:
-            pending = [i for i in range(len(runners)) if len(samples[i]) < recipe.runs or spent[i] < recipe.min_time_s]
-            if not pending:
-                break
-            for index in pending:
-                for _ in range(per_round[index]):
-                    t0 = time.perf_counter_ns()
-                    runners[index].run_feeds(feeds[index])
-                    elapsed = (time.perf_counter_ns() - t0) / 1e6
-                    samples[index].append(elapsed)
-                    spent[index] += elapsed / 1000.0
-            bar.advance()
-    return samples
 
 
 def time_thread_group(

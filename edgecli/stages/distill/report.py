@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from edgecli.analysis.latency import measure_latency
 from edgecli.analysis.metrics import accuracy
 from edgecli.analysis.model_stats import param_count
 from edgecli.core import console
@@ -50,8 +51,6 @@ def _student_for_timing(artifact: Artifact, teacher: ModelFile):
 
 def latencies(teacher: ModelFile, artifact: Artifact, sample: np.ndarray, runs: int) -> dict[str, Any]:
     """p50 batch-1 latency of teacher and student on one thread, timed interleaved in one run."""
-    from edgecli.stages.bench.stage import measure_latency
-
     with _student_for_timing(artifact, teacher) as (student_file, student_runtime):
         runners = [open_runner(teacher, threads=1), open_runner(student_file, threads=1)]
         feeds = [runner.feeds({runner.inputs[0].name: sample}) for runner in runners]

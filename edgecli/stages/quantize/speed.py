@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecli.analysis.latency import NOT_FASTER, latency_stats, measure_latency, slow_quantization_reasons
 from edgecli.core import console
 from edgecli.data.dataset import Dataset, synthetic_dataset
 from edgecli.formats.detect import Format
@@ -17,43 +18,7 @@ from edgecli.runtimes import open_runner
 from edgecli.stages.artifact import Artifact, staged
 from edgecli.stages.quantize.onnx import op_counts
 
-# Not faster than this fraction of the float p50 counts as "not faster" (timing noise is a few %).
-NOT_FASTER = 0.95
 QUICK = BenchRecipe(warmup=5, runs=30, min_time_s=0.3, threads=1, batch_size=1)
-
-
-def slow_quantization_reasons(
-    recipe: QuantizeRecipe, ops: Counter, float_layers: int, float_p50_ms: float
-) -> list[str]:
-    """Why a quantized model may be no faster than its float parent on this machine (may be empty)."""
-    from edgecli.stages.bench.stage import machine_info
-
-    reasons = []
-    if ops.get("ConvInteger"):
-        reasons.append("ConvInteger (dynamic Conv) has slow CPU kernels; use mode: static for conv nets")
-    if recipe.mode == "fp16":
-        reasons.append(
-            "CPUs run FP16 models through float32 kernels and Cast nodes (ONNX) or dequantize FP16 weights "
-            "(TFLite): FP16 halves the size, speed needs a GPU/NPU delegate"
-        )
-    if recipe.activation_type == "int16" and recipe.mode == "static":
-        reasons.append(
-            "16-bit activations: LiteRT has no fast 16x8 kernels on CPU (measured about 40x slower than float)"
-        )
-    if recipe.mode == "dynamic":
-        reasons.append(
-            "dynamic quantization quantizes activations on every call; for small layers that costs more than INT8 math saves"
-        )
-    if float_layers:
-        reasons.append(f"{float_layers} layer(s) kept in float add quantize/dequantize conversions around them")
-    flags = set(machine_info()["cpu_flags"])
-    if recipe.mode == "static" and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
-        reasons.append("this CPU has no VNNI/AMX int8 dot-product instructions")
-    if float_p50_ms < 0.05:
-        reasons.append(
-            f"the float model takes {float_p50_ms * 1000:.0f} us per call: fixed per-call overhead dominates"
-        )
-    return reasons
 
 
 def speed_check(
@@ -61,8 +26,6 @@ def speed_check(
 ) -> dict[str, Any]:
     """p50 latency of float and quantized models at 1 thread, batch 1, interleaved; warns when the
     quantized model is not faster. Timings go to the report, never to the lineage."""
-    from edgecli.stages.bench.stage import latency_stats, measure_latency
-
     with staged(artifact) as candidate:
         runners = [open_runner(model, threads=1), open_runner(candidate, threads=1)]
         source = data if data is not None else synthetic_dataset(runners[0].inputs, 1)

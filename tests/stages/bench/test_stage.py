@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgecli.analysis.latency import latency_stats, measure_latency
 from edgecli.analysis.metrics import accuracy
 from edgecli.data.dataset import load_dataset
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import BenchRecipe, DataSpec
 from edgecli.runtimes import open_runner
-from edgecli.stages.bench.stage import latency_stats, measure_latency
 from tests.conftest import data_args, run_cli
 
 TIMING = ["--set", "runs=20", "--set", "min_time_s=0.05", "--set", "warmup=2"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgecli.analysis.latency import latency_stats, p50_spread, segment_p50s
 from edgecli.analysis.metrics import mean_cosine
 from edgecli.analysis.model_stats import macs, onnx_macs, sparsity, topological_nodes
 from edgecli.core.errors import RecipeError, UsageError
@@ -18,7 +19,7 @@ from edgecli.recipes import BenchRecipe, load_recipe
 from edgecli.runtimes.base import TensorSpec
 from edgecli.stages.bench.honesty import spread_warnings, within_noise_warning
 from edgecli.stages.bench.stage import evaluate_gates, gate_metrics
-from edgecli.stages.bench.stats import latency_point, latency_stats, p50_spread, segment_p50s, speedup
+from edgecli.stages.bench.stats import latency_point, speedup
 
 SAMPLE_MACS = 123_057_920
 
