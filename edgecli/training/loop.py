@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgecli.core import console
+from edgecli.training.losses import kd_loss
 
 
 def top1(logits: Any) -> Any:
@@ -298,8 +299,6 @@ def finetune(
     def loss_fn(out: Any, idx: Any) -> Any:
         if soft is None:
             return torch.nn.functional.cross_entropy(out, y_train[idx])
-        from edgecli.stages.distill.stage import kd_loss
-
         return kd_loss(out, soft[idx], y_train[idx], spec.temperature, spec.soft_weight)
 
     result = FinetuneResult()

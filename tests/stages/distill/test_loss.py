@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgecli.stages.distill.stage import hint_adapter, hint_loss, kd_loss, split_indices
+from edgecli.stages.distill.stage import hint_adapter, split_indices
+from edgecli.training.losses import hint_loss, kd_loss
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
