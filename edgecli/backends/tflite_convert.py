@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecli.backends.onnx_export import as_onnx_file
+from edgecli.backends.op_support import require_onnx2tf_support
 from edgecli.core import console
 from edgecli.core.errors import BackendMissing, ModelReadError, TransformError, UsageError, last_line, one_line
 from edgecli.data.dataset import Dataset
@@ -19,7 +20,6 @@ from edgecli.formats.detect import Format
 from edgecli.formats.files import TempFolder, library_path
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import ConvertRecipe
-from edgecli.stages.convert.preflight import require_onnx2tf_support
 
 ONNX2TF_HINT = "pip install --no-deps onnx2tf==1.29.24 tf-keras==2.21.0 (make install does it)"
 

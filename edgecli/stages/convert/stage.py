@@ -7,6 +7,7 @@ from typing import Any
 from edgecli.analysis.model_stats import check_finite_weights
 from edgecli.analysis.parity import check_parity
 from edgecli.backends.onnx_export import onnx_to_onnx, pt2_to_onnx, simplify_onnx
+from edgecli.backends.op_support import is_quantized_onnx
 from edgecli.backends.tflite_convert import to_tflite
 from edgecli.core import console
 from edgecli.core.errors import TransformError, UsageError
@@ -18,7 +19,7 @@ from edgecli.recipes import ConvertRecipe
 from edgecli.runtimes import open_runner
 from edgecli.stages.artifact import Artifact, staged
 from edgecli.stages.convert.micro import micro_artifact, micro_runner
-from edgecli.stages.convert.preflight import is_quantized_onnx, preflight
+from edgecli.stages.convert.preflight import preflight
 
 
 def _input_layout(parent_specs: list, child_specs: list) -> str | None:

@@ -11,10 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgecli.backends.tflite_convert import onnx2tf_output
-from edgecli.core.errors import TransformError
-from edgecli.formats import onnx_file
-from edgecli.stages.convert.preflight import (
+from edgecli.backends.op_support import (
     TFLM_MISSING_BUILTINS,
     dynamic_shape_warnings,
     micro_problems,
@@ -23,6 +20,9 @@ from edgecli.stages.convert.preflight import (
     ort_problems,
     tflite_findings,
 )
+from edgecli.backends.tflite_convert import onnx2tf_output
+from edgecli.core.errors import TransformError
+from edgecli.formats import onnx_file
 from tests.conftest import leftovers, run_cli
 
 
