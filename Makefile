@@ -46,25 +46,25 @@ lint: $(STAMP)
 $(OUT):
 	@mkdir -p $@
 
-$(OUT)/pruned.pt2: $(SAMPLE)/fashion_cnn.pt2 configs/prune/magnitude-50.yaml | $(STAMP) $(OUT)
+$(OUT)/pruned.pt2: $(SAMPLE)/fashion_cnn.pt2 edgecli/recipes/shipped/prune/magnitude-50.yaml | $(STAMP) $(OUT)
 	$(EDGECLI) prune $< -r magnitude-50 $(TRAIN) -o $@
 
-$(OUT)/slim.pt2: $(SAMPLE)/fashion_cnn.pt2 configs/prune/macs-2x.yaml | $(STAMP) $(OUT)
+$(OUT)/slim.pt2: $(SAMPLE)/fashion_cnn.pt2 edgecli/recipes/shipped/prune/macs-2x.yaml | $(STAMP) $(OUT)
 	$(EDGECLI) prune $< -r macs-2x $(TRAIN) -o $@
 
-$(OUT)/student.pt2: $(SAMPLE)/fashion_cnn.onnx configs/distill/kd.yaml | $(STAMP) $(OUT)
+$(OUT)/student.pt2: $(SAMPLE)/fashion_cnn.onnx edgecli/recipes/shipped/distill/kd.yaml | $(STAMP) $(OUT)
 	$(EDGECLI) distill $< -r kd $(TRAIN) -o $@
 
-$(OUT)/%.onnx: $(OUT)/%.pt2 configs/convert/onnx.yaml | $(STAMP)
+$(OUT)/%.onnx: $(OUT)/%.pt2 edgecli/recipes/shipped/convert/onnx.yaml | $(STAMP)
 	$(EDGECLI) convert $< -r onnx $(EVAL) -o $@
 
-$(OUT)/float.int8.onnx: $(SAMPLE)/fashion_cnn.onnx configs/quantize/int8-static.yaml | $(STAMP) $(OUT)
+$(OUT)/float.int8.onnx: $(SAMPLE)/fashion_cnn.onnx edgecli/recipes/shipped/quantize/int8-static.yaml | $(STAMP) $(OUT)
 	$(EDGECLI) quantize $< -r int8-static $(CALIB) -o $@
 
-$(OUT)/student.int8.onnx: $(OUT)/student.onnx configs/quantize/int8-static.yaml | $(STAMP)
+$(OUT)/student.int8.onnx: $(OUT)/student.onnx edgecli/recipes/shipped/quantize/int8-static.yaml | $(STAMP)
 	$(EDGECLI) quantize $< -r int8-static $(CALIB) -o $@
 
-$(OUT)/float.tflite: $(SAMPLE)/fashion_cnn.onnx configs/convert/tflite.yaml | $(STAMP) $(OUT)
+$(OUT)/float.tflite: $(SAMPLE)/fashion_cnn.onnx edgecli/recipes/shipped/convert/tflite.yaml | $(STAMP) $(OUT)
 	$(EDGECLI) convert $< -r tflite $(EVAL) -o $@
 
 DEMO_MODELS := $(SAMPLE)/fashion_cnn.onnx $(OUT)/pruned.onnx $(OUT)/slim.onnx $(OUT)/student.onnx \

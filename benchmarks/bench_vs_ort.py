@@ -45,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_models" / "fashion"
 TOLERANCE = 0.10
-WARMUP = 10  # configs/bench/default.yaml
+WARMUP = 10  # edgecli/recipes/shipped/bench/default.yaml
 
 
 def edgecli(*args: object) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ calibration.samples) and distill trains one epoch on all of them (10% held out),
 streams its data stays flat as the file grows. A failed run is a table row, not an error.
 
 To measure another checkout (e.g. before a change), pass --code DIR: the child runs from DIR with
-PYTHONPATH=DIR, so `import edgecli` (and its shipped configs/) come from there:
+PYTHONPATH=DIR, so `import edgecli` (and its shipped recipes) come from there:
 
     git worktree add /tmp/before 3300f4e
     .venv/bin/python benchmarks/data_memory.py --code /tmp/before
@@ -147,6 +147,7 @@ def describe_code(python: str, env: dict[str, str], cwd: Path) -> str:
     package = Path(found.stdout.strip()).resolve().parent
     rev = subprocess.run(["git", "-C", str(package), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
     dirty = subprocess.run(
+        # configs/: where the shipped recipes were before they moved into the package (older checkouts)
         ["git", "-C", str(package.parent), "status", "--porcelain", "--", "edgecli", "configs"],
         capture_output=True,
         text=True,

@@ -8,9 +8,9 @@ import pytest
 
 from edgecli.core.errors import RecipeError, UsageError
 from edgecli.recipes import (
-    CONFIGS_DIR,
     GATE_METRICS,
     RECIPES,
+    SHIPPED_DIR,
     BenchRecipe,
     ConvertRecipe,
     PruneRecipe,
@@ -21,7 +21,7 @@ from edgecli.recipes import (
     resolve_recipe_path,
 )
 
-SHIPPED = sorted(p for p in CONFIGS_DIR.glob("*/*.yaml") if p.parent.name != "pipelines")  # pipelines: tests/pipeline
+SHIPPED = sorted(p for p in SHIPPED_DIR.glob("*/*.yaml") if p.parent.name != "pipelines")  # pipelines: tests/pipeline
 
 
 def write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:
@@ -69,7 +69,7 @@ def test_shipped_recipe_values_are_read() -> None:
 
 
 def test_recipe_by_name_with_extension_and_by_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert resolve_recipe_path("prune", "magnitude-50.yaml") == CONFIGS_DIR / "prune" / "magnitude-50.yaml"
+    assert resolve_recipe_path("prune", "magnitude-50.yaml") == SHIPPED_DIR / "prune" / "magnitude-50.yaml"
     write(tmp_path, "sparsity: 0.25\n", name="mine.yaml")
     monkeypatch.chdir(tmp_path)
     recipe, source = load_recipe("prune", "mine.yaml")

@@ -1,4 +1,4 @@
-"""The recipes shipped in configs/: listing, name look-up and shell completion (cheap: no frameworks)."""
+"""The recipes shipped in edgecli/recipes/shipped/: listing, name look-up, shell completion (cheap: no frameworks)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from edgecli.core.errors import RecipeError, UsageError, one_line
-from edgecli.recipes import CONFIGS_DIR, RECIPES, recipe_name
+from edgecli.recipes import RECIPES, SHIPPED_DIR, recipe_name
 
-PIPELINE = "pipeline"  # configs/pipelines/, listed when that folder exists
+PIPELINE = "pipeline"  # shipped/pipelines/, listed when that folder exists
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,9 @@ class Shipped:
 
 def folders() -> dict[str, Path]:
     """Kind -> folder of its shipped recipes."""
-    found = {verb: CONFIGS_DIR / verb for verb in RECIPES}
-    if (CONFIGS_DIR / "pipelines").is_dir():
-        found[PIPELINE] = CONFIGS_DIR / "pipelines"
+    found = {verb: SHIPPED_DIR / verb for verb in RECIPES}
+    if (SHIPPED_DIR / "pipelines").is_dir():
+        found[PIPELINE] = SHIPPED_DIR / "pipelines"
     return found
 
 
@@ -66,7 +66,7 @@ def shipped(kind: str | None = None) -> list[Shipped]:
 def find(name: str, kind: str | None = None) -> Shipped:
     """A shipped recipe by `name`, `kind/name`, or `name` with `kind` given; RecipeError if unknown or
     ambiguous, or not a plain name (recipes.recipe_name: no '..', no other '/'). Shipped recipes are
-    only ever looked up among the listed files, never by joining `name` onto configs/."""
+    only ever looked up among the listed files, never by joining `name` onto SHIPPED_DIR."""
     given_kind, _, bare = name.rpartition("/")
     if recipe_name(bare) is None or (given_kind and recipe_name(given_kind) is None):
         raise RecipeError(

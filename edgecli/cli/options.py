@@ -22,7 +22,7 @@ RecipeOpt = Annotated[
         "--recipe",
         metavar="RECIPE",
         autocompletion=complete_recipe,
-        help="Recipe YAML path, or the name of a recipe in configs/<verb>/ (edgecli recipe list).",
+        help="Recipe YAML path, or the name of a recipe shipped with edgecli (edgecli recipe list).",
     ),
 ]
 OutputOpt = Annotated[

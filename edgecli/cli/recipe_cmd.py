@@ -25,7 +25,7 @@ from edgecli.recipes import RECIPES, load_recipe
 
 recipe_app = typer.Typer(
     name="recipe",
-    help="The recipes shipped in configs/: list them, print one (to start your own), get the JSON Schema for your editor.",
+    help="The recipes shipped with edgecli: list them, print one (to start your own), get the JSON Schema for your editor.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )

@@ -15,7 +15,7 @@ from edgecli.formats.files import write_output, write_stdout
 from edgecli.formats.io_guard import CommandFiles, require_stdout
 
 PipelineArg = Annotated[
-    str, typer.Argument(metavar="PIPELINE", help="Pipeline YAML path, or the name of one in configs/pipelines/.")
+    str, typer.Argument(metavar="PIPELINE", help="Pipeline YAML path, or a shipped one's name (edgecli recipe list).")
 ]
 OutOpt = Annotated[
     Path | None,

@@ -211,7 +211,7 @@ def load_pipeline(path: Path) -> PipelineSpec:
 
 
 def resolve_pipeline(name_or_path: str) -> Path:
-    """A pipeline file path, or the name of one shipped in configs/pipelines/."""
+    """A pipeline file path, or the name of one shipped in edgecli/recipes/shipped/pipelines/."""
     try:
         return resolve_recipe_path("pipelines", name_or_path)
     except RecipeError as exc:

@@ -1,6 +1,7 @@
 """Recipes: one strict pydantic model per verb (prune, distill, quantize, convert, bench, each in its
 own module, on the shared pieces of base.py) and their loading (loading.py: safe YAML, `--set`,
-validation, shipped names). Everything public is re-exported here: `from edgecli.recipes import X`."""
+validation, shipped names). The shipped recipes are package data: shipped/<verb>/NAME.yaml, and
+shipped/pipelines/ for `edgecli run`. Everything public is re-exported: `from edgecli.recipes import X`."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from edgecli.recipes.bench import GATE_METRICS, GATE_PATTERN, BatchSize, BenchRe
 from edgecli.recipes.convert import ConvertRecipe, MicroSpec, ParitySpec
 from edgecli.recipes.distill import AugmentSpec, DistillRecipe, HintSpec, StudentSpec
 from edgecli.recipes.loading import (
-    CONFIGS_DIR,
     MAX_RECIPE_BYTES,
     RECIPE_NAME,
     RECIPES,
+    SHIPPED_DIR,
     Overrides,
     blamed,
     check_recipe_code,
@@ -36,7 +37,6 @@ from edgecli.recipes.prune import ChannelSpec, PruneRecipe
 from edgecli.recipes.quantize import CalibrationSpec, GuardSpec, QuantizeRecipe
 
 __all__ = [
-    "CONFIGS_DIR",
     "DEFAULT_DYNAMIC_DIM",
     "DEFAULT_INT_RANGE",
     "GATE_METRICS",
@@ -44,6 +44,7 @@ __all__ = [
     "MAX_RECIPE_BYTES",
     "RECIPES",
     "RECIPE_NAME",
+    "SHIPPED_DIR",
     "AugmentSpec",
     "BatchSize",
     "BenchRecipe",

@@ -5,13 +5,15 @@ for unknown keys, suggests the closest valid one; an error in a value a `--set` 
 `--set`, not the recipe file. Recipe and pipeline files are at most MAX_RECIPE_BYTES (1 MiB),
 checked before parsing. `-r NAME` is a shipped recipe only when NAME is a plain name (letters,
 digits, '-' and '_', optionally .yaml/.yml): anything else is a path, and never resolves inside
-configs/. A recipe that names code (model.factory, student.factory) is refused at load time unless
+the shipped folder (edgecli/recipes/shipped/<verb>/, package data read with importlib.resources, so
+a wheel carries it). A recipe that names code (model.factory, student.factory) is refused at load time unless
 the user passed --trust-code (edgecli/core/security.py).
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 import re
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,18 @@ from edgecli.recipes.distill import DistillRecipe, StudentSpec
 from edgecli.recipes.prune import PruneRecipe
 from edgecli.recipes.quantize import QuantizeRecipe
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
+
+def _shipped_folder() -> Path:
+    """edgecli/recipes/shipped/: the recipes (<verb>/NAME.yaml) and pipelines (pipelines/NAME.yaml) the
+    package carries, wherever it is installed (a wheel's site-packages, an editable checkout). Names are
+    looked up by globbing and resolving files there, so it must be a folder (not a zip archive)."""
+    folder = importlib.resources.files(__package__ or "edgecli.recipes") / "shipped"
+    if not isinstance(folder, Path):
+        raise RuntimeError(f"edgecli's shipped recipes are not in a folder ({folder}): install edgecli unzipped")
+    return folder.resolve()
+
+
+SHIPPED_DIR = _shipped_folder()
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few hundred bytes; a pipeline a few KiB
 RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # a shipped recipe's name: no '/', no '..'
 
@@ -75,12 +88,12 @@ def recipe_name(text: str) -> str | None:
 
 
 def resolve_recipe_path(verb: str, name_or_path: str) -> Path:
-    """A recipe path as given, or the plain name of a recipe shipped in configs/<verb>/. A name is
-    never joined onto configs/ unless it is plain (recipe_name): `-r ../../x` is a path or nothing."""
+    """A recipe path as given, or the plain name of a recipe shipped in SHIPPED_DIR/<verb>/. A name is
+    never joined onto SHIPPED_DIR unless it is plain (recipe_name): `-r ../../x` is a path or nothing."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    folder = CONFIGS_DIR / verb
+    folder = SHIPPED_DIR / verb
     names = sorted(p.stem for p in folder.glob("*.yaml"))
     name = recipe_name(name_or_path)
     if name is None:
@@ -229,7 +242,7 @@ def read_yaml_mapping(path: Path, what: str, folder: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"cannot read {what} {path}: {exc}") from None
     if raw is None:
-        raise RecipeError(f"{what} {path} is empty", hint=f"see configs/{folder}/ for examples")
+        raise RecipeError(f"{what} {path} is empty", hint=f"see {SHIPPED_DIR / folder}/ for examples")
     if not isinstance(raw, dict):
         raise RecipeError(f"{what} {path} must be a mapping of keys to values, not {type(raw).__name__}")
     return raw

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from edgecli.recipes.base import DataSpec, FinetuneSpec, ReadsPyTorch, Strict
 
@@ -84,3 +84,26 @@ class PruneRecipe(ReadsPyTorch):
     data: DataSpec = Field(default_factory=DataSpec, description="Labelled training data for fine-tuning.")
     eval_data: DataSpec | None = Field(None, description="Labelled data on which accuracy before/after is reported.")
     seed: int = Field(0, description="Random seed; the same seed gives the same output bytes.")
+
+    @model_validator(mode="after")
+    def _fits(self) -> PruneRecipe:
+        if self.schedule == "gradual" and self.method != "magnitude":
+            raise ValueError(
+                f"schedule gradual applies to method magnitude, not {self.method} (--set schedule=oneshot)"
+            )
+        if self.schedule == "gradual" and not self.finetune.epochs:
+            raise ValueError(
+                "schedule gradual raises sparsity during fine-tuning: it needs finetune.epochs >= 1 "
+                "(--set finetune.epochs=3, or --set schedule=oneshot)"
+            )
+        if self.method == "channel":
+            spec = self.channel
+            targets = [name for name in ("ratio", "macs_ratio", "params_ratio") if getattr(spec, name) is not None]
+            if len(targets) != 1:
+                raise ValueError(
+                    "method channel needs exactly one target: channel.ratio, channel.macs_ratio or channel.params_ratio"
+                    + (f" (got {', '.join(targets)})" if targets else "")
+                )
+            if self.finetune.patience is not None and not self.finetune.val_split:
+                raise ValueError("finetune.patience needs finetune.val_split > 0 (the validation data it watches)")
+        return self

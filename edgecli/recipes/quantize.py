@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edgecli.recipes.base import DataSpec, ReadsPyTorch, Strict
 
@@ -79,3 +79,15 @@ class QuantizeRecipe(ReadsPyTorch):
     speed_check: bool = Field(
         True, description="Time float and quantized models briefly and warn when the quantized one is not faster."
     )
+
+    @model_validator(mode="after")
+    def _types_fit_the_format(self) -> QuantizeRecipe:
+        if self.format == "tflite" and self.activation_type == "uint8":
+            raise ValueError(
+                "TFLite full-integer quantization uses int8 (or int16) activations (set activation_type: int8)"
+            )
+        if self.format == "tflite" and self.weight_type != "int8":
+            raise ValueError("TFLite quantizes weights to int8 (set weight_type: int8; uint8 is for ONNX)")
+        if self.format == "onnx" and self.activation_type == "int16":
+            raise ValueError("activation_type int16 is for format: tflite (use int8 or uint8 for ONNX)")
+        return self

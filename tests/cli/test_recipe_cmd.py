@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from edgecli.cli.recipe_schema import SCHEMAS
-from edgecli.recipes import CONFIGS_DIR, RECIPES, load_recipe, validate_recipe
+from edgecli.recipes import RECIPES, SHIPPED_DIR, load_recipe, validate_recipe
 from tests.conftest import ROOT, leftovers, run_cli
 
-SHIPPED = [(verb, path) for verb in RECIPES for path in sorted((CONFIGS_DIR / verb).glob("*.yaml"))]
+SHIPPED = [(verb, path) for verb in RECIPES for path in sorted((SHIPPED_DIR / verb).glob("*.yaml"))]
 EDGECLI = Path(sys.executable).with_name("edgecli")  # the console script a shell's completion calls
 
 
@@ -26,7 +26,7 @@ def first_comment(path: Path) -> str:
 
 def expected_listing() -> set[tuple[str, str]]:
     listing = {(verb, path.stem) for verb, path in SHIPPED}
-    pipelines = CONFIGS_DIR / "pipelines"  # listed as kind "pipeline" once that folder exists
+    pipelines = SHIPPED_DIR / "pipelines"  # listed as kind "pipeline" once that folder exists
     return listing | ({("pipeline", p.stem) for p in pipelines.glob("*.yaml")} if pipelines.is_dir() else set())
 
 
@@ -48,10 +48,10 @@ def test_list_json():
     assert {(e["verb"], e["name"]) for e in entries} == expected_listing()
     for entry in entries:
         path = Path(entry["path"])
-        assert path.parent.parent == CONFIGS_DIR and path.stem == entry["name"]
+        assert path.parent.parent == SHIPPED_DIR and path.stem == entry["name"]
         assert entry["description"] == first_comment(path)
     only = json.loads(run_cli("recipe", "list", "quantize", "--json", "-").stdout)
-    assert [e["name"] for e in only] == sorted(p.stem for p in (CONFIGS_DIR / "quantize").glob("*.yaml"))
+    assert [e["name"] for e in only] == sorted(p.stem for p in (SHIPPED_DIR / "quantize").glob("*.yaml"))
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_list_json():
 def test_show_prints_exactly_the_file(args, file):
     result = run_cli("recipe", "show", *args)
     assert result.code == 0 and result.stderr == ""
-    assert result.stdout == (CONFIGS_DIR / file).read_bytes()
+    assert result.stdout == (SHIPPED_DIR / file).read_bytes()
 
 
 @pytest.mark.parametrize(("verb", "path"), SHIPPED, ids=[f"{v}/{p.stem}" for v, p in SHIPPED])
@@ -193,7 +193,7 @@ def test_completion_of_recipe_names_per_verb():
     assert complete("edgecli prune m.pt2 -r ma") == ["macs-2x", "magnitude-50", "magnitude-80"]
     assert complete("edgecli quantize m.onnx --set a=1 -r int8") == ["int8-dynamic", "int8-static"]
     assert complete("edgecli bench a.onnx b.onnx --recipe ") == ["ci-gates", "default", "edge-1thread"]
-    assert complete("edgecli convert m.onnx -r ") == sorted(p.stem for p in (CONFIGS_DIR / "convert").glob("*.yaml"))
+    assert complete("edgecli convert m.onnx -r ") == sorted(p.stem for p in (SHIPPED_DIR / "convert").glob("*.yaml"))
     assert complete("edgecli prune m.pt2 -r ./my") == []  # a path: nothing, so the shell completes files
     zsh = "\n".join(complete("edgecli distill m.onnx -r kd-", shell="zsh"))
     assert '"kd-half-width":' in zsh and "Distillation without labels" in zsh  # names with their descriptions

@@ -96,13 +96,13 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def checkout(folder: Path) -> Path:
-    """A folder that stands for the repository root: configs/, sample_models/ and examples/ linked.
+    """A folder that stands for the repository root: edgecli/ (the shipped recipes), sample_models/, examples/ linked.
 
     `edgecli run` keys a step by its settings as typed, and `student.path=A/pruned.pt2` names the
     output folder: a copy of an output folder is up to date when it is used from a folder where it
     has the same relative name."""
     folder.mkdir(parents=True)
-    for name in ("configs", "sample_models", "examples"):
+    for name in ("edgecli", "sample_models", "examples"):
         (folder / name).symlink_to(ROOT / name, target_is_directory=True)
     return folder
 

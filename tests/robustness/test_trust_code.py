@@ -5,7 +5,7 @@ names code is refused, exit 2, in one line naming the field and the callable, be
 imported and before any work: the payload never runs, nothing is written, the inputs are unchanged.
 With it, a factory of the user's own code works; Python's own callables (builtins, os, subprocess,
 re-exported or not) are refused even then. Also recipe-file hygiene: a size bound, shipped-recipe
-names that cannot leave configs/, and errors of a `--set` value blamed on that `--set`.
+names that cannot leave the shipped folder, and errors of a `--set` value blamed on that `--set`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from edgecli.recipes import CONFIGS_DIR, MAX_RECIPE_BYTES
+from edgecli.recipes import MAX_RECIPE_BYTES, SHIPPED_DIR
 from tests.conftest import ROOT, SAMPLE, data_args, leftovers, run_cli
 from tests.robustness.conftest import assert_refused
 
@@ -368,9 +368,9 @@ def test_recipe_at_the_size_bound_is_read(tmp_path: Path) -> None:
 
 
 def _outside(verb: str, tmp_path: Path) -> str:
-    """A recipe outside configs/, named relative to configs/<verb>/ (not to the working folder)."""
+    """A recipe outside the shipped folder, named relative to its <verb>/ (not to the working folder)."""
     (tmp_path / "planted.yaml").write_text("target: onnx\nopset: 9\n")  # read, it would say 'opset'
-    return os.path.relpath(tmp_path / "planted", CONFIGS_DIR / verb)
+    return os.path.relpath(tmp_path / "planted", SHIPPED_DIR / verb)
 
 
 @pytest.mark.parametrize("name", ["OUTSIDE", "a/../onnx", "../convert/onnx", "./onnx", "onnx/", ".onnx", "-onnx"])
@@ -421,7 +421,7 @@ def test_a_recipe_path_that_exists_is_read_as_a_path(tmp_path: Path, out: Path) 
 def test_errors_of_a_set_value_name_the_set_not_the_shipped_file(sets: list[str], phrase: str, out: Path) -> None:
     args = [arg for item in sets for arg in ("--set", item)]
     line = assert_refused(run_cli("convert", ONNX, "-r", "onnx", *args, "-o", out / "out.onnx"), 2, phrase, out)
-    assert "configs/convert/onnx.yaml" not in line
+    assert "recipes/shipped/convert/onnx.yaml" not in line
 
 
 def test_errors_of_the_file_still_name_the_file(tmp_path: Path, out: Path) -> None:

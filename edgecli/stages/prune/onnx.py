@@ -18,7 +18,6 @@ from edgecli.recipes import PruneRecipe
 from edgecli.stages.artifact import Artifact, staged
 from edgecli.stages.prune.unstructured import (
     apply_masks,
-    check_schedule,
     magnitude_masks,
     show_layers,
     size_figures,
@@ -90,7 +89,6 @@ def prune_onnx(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eva
             "schedule gradual raises sparsity during fine-tuning, which ONNX input cannot do",
             hint="--set schedule=oneshot, or prune the .pt2",
         )
-    check_schedule(recipe, False)
     proto = onnx_file.load(model.path)
     axes, shared = weight_initializers(proto, recipe.min_params)
     for name in shared:

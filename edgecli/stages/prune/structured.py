@@ -319,15 +319,7 @@ def structured_prune(
 
     if model.format is not Format.PT2:
         raise UsageError(f"channel pruning reads .pt2 programs or state_dicts; {model.path} is {model.format.value}")
-    spec, tune = recipe.channel, recipe.finetune
-    targets = [name for name in ("ratio", "macs_ratio", "params_ratio") if getattr(spec, name) is not None]
-    if len(targets) != 1:
-        raise UsageError(
-            "method channel needs exactly one target: channel.ratio, channel.macs_ratio or channel.params_ratio"
-            + (f" (got {', '.join(targets)})" if targets else ""),
-        )
-    if tune.patience is not None and not tune.val_split:
-        raise UsageError("finetune.patience needs finetune.val_split > 0 (the validation data it watches)")
+    spec, tune = recipe.channel, recipe.finetune  # one target, patience with val_split: PruneRecipe checks
     seed_everything(recipe.seed)
     runner = TorchRunner(model)
     if len(runner.inputs) != 1:

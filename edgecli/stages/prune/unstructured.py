@@ -160,18 +160,6 @@ def speed_note(method: str) -> None:
         )
 
 
-def check_schedule(recipe: PruneRecipe, trains: bool) -> None:
-    if recipe.schedule == "gradual" and recipe.method != "magnitude":
-        raise UsageError(
-            f"schedule gradual applies to method magnitude, not {recipe.method}", hint="--set schedule=oneshot"
-        )
-    if recipe.schedule == "gradual" and not trains:
-        raise UsageError(
-            "schedule gradual raises sparsity during fine-tuning: it needs finetune.epochs >= 1",
-            hint="--set finetune.epochs=3, or --set schedule=oneshot",
-        )
-
-
 # ---------------------------------------------------------------- .pt2
 
 
@@ -196,8 +184,7 @@ def prune_pt2(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval
     """Zero weights by magnitude (one-shot or gradual) or in the 2:4 pattern; fine-tune with the zeros held."""
     import torch
 
-    spec = recipe.finetune
-    check_schedule(recipe, spec.epochs > 0)
+    spec = recipe.finetune  # gradual only with magnitude and fine-tuning: PruneRecipe checks
     seed_everything(recipe.seed)
     runner = TorchRunner(model)
     weights = prunable_weights(runner.module, recipe.min_params)

@@ -181,10 +181,6 @@ class OnnxQuantizer:
     def __init__(
         self, model: ModelFile, recipe: QuantizeRecipe, runner: Runner, calib: Dataset | None, folder: Path
     ) -> None:
-        if recipe.activation_type not in QUANT_TYPES:
-            raise UsageError(
-                f"activation_type {recipe.activation_type} is for format: tflite", hint="use int8 or uint8 for ONNX"
-            )
         self.recipe, self.runner, self.calib, self.folder = recipe, runner, calib, folder
         self.source = self._prepare(model.path)
         self.float_proto = onnx_file.load(self.source, check=False)

@@ -276,13 +276,8 @@ def tflite_quantizer(
     model: ModelFile, recipe: QuantizeRecipe, runner: Runner, calib: Dataset | None
 ) -> Iterator[TFLiteQuantizer]:
     """Convert `model` for TensorFlow's converter once (onnx2tf for ONNX and .pt2) and yield a
-    TFLiteQuantizer over it; temporary files are removed on exit."""
-    if recipe.activation_type == "uint8":
-        raise UsageError(
-            "TFLite full-integer quantization uses int8 (or int16) activations", hint="set activation_type: int8"
-        )
-    if recipe.weight_type != "int8":
-        raise UsageError("TFLite quantizes weights to int8", hint="set weight_type: int8 (uint8 is for ONNX)")
+    TFLiteQuantizer over it; temporary files are removed on exit. (int8/int16 activations and int8
+    weights: QuantizeRecipe checks.)"""
     if recipe.mode == "static" and recipe.calibration.method != "minmax":
         console.warn(
             f"TFLite calibrates min/max ranges; calibration.method {recipe.calibration.method} applies to ONNX only"
