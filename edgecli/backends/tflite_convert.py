@@ -1,4 +1,5 @@
-"""convert to TFLite: ONNX (and .pt2 through ONNX) with onnx2tf, Keras / SavedModel with TensorFlow's converter."""
+"""Float TFLite: ONNX (and .pt2 through ONNX) with onnx2tf, Keras / SavedModel with TensorFlow's converter.
+INT8 TFLite is quantize's TFLite quantizer (stages/quantize/tflite.py), which builds on onnx2tf_output."""
 
 from __future__ import annotations
 
@@ -13,13 +14,11 @@ from typing import Any
 from edgecli.backends.onnx_export import as_onnx_file
 from edgecli.backends.op_support import require_onnx2tf_support
 from edgecli.core import console
-from edgecli.core.errors import BackendMissing, ModelReadError, TransformError, UsageError, last_line, one_line
-from edgecli.data.dataset import Dataset
+from edgecli.core.errors import BackendMissing, ModelReadError, TransformError, last_line, one_line
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
 from edgecli.formats.files import TempFolder, library_path
 from edgecli.formats.model_file import ModelFile
-from edgecli.recipes import ConvertRecipe
 
 ONNX2TF_HINT = "pip install --no-deps onnx2tf==1.29.24 tf-keras==2.21.0 (make install does it)"
 
@@ -232,35 +231,10 @@ def converter_reason(exc: BaseException) -> str:
     return one_line((errors[0] if errors else last_line(exc))[:300])
 
 
-def _quantized_tflite(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None) -> bytes:
-    """Dynamic-range or full-integer INT8 TFLite through quantize's TFLite path (one calibration on
-    `data`, no accuracy guard: convert's parity check judges the result)."""
-    from edgecli.recipes import QuantizeRecipe
-    from edgecli.runtimes import open_runner
-    from edgecli.stages.quantize.tflite import tflite_quantizer
-
-    full_integer = recipe.precision == "int8"
-    if full_integer and data is None:
-        raise UsageError(
-            "precision int8 calibrates activation ranges on real inputs: give --data", hint="e.g. --data calib.npz"
-        )
-    quantize_recipe = QuantizeRecipe(
-        mode="static" if full_integer else "dynamic",
-        format="tflite",
-        io_type=recipe.io_type,
-        calibration={"samples": recipe.calibration_samples},
-        speed_check=False,
-    )
-    with tflite_quantizer(model, quantize_recipe, open_runner(model), data) as quantizer:
-        return quantizer.quantize().payload
-
-
-def to_tflite(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None = None) -> bytes:
-    """The model as TFLite in the recipe's precision: float32 or float16 (onnx2tf, or TensorFlow's
-    converter for Keras), dynamic range or full-integer INT8 (TensorFlow's quantizer, calibrated on `data`)."""
-    if recipe.precision in ("dynamic", "int8"):
-        return _quantized_tflite(model, recipe, data)
+def float_tflite(model: ModelFile, precision: str, opset: int = 18) -> bytes:
+    """The model as float32 or float16 TFLite: onnx2tf (ONNX, and .pt2 through its ONNX export at
+    `opset`), or TensorFlow's converter for Keras and SavedModel."""
     if model.format in (Format.KERAS, Format.SAVED_MODEL):
-        return keras_to_tflite(model, recipe.precision)
-    with as_onnx_file(model, recipe.opset) as onnx_path:
-        return onnx_to_tflite(onnx_path, recipe.precision)
+        return keras_to_tflite(model, precision)
+    with as_onnx_file(model, opset) as onnx_path:
+        return onnx_to_tflite(onnx_path, precision)

@@ -357,9 +357,9 @@ def budget_failures(metrics: dict[str, Any], spec: MicroSpec) -> list[str]:
 def micro_artifact(model: ModelFile, recipe: ConvertRecipe, calibration: Dataset | None) -> Artifact:
     """target tflite-micro: the model as full-integer INT8 TFLite (calibrated on `calibration`), proven
     to run under TFLM, with its arena and size in the metrics and its missed budgets as gate failures."""
-    from edgecli.backends.tflite_convert import to_tflite
+    from edgecli.stages.convert.tflite import tflite_payload
 
-    payload = to_tflite(model, recipe.model_copy(update={"precision": "int8"}), calibration)
+    payload = tflite_payload(model, recipe.model_copy(update={"precision": "int8"}), calibration)
     metrics = micro_check(payload)
     console.info(
         f"TensorFlow Lite Micro runs all {metrics['op_nodes']} nodes ({', '.join(metrics['ops'])}): tensor arena "

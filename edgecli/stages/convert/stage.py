@@ -8,7 +8,6 @@ from edgecli.analysis.model_stats import check_finite_weights
 from edgecli.analysis.parity import check_parity
 from edgecli.backends.onnx_export import onnx_to_onnx, pt2_to_onnx, simplify_onnx
 from edgecli.backends.op_support import is_quantized_onnx
-from edgecli.backends.tflite_convert import to_tflite
 from edgecli.core import console
 from edgecli.core.errors import TransformError, UsageError
 from edgecli.data.dataset import Dataset, synthetic_dataset
@@ -20,6 +19,7 @@ from edgecli.runtimes import open_runner
 from edgecli.stages.artifact import Artifact, staged
 from edgecli.stages.convert.micro import micro_artifact, micro_runner
 from edgecli.stages.convert.preflight import preflight
+from edgecli.stages.convert.tflite import tflite_payload
 
 
 def _input_layout(parent_specs: list, child_specs: list) -> str | None:
@@ -114,7 +114,7 @@ def convert(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None) -> Ar
     elif recipe.target == "tflite-micro":
         artifact = micro_artifact(model, recipe, calibration)
     else:
-        artifact = Artifact(Format.TFLITE, to_tflite(model, recipe, calibration))
+        artifact = Artifact(Format.TFLITE, tflite_payload(model, recipe, calibration))
     parent = open_runner(model)
     with staged(artifact) as candidate:
         child = micro_runner(candidate, artifact) if recipe.target == "tflite-micro" else open_runner(candidate)
