@@ -19,7 +19,7 @@ install: $(STAMP)
 # onnx2tf and tf-keras go in with --no-deps: their own pins would replace half of the working set.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[tflite,plot,test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[tflite,plot,test,dev]"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps onnx2tf==1.29.24 tf-keras==2.21.0
 	@touch $@
 
