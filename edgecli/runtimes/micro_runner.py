@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgecli.backends.micro import io_tensors, measure_arena, open_interpreter
 from edgecli.formats.model_file import ModelFile
 from edgecli.runtimes.base import Runner, TensorSpec
 from edgecli.runtimes.tflite_runner import _clean_name
@@ -24,12 +25,10 @@ class MicroRunner(Runner):
     """A Runner over TFLM. Integer inputs are quantized from float data with the input's scale and zero
     point, integer outputs dequantized, as TfliteRunner does; inputs are fed one sample at a time.
 
-    arena_size: the tensor arena; None measures the smallest one the model runs with (convert_micro)."""
+    arena_size: the tensor arena; None measures the smallest one the model runs with (backends/micro.py)."""
 
     def __init__(self, model: ModelFile, threads: int | None = None, arena_size: int | None = None) -> None:
         super().__init__(model, threads)
-        from edgecli.stages.convert.micro import io_tensors, measure_arena, open_interpreter
-
         data = model.path.read_bytes()
         self.arena_size = arena_size or measure_arena(data)
         self.interpreter = open_interpreter(data, self.arena_size, invoke=False)

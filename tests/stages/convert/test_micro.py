@@ -168,8 +168,8 @@ def test_every_op_without_a_tflm_kernel_is_named():
     import flatbuffers
     from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
+    from edgecli.backends.micro import check_kernels, missing_ops
     from edgecli.core.errors import TransformError
-    from edgecli.stages.convert.micro import check_kernels, missing_ops
 
     ops = schema.BuiltinOperator
     model = schema.ModelT()
