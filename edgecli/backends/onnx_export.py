@@ -17,7 +17,8 @@ from edgecli.formats.model_file import ModelFile
 
 
 def pt2_to_onnx(model: ModelFile, opset: int, dynamic_batch: bool) -> Any:
-    """Export a .pt2 program with the torch.onnx dynamo exporter into one self-contained ModelProto."""
+    """Export a .pt2 program with the torch.onnx dynamo exporter into one self-contained ModelProto.
+    Called through to_onnx, the entry point."""
     import torch
 
     from edgecli.formats import pt2_file
@@ -70,9 +71,21 @@ def export_problem(exc: BaseException) -> str:
     return last_line(chain[-1])
 
 
+def to_onnx(model: ModelFile, opset: int = 18, dynamic_batch: bool = True, retarget: bool = True) -> Any:
+    """The one way edgecli makes an ONNX ModelProto of a model: a .pt2 program exported with torch.onnx
+    at `opset`; an ONNX model loaded and, with `retarget`, moved to `opset` (onnx_to_onnx). The batch
+    dimension is pinned to 1 unless `dynamic_batch` (an ONNX model loaded without retarget keeps its
+    own). Anything else is a TransformError (callers that can say more check the format first)."""
+    if model.format is Format.PT2:
+        return pt2_to_onnx(model, opset, dynamic_batch)
+    if model.format is Format.ONNX:
+        return onnx_to_onnx(model, opset, dynamic_batch) if retarget else onnx_file.load(model.path)
+    raise TransformError(f"no conversion from {model.format.value} to ONNX")
+
+
 @contextlib.contextmanager
 def as_onnx_file(model: ModelFile, opset: int = 18) -> Iterator[Path]:
-    """The model as an ONNX file: its own path, or a temporary export of a .pt2 program."""
+    """The model as an ONNX file: its own path, or a temporary export of a .pt2 program (to_onnx)."""
     if model.format is Format.ONNX:
         yield model.path
         return
@@ -80,7 +93,7 @@ def as_onnx_file(model: ModelFile, opset: int = 18) -> Iterator[Path]:
         raise TransformError(f"no conversion from {model.format.value} through ONNX")
     with TempFolder(prefix="edgecli-pt2-onnx-") as folder:
         onnx_path = Path(folder) / "model.onnx"
-        onnx_path.write_bytes(onnx_file.to_bytes(pt2_to_onnx(model, opset, True), None))
+        onnx_path.write_bytes(onnx_file.to_bytes(to_onnx(model, opset, dynamic_batch=True), None))
         yield onnx_path
 
 

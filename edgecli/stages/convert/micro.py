@@ -14,7 +14,7 @@ from edgecli.recipes import ConvertRecipe, MicroSpec
 from edgecli.runtimes.base import Runner
 from edgecli.runtimes.micro_runner import MicroRunner
 from edgecli.stages.artifact import Artifact
-from edgecli.stages.convert.tflite import tflite_payload
+from edgecli.stages.convert.tflite import int8_tflite
 
 ARENA_NOTE = "measured on TFLM's x86-64 build; a 32-bit MCU build needs about as much, give or take pointer size and alignment: keep a margin"
 
@@ -34,7 +34,7 @@ def budget_failures(metrics: dict[str, Any], spec: MicroSpec) -> list[str]:
 def micro_artifact(model: ModelFile, recipe: ConvertRecipe, calibration: Dataset | None) -> Artifact:
     """target tflite-micro: the model as full-integer INT8 TFLite (calibrated on `calibration`), proven
     to run under TFLM, with its arena and size in the metrics and its missed budgets as gate failures."""
-    payload = tflite_payload(model, recipe.model_copy(update={"precision": "int8"}), calibration)
+    payload = int8_tflite(model, recipe, calibration, full_integer=True)
     metrics = micro_check(payload)
     console.info(
         f"TensorFlow Lite Micro runs all {metrics['op_nodes']} nodes ({', '.join(metrics['ops'])}): tensor arena "

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from edgecli.analysis.model_stats import check_finite_weights
 from edgecli.analysis.parity import check_parity
-from edgecli.backends.onnx_export import onnx_to_onnx, pt2_to_onnx, simplify_onnx
+from edgecli.backends.onnx_export import simplify_onnx, to_onnx
 from edgecli.backends.op_support import is_quantized_onnx
 from edgecli.core import console
 from edgecli.core.errors import TransformError, UsageError
 from edgecli.data.dataset import Dataset, synthetic_dataset
-from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import ConvertRecipe
 from edgecli.runtimes import open_runner
+from edgecli.runtimes.base import Runner
 from edgecli.stages.artifact import Artifact, staged
 from edgecli.stages.convert.micro import micro_artifact, micro_runner
 from edgecli.stages.convert.preflight import preflight
@@ -25,24 +26,13 @@ from edgecli.stages.convert.tflite import tflite_payload
 def _input_layout(parent_specs: list, child_specs: list) -> str | None:
     """'NHWC' when the converted model takes 4-D inputs channels-last while the parent took NCHW."""
     for parent, child in zip(parent_specs, child_specs):
-        if len(parent.shape) == 4 and parent.shape[1:] != child.shape[1:]:
-            if (parent.shape[2], parent.shape[3], parent.shape[1]) == tuple(child.shape[1:]):
-                return "NHWC"
+        if (
+            len(parent.shape) == 4
+            and parent.shape[1:] != child.shape[1:]
+            and (parent.shape[2], parent.shape[3], parent.shape[1]) == tuple(child.shape[1:])
+        ):
+            return "NHWC"
     return None
-
-
-def _to_onnx(model: ModelFile, recipe: ConvertRecipe) -> Artifact:
-    """The ONNX model of target onnx: exported from .pt2 or re-targeted, then simplified if asked."""
-    if model.format is Format.PT2:
-        proto = pt2_to_onnx(model, recipe.opset, recipe.dynamic_batch)
-    elif model.format is Format.ONNX:
-        proto = onnx_to_onnx(model, recipe.opset, recipe.dynamic_batch)
-    else:
-        raise TransformError(
-            f"converting {model.format.value} to ONNX is not supported",
-            hint="convert Keras models to TFLite with target: tflite",
-        )
-    return _simplified(Artifact(Format.ONNX, proto), recipe)
 
 
 def _simplified(artifact: Artifact, recipe: ConvertRecipe) -> Artifact:
@@ -54,17 +44,29 @@ def _simplified(artifact: Artifact, recipe: ConvertRecipe) -> Artifact:
     return artifact
 
 
-def _to_ort_source(model: ModelFile, recipe: ConvertRecipe) -> Any:
-    """The ONNX model the ORT-format file is saved from (ORT format is written in Artifact.to_bytes,
-    so that the lineage is inside it)."""
-    if model.format is Format.PT2:
-        return pt2_to_onnx(model, recipe.opset, recipe.dynamic_batch)
-    if model.format is Format.ONNX:
-        return onnx_file.load(model.path)
-    raise UsageError(f"ORT format is made from ONNX or .pt2 models; {model.path} is {model.format.value}")
+# ---------------------------------------------------------------- the targets
 
 
-def _to_pt2(model: ModelFile) -> Artifact:
+def _to_onnx(model: ModelFile, recipe: ConvertRecipe, _calibration: Dataset | None) -> Artifact:
+    """target onnx: exported from .pt2 or re-targeted to the recipe's opset, then simplified if asked."""
+    if model.format not in (Format.PT2, Format.ONNX):
+        raise TransformError(
+            f"converting {model.format.value} to ONNX is not supported",
+            hint="convert Keras models to TFLite with target: tflite",
+        )
+    return _simplified(Artifact(Format.ONNX, to_onnx(model, recipe.opset, recipe.dynamic_batch)), recipe)
+
+
+def _to_ort(model: ModelFile, recipe: ConvertRecipe, _calibration: Dataset | None) -> Artifact:
+    """target ort: the ONNX model the ORT-format file is saved from (a .pt2 exported, an ONNX model as
+    it is; ORT format is written in Artifact.to_bytes, so that the lineage is inside it)."""
+    if model.format not in (Format.PT2, Format.ONNX):
+        raise UsageError(f"ORT format is made from ONNX or .pt2 models; {model.path} is {model.format.value}")
+    source = to_onnx(model, recipe.opset, recipe.dynamic_batch, retarget=False)
+    return _simplified(Artifact(Format.ORT, source, io={"ort_optimization": recipe.ort_optimization}), recipe)
+
+
+def _to_pt2(model: ModelFile, _recipe: ConvertRecipe, _calibration: Dataset | None) -> Artifact:
     """target pt2: the ExportedProgram edgecli built from a state_dict and model.factory (the flow hands
     it over as a .pt2), saved with its lineage."""
     if model.format is not Format.PT2:
@@ -75,6 +77,36 @@ def _to_pt2(model: ModelFile) -> Artifact:
     from edgecli.formats import pt2_file
 
     return Artifact(Format.PT2, pt2_file.load(model.path))
+
+
+def _to_tflite(model: ModelFile, recipe: ConvertRecipe, calibration: Dataset | None) -> Artifact:
+    """target tflite, in the recipe's precision (INT8 calibrated on `calibration`)."""
+    return Artifact(Format.TFLITE, tflite_payload(model, recipe, calibration))
+
+
+def _open(candidate: ModelFile, _artifact: Artifact) -> Runner:
+    return open_runner(candidate)
+
+
+@dataclass(frozen=True)
+class Target:
+    """How convert makes one target: the artifact (from the model, the recipe and the calibration
+    data), the runner its parity check runs the result in, and whether parity is judged as reduced
+    precision (top-1 agreement rather than element-wise closeness)."""
+
+    build: Callable[[ModelFile, ConvertRecipe, Dataset | None], Artifact]
+    reduced: Callable[[ConvertRecipe, Artifact], bool]
+    child: Callable[[ModelFile, Artifact], Runner] = _open
+
+
+TARGETS: dict[str, Target] = {
+    "onnx": Target(_to_onnx, reduced=lambda recipe, artifact: False),
+    # int8 rounding differs by kernel
+    "ort": Target(_to_ort, reduced=lambda recipe, artifact: is_quantized_onnx(artifact.payload)),
+    "pt2": Target(_to_pt2, reduced=lambda recipe, artifact: False),
+    "tflite": Target(_to_tflite, reduced=lambda recipe, artifact: recipe.precision != "float32"),
+    "tflite-micro": Target(micro_artifact, reduced=lambda recipe, artifact: True, child=micro_runner),
+}
 
 
 def calibrates(recipe: ConvertRecipe) -> bool:
@@ -104,20 +136,11 @@ def convert(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None) -> Ar
     check_finite_weights(model)
     preflight(model, recipe)
     calibration, data = split_calibration(recipe, data)
-    if recipe.target == "onnx":
-        artifact = _to_onnx(model, recipe)
-    elif recipe.target == "ort":
-        artifact = Artifact(Format.ORT, _to_ort_source(model, recipe), io={"ort_optimization": recipe.ort_optimization})
-        artifact = _simplified(artifact, recipe)
-    elif recipe.target == "pt2":
-        artifact = _to_pt2(model)
-    elif recipe.target == "tflite-micro":
-        artifact = micro_artifact(model, recipe, calibration)
-    else:
-        artifact = Artifact(Format.TFLITE, tflite_payload(model, recipe, calibration))
+    target = TARGETS[recipe.target]
+    artifact = target.build(model, recipe, calibration)
     parent = open_runner(model)
     with staged(artifact) as candidate:
-        child = micro_runner(candidate, artifact) if recipe.target == "tflite-micro" else open_runner(candidate)
+        child = target.child(candidate, artifact)
         layout = _input_layout(parent.inputs, child.inputs)
         if layout:
             artifact.io["input_layout"] = layout
@@ -125,15 +148,10 @@ def convert(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None) -> Ar
         if data is None:
             data = synthetic_dataset(parent.inputs, count=min(recipe.parity.samples, 32))
             console.warn("no --data given: parity is checked on random inputs, not real ones")
-        reduced = recipe.target in ("tflite", "tflite-micro") and (
-            recipe.precision != "float32" or recipe.target == "tflite-micro"
-        )
-        reduced = reduced or (
-            recipe.target == "ort" and is_quantized_onnx(artifact.payload)
-        )  # int8 rounding differs by kernel
         what = f"{model.format.value} -> {recipe.target}" + (
             f" {recipe.precision}" if recipe.target == "tflite" else ""
         )
+        reduced = target.reduced(recipe, artifact)
         artifact.metrics.update(check_parity(parent, child, data, recipe.parity, what, reduced))
     artifact.metrics["size_bytes_parent"] = model.size_bytes
     artifact.metrics["parity_data"] = data.name
