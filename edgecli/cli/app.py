@@ -1,4 +1,5 @@
-"""The root app: registers one command per verb; heavy frameworks load only inside commands."""
+"""The root app: registers one command per verb of the registry (edgecli.verbs), then inspect, run and
+recipe; heavy frameworks load only inside commands."""
 
 from __future__ import annotations
 
@@ -10,16 +11,12 @@ from typing import Annotated
 import typer
 
 import edgecli
-from edgecli.cli.bench import bench
-from edgecli.cli.convert import convert
-from edgecli.cli.distill import distill
 from edgecli.cli.errors import INTERRUPTED
 from edgecli.cli.inspect_cmd import inspect
-from edgecli.cli.prune import prune
-from edgecli.cli.quantize import quantize
 from edgecli.cli.recipe_cmd import recipe_app
 from edgecli.cli.run_cmd import run
 from edgecli.formats.io_guard import startup
+from edgecli.verbs import VERBS
 
 app = typer.Typer(
     name="edgecli",
@@ -31,8 +28,8 @@ app = typer.Typer(
     add_completion=True,
     rich_markup_mode=None,
 )
-for command in (prune, distill, quantize, convert, bench):
-    app.command()(command)
+for verb in VERBS.values():
+    app.command(verb.name)(verb.command.load())  # cli/<verb>.py: its options and help; its stage loads when it runs
 app.command("inspect")(inspect)
 app.command("run")(run)
 app.add_typer(recipe_app, name="recipe")

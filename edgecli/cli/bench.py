@@ -21,7 +21,8 @@ from edgecli.formats.detect import Format
 from edgecli.formats.files import STDIO
 from edgecli.formats.io_guard import CommandFiles
 from edgecli.formats.model_file import ModelFile
-from edgecli.recipes import load_recipe
+from edgecli.recipes import BenchRecipe, load_recipe
+from edgecli.verbs import BENCH
 
 
 def _refuse_state_dicts(files: list[ModelFile]) -> None:
@@ -49,7 +50,7 @@ def _refuse_streams(models: list[str]) -> None:
 def files_of(
     models: list[str],
     reference: Path | None,
-    spec: object,
+    spec: BenchRecipe,
     data: Path | None,
     recipe_path: Path | None,
     outputs: Destinations,
@@ -60,9 +61,7 @@ def files_of(
         files.input("a benched model", model)
     files.input("the --reference model", reference)
     files.input("the recipe file", recipe_path)
-    files.input(
-        "the --data file" if data is not None else "the recipe's data file", data or getattr(spec.data, "path", None)
-    )
+    files.input("the --data file" if data is not None else "the recipe's data file", data or spec.data.path)
     for option, dest in outputs.texts().items():
         files.output(option, dest)
     files.output("--plot", outputs.plot)
@@ -110,10 +109,10 @@ def bench(
     quiet: QuietOpt = False,
 ) -> None:
     """Size, latency p50/p90/p99, accuracy and agreement of MODELS side by side; gates exit 1."""
-    from edgecli.stages.bench.stage import bench as run_bench
-
+    run_bench = BENCH.stage.load()
     console.set_quiet(quiet)
-    spec, recipe_path = load_recipe("bench", recipe, sets)
+    spec, recipe_path = load_recipe(BENCH.name, recipe, sets)
+    assert isinstance(spec, BenchRecipe)
     outputs = Destinations(json=json_out, markdown=markdown_out, csv=csv_out, plot=plot_out)
     check_destinations(outputs)
     if any(m == STDIO for m in models):

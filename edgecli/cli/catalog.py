@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from edgecli.core.errors import RecipeError, UsageError, one_line
-from edgecli.recipes import RECIPES, SHIPPED_DIR, recipe_name
+from edgecli.recipes import SHIPPED_DIR, recipe_name
+from edgecli.verbs import VERBS
 
 PIPELINE = "pipeline"  # shipped/pipelines/, listed when that folder exists
 
@@ -38,7 +39,7 @@ class Shipped:
 
 def folders() -> dict[str, Path]:
     """Kind -> folder of its shipped recipes."""
-    found = {verb: SHIPPED_DIR / verb for verb in RECIPES}
+    found = {verb: SHIPPED_DIR / verb for verb in VERBS}
     if (SHIPPED_DIR / "pipelines").is_dir():
         found[PIPELINE] = SHIPPED_DIR / "pipelines"
     return found
@@ -96,8 +97,8 @@ def _looks_like_path(text: str) -> bool:
 
 def complete_recipe(ctx: Any, incomplete: str) -> list[tuple[str, str]]:
     """`-r/--recipe` of a verb: the verb's shipped names; none (so the shell completes files) for a path."""
-    verb = ctx.info_name if ctx.info_name in RECIPES else getattr(ctx.command, "name", None)
-    if verb not in RECIPES or _looks_like_path(incomplete):
+    verb = ctx.info_name if ctx.info_name in VERBS else getattr(ctx.command, "name", None)
+    if verb not in VERBS or _looks_like_path(incomplete):
         return []
     return [(s.name, s.description) for s in shipped(verb) if s.name.startswith(incomplete)]
 

@@ -3,25 +3,49 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from edgecli.core import console, jsonout
 from edgecli.core.errors import GateFailed, UsageError
-from edgecli.data.dataset import Dataset, load_dataset
 from edgecli.formats import lineage as lin
 from edgecli.formats.detect import Format
 from edgecli.formats.files import STDIO, materialize, write_output
 from edgecli.formats.io_guard import CommandFiles
 from edgecli.formats.model_file import ModelFile
-from edgecli.recipes import DataSpec, ParitySpec, Strict, load_recipe
-from edgecli.stages.artifact import Artifact
+from edgecli.recipes import DataSpec, ReadsPyTorch, Strict, load_recipe
+from edgecli.verbs import DATA, EVAL_DATA, VERBS, DataRole, Export, Verb
 
-Stage = Callable[[ModelFile, Any, Dataset | None, Dataset | None], Artifact]
-Target = Callable[[Any, Format], Format]  # (recipe, format of the input model) -> format written
+if TYPE_CHECKING:  # numpy and the dataset code load only when a verb runs, not for `edgecli --help`
+    from edgecli.data.dataset import Dataset
+    from edgecli.stages.artifact import Artifact
+
+
+@dataclass(frozen=True)
+class ModelVerbRequest:
+    """One run of a model-writing verb, as its command line gave it (each cli/<verb>.py builds one)."""
+
+    verb: str  # a name in edgecli.verbs.VERBS
+    model: str  # MODEL: a path, or - for stdin
+    output: str  # -o: a path, or - for stdout
+    recipe: str | None = None  # -r: a shipped recipe's name or a file
+    sets: Sequence[str] = ()  # --set KEY=VALUE, in order
+    data: Path | None = None  # --data
+    eval_data: Path | None = None  # --eval-data
+    report: str | None = None  # --report
+    quiet: bool = False
+    extra_outputs: Sequence[tuple[str, Path | None]] = ()  # further files the command writes (option, path)
+    stage_options: Mapping[str, Any] = field(default_factory=dict)  # keywords of the stage beyond its datasets
+
+    def given(self, role: DataRole[Any]) -> Path | None:
+        """The file the command line gives for a dataset (--data, --eval-data), or None."""
+        return {DATA.section: self.data, EVAL_DATA.section: self.eval_data}[role.section]
+
+
 KNOWN_SUFFIXES = {".onnx", ".pt2", ".tflite", ".keras", ".pt", ".pth"}
 
 
@@ -48,36 +72,23 @@ def check_report_path(report: str, output: str) -> None:
     # the same file as -o, or as an input: CommandFiles.check (a device such as /dev/null may be both)
 
 
-def command_files(
-    verb: str,
-    model_arg: str,
-    recipe: Strict,
-    recipe_path: Path | None,
-    output: str,
-    data: Path | None,
-    eval_data: Path | None,
-    report: str | None,
-    extra_outputs: list[tuple[str, Path | None]] = (),
-) -> CommandFiles:
+def command_files(verb: Verb[Any], request: ModelVerbRequest, recipe: Strict, recipe_path: Path | None) -> CommandFiles:
     """Every file a model verb reads and writes, for the checks made before any work."""
     files = CommandFiles()
-    files.input("the teacher model" if verb == "distill" else "the input model", model_arg)
+    files.input(verb.model_role, request.model)
     files.input("the recipe file", recipe_path)
-    data_spec, eval_spec = getattr(recipe, "data", None), getattr(recipe, "eval_data", None)
-    files.input(
-        "the --data file" if data is not None else "the recipe's data file", data or getattr(data_spec, "path", None)
-    )
-    files.input(
-        "the --eval-data file" if eval_data is not None else "the recipe's eval_data file",
-        eval_data or getattr(eval_spec, "path", None),
-    )
-    student = getattr(recipe, "student", None)
-    files.input("the student.path model", getattr(student, "path", None))
-    files.input("the student.weights file", getattr(student, "weights", None))
-    files.output("-o", output, binary=True)
-    files.output("--report", report)
-    for role, path in extra_outputs:
-        files.output(role, path)
+    for role in verb.data:
+        given, spec = request.given(role), role.spec(recipe)
+        files.input(
+            f"the {role.option} file" if given is not None else f"the recipe's {role.section} file",
+            given or (spec.path if spec is not None else None),
+        )
+    for role_name, path in verb.recipe_files(recipe):
+        files.input(role_name, path)
+    files.output("-o", request.output, binary=True)
+    files.output("--report", request.report)
+    for option, path in request.extra_outputs:
+        files.output(option, path)
     return files
 
 
@@ -85,7 +96,9 @@ def optional_dataset(spec: DataSpec | None, override: Path | None, what: str) ->
     """The dataset if the command line or the recipe names one, else None."""
     if override is None and (spec is None or spec.path is None):
         return None
-    return load_dataset(spec or DataSpec(), override, what)
+    from edgecli.data.dataset import load_dataset
+
+    return load_dataset(spec or DataSpec.model_construct(), override, what)
 
 
 def summary_table(verb: str, output: str, metrics: dict[str, Any]) -> Table:
@@ -105,36 +118,31 @@ def summary_table(verb: str, output: str, metrics: dict[str, Any]) -> Table:
     return table
 
 
-def run_model_verb(
-    verb: str,
-    model_arg: str,
-    recipe_arg: str | None,
-    output: str,
-    sets: list[str] | None,
-    quiet: bool,
-    stage: Stage,
-    target: Target,
-    data: Path | None = None,
-    eval_data: Path | None = None,
-    report: str | None = None,
-    extra_outputs: list[tuple[str, Path | None]] = (),
-) -> None:
-    console.set_quiet(quiet)
-    recipe, recipe_path = load_recipe(verb, recipe_arg, sets)
+def run_model_verb(request: ModelVerbRequest) -> None:
+    verb = VERBS[request.verb]
+    stage = verb.stage.load()  # the verb's frameworks load here, as the command starts
+    console.set_quiet(request.quiet)
+    recipe, recipe_path = load_recipe(verb.name, request.recipe, list(request.sets))
+    output, report = request.output, request.report
     if report is not None:
         check_report_path(report, output)
-    command_files(verb, model_arg, recipe, recipe_path, output, data, eval_data, report, extra_outputs).check()
-    with materialize(model_arg) as path, contextlib.ExitStack() as stack:
+    command_files(verb, request, recipe, recipe_path).check()
+    with materialize(request.model) as path, contextlib.ExitStack() as stack:
         source = ModelFile.open(path)  # the format comes from the bytes, also for a model piped in
-        check_output_suffix(output, target(recipe, source.format))
+        check_output_suffix(output, verb.written_format(recipe, source.format))
         check_model_source(source, recipe)
-        train = optional_dataset(getattr(recipe, "data", None), data, "data")
-        held_out = optional_dataset(getattr(recipe, "eval_data", None), eval_data, "eval data")
-        _record_overrides(recipe, data, eval_data)
-        model, built = source, {}
+        datasets = [optional_dataset(role.spec(recipe), request.given(role), role.what) for role in verb.data]
+        for role in verb.data:  # the recipe stored in the lineage says which data was really used
+            given = request.given(role)
+            if given is not None:
+                role.use(recipe, given)
+        model, built = source, dict[str, Any]()
         if source.format is Format.STATE_DICT:
-            model, built = stack.enter_context(model_from_state_dict(source, recipe, train or held_out))
-        artifact = stage(model, recipe, train, held_out)
+            example = None
+            for dataset in datasets:  # the training data, else the held-out data
+                example = example or dataset
+            model, built = stack.enter_context(model_from_state_dict(source, recipe, verb.export(recipe), example))
+        artifact: Artifact = stage(model, recipe, *datasets, **request.stage_options)
         if not artifact.write:
             return
         artifact.metrics.update(built)
@@ -144,7 +152,7 @@ def run_model_verb(
         portable, files = lin.portable_recipe(recipe)
         lineage = lin.extend(  # the parent is the file the user gave, also when a .pt2 was built from it
             ancestor.lineage,
-            verb=verb,
+            verb=verb.name,
             recipe=portable,
             recipe_name=recipe_path.stem if recipe_path is not None else None,
             parent_sha256=source.sha256,
@@ -152,20 +160,20 @@ def run_model_verb(
             files=files,
             metrics=artifact.metrics,
             io=artifact.io,
-            state=carried_state(verb, ancestor if not artifact.new_weights else None, artifact),
+            state=carried_state(verb.name, ancestor if not artifact.new_weights else None, artifact),
         )
     payload = artifact.to_bytes(lineage)
     write_output(output, payload)
     if report is not None:
         document = {
-            "verb": verb,
-            "input": model_arg,
+            "verb": verb.name,
+            "input": request.model,
             "output": output,
             "metrics": artifact.metrics,
             **(artifact.report or {}),
         }
         write_output(report, (jsonout.dumps(document, default=str) + "\n").encode())
-    console.show(summary_table(verb, output, artifact.metrics))
+    console.show(summary_table(verb.name, output, artifact.metrics))
     console.info(f"wrote {output if output != STDIO else 'stdout'}: {artifact.format.value}, {len(payload):,} bytes")
     if artifact.gate_failures:
         raise GateFailed("; ".join(artifact.gate_failures), hint="the artifact was written anyway")
@@ -194,29 +202,18 @@ def carried_state(verb: str, ancestor: ModelFile | None, artifact: Artifact) -> 
 def check_model_source(model: ModelFile, recipe: Strict) -> None:
     """A model.factory is moot for any model but a state_dict (built_pt2 requires it for a state_dict,
     after reading the file: a pickled module is refused, or with --trust-pickle used without one)."""
-    if getattr(recipe, "model", None) is not None and model.format is not Format.STATE_DICT:
+    if isinstance(recipe, ReadsPyTorch) and recipe.model is not None and model.format is not Format.STATE_DICT:
         console.warn(f"model.factory is ignored: {model.path} is {model.format.value}, not a state_dict")
 
 
 @contextlib.contextmanager
 def model_from_state_dict(
-    source: ModelFile, recipe: Any, data: Dataset | None
+    source: ModelFile, recipe: Strict, export: Export, data: Dataset | None
 ) -> Iterator[tuple[ModelFile, dict[str, Any]]]:
     """The state_dict as the model the verb reads: a .pt2 built with model.factory, with the export's
     figures for the lineage."""
     from edgecli.formats.state_dict_file import built_pt2
 
-    parity = getattr(recipe, "parity", ParitySpec())
-    with built_pt2(source, recipe.model, data, getattr(recipe, "dynamic_batch", True), parity.atol) as (
-        program,
-        figures,
-    ):
+    factory = recipe.model if isinstance(recipe, ReadsPyTorch) else None
+    with built_pt2(source, factory, data, export.dynamic_batch, export.atol) as (program, figures):
         yield program, figures
-
-
-def _record_overrides(recipe: Strict, data: Path | None, eval_data: Path | None) -> None:
-    """Make the recipe stored in the lineage say which data was really used."""
-    if data is not None and hasattr(recipe, "data"):
-        recipe.data.path = data
-    if eval_data is not None and hasattr(recipe, "eval_data"):
-        recipe.eval_data = (recipe.eval_data or DataSpec()).model_copy(update={"path": eval_data})

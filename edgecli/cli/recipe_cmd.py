@@ -21,7 +21,8 @@ from edgecli.cli.recipe_schema import SCHEMAS, recipe_schema
 from edgecli.core.errors import UsageError
 from edgecli.formats.files import write_output, write_stdout
 from edgecli.formats.io_guard import CommandFiles, require_stdout
-from edgecli.recipes import RECIPES, load_recipe
+from edgecli.recipes import load_recipe
+from edgecli.verbs import VERBS
 
 recipe_app = typer.Typer(
     name="recipe",
@@ -104,7 +105,7 @@ def show(
     if not resolved:
         write_stdout(found.path.read_bytes())
         return
-    if found.kind not in RECIPES:
+    if found.kind not in VERBS:
         raise UsageError(f"--resolved is not available for {found.kind} recipes")
     recipe, _ = load_recipe(found.kind, str(found.path))
     header = f"# {found.label} with every default filled in (edgecli recipe show --resolved)\n"

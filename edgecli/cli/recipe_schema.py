@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from edgecli.recipes import RECIPES
+from edgecli.verbs import VERBS
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -18,10 +18,12 @@ def _pipeline() -> type[BaseModel]:
     return PipelineSpec
 
 
-# Kind -> its recipe model.
-SCHEMAS: dict[str, Callable[[], type[BaseModel]]] = {
-    verb: (lambda model=model: model) for verb, model in RECIPES.items()
-}
+def _model_of(model: type[BaseModel]) -> Callable[[], type[BaseModel]]:
+    return lambda: model
+
+
+# Kind -> its recipe model: every verb of the registry, and pipeline.
+SCHEMAS: dict[str, Callable[[], type[BaseModel]]] = {name: _model_of(verb.recipe) for name, verb in VERBS.items()}
 SCHEMAS["pipeline"] = _pipeline
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -38,8 +39,21 @@ def _summary(outcomes: list) -> Table:
     return table
 
 
+def in_process(ctx: typer.Context) -> Callable[[list[str]], int]:
+    """A pipeline step's runner: its arguments go to the root command of `ctx` (edgecli) in this
+    process, exactly as typed on a command line; the step's exit code comes back."""
+    root = ctx.find_root().command
+
+    def execute(argv: list[str]) -> int:
+        result = root.main(argv, standalone_mode=False, prog_name="edgecli")
+        return result if isinstance(result, int) else 0
+
+    return execute
+
+
 @handle_errors
 def run(
+    ctx: typer.Context,
     pipeline: PipelineArg,
     out: OutOpt = None,
     sets: SetOpt = None,
@@ -83,7 +97,7 @@ def run(
     folder.mkdir(parents=True, exist_ok=True)
     with locked(folder):
         try:
-            outcomes = run_commands(commands, folder, quiet, force)
+            outcomes = run_commands(commands, folder, quiet, force, in_process(ctx))
         except StepFailed as failed:
             console.error_line(
                 f"run {path.stem}: step '{failed.command.name}' failed (exit {failed.code}); later steps did not run"

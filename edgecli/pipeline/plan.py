@@ -6,7 +6,6 @@ pipeline, a Makefile and a shell pipe of the same commands make the same bytes.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shlex
@@ -20,8 +19,7 @@ from edgecli.core.errors import DataError, EdgecliError, ModelReadError, RecipeE
 from edgecli.formats.detect import Format, detect_format
 from edgecli.pipeline.spec import REFERENCE, SOURCE, PipelineSpec, StepSpec
 from edgecli.recipes import load_recipe, parse_set, resolve_recipe_path
-
-WRITERS = {verb: f"edgecli.cli.{verb}" for verb in ("prune", "distill", "quantize", "convert")}
+from edgecli.verbs import VERBS
 
 
 @dataclass
@@ -151,16 +149,17 @@ class Planner:
         source = self._input(index, step)
         depends = [source]
         recipe_arg, recipe_files = self._recipe(step.verb, step.recipe)
-        settings, written = [], []
+        settings: list[str] = []
+        written: list[str] = []
         for key, value in [*step.set.items(), *self.overrides.get(step.name, [])]:
             text, used = self._resolve(value) if isinstance(value, str) else (value, [])
             settings.append(_setting(key, text))
             written.append(_setting(key, value))
             depends += used
         recipe, _ = load_recipe(step.verb, recipe_arg, settings)
-        written = importlib.import_module(WRITERS[step.verb]).written_format(recipe, self.formats[source])
-        output = self.out / f"{step.name}{written.suffix}"
-        self.paths[step.name], self.formats[output] = output, written
+        writes = VERBS[step.verb].written_format(recipe, self.formats[source])
+        output = self.out / f"{step.name}{writes.suffix}"
+        self.paths[step.name], self.formats[output] = output, writes
         argv = [step.verb, shown(source)]
         argv += ["-r", recipe_arg] if recipe_arg else []
         for option, text in (("--data", step.data), ("--eval-data", step.eval_data)):

@@ -5,6 +5,9 @@ and its key has not changed: the hashes of every file it depends on (input model
 referenced outputs), its settings and the tool versions. Content, not timestamps: a step rerun that
 gives the same bytes leaves the next steps up to date. The record is OUT/.edgecli-run.json, written
 atomically after each success; a failed or interrupted step records nothing, so it runs again.
+
+How a step runs is the caller's: `edgecli run` (cli/run_cmd.py) gives a function that runs an
+argument list as the root command would, in this process. Nothing here imports the CLI.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import fcntl
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,16 +108,11 @@ class StepFailed(Exception):
         self.command, self.code = command, code
 
 
-def execute(command: Command, quiet: bool) -> int:
-    """Run one edgecli command in this process, exactly as typed on a command line; its exit code."""
-    from edgecli.cli.app import app
-
-    result = app([*command.argv, *(["-q"] if quiet else [])], standalone_mode=False, prog_name="edgecli")
-    return result if isinstance(result, int) else 0
+Execute = Callable[[list[str]], int]  # edgecli's arguments (no program name) -> the exit code
 
 
-def run_commands(commands: list[Command], folder: Path, quiet: bool, force: bool) -> list[Outcome]:
-    """Run (or skip) each command in order; StepFailed at the first that fails."""
+def run_commands(commands: list[Command], folder: Path, quiet: bool, force: bool, execute: Execute) -> list[Outcome]:
+    """Run (or skip) each command in order with `execute`; StepFailed at the first that fails."""
     state = State(folder)
     outcomes = []
     for index, command in enumerate(commands, 1):
@@ -130,7 +128,7 @@ def run_commands(commands: list[Command], folder: Path, quiet: bool, force: bool
             continue
         console.info(f"[{index}/{len(commands)}] {command.name}: {command.shell()}")
         started = time.perf_counter()
-        code = execute(command, quiet)
+        code = execute([*command.argv, *(["-q"] if quiet else [])])
         if code != 0:
             raise StepFailed(command, code)
         outputs = state.record(command, key)

@@ -7,15 +7,21 @@ Paths in a pipeline file are relative to the file's folder. `${NAME}` in a step'
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from edgecli.recipes import Strict
+from edgecli.verbs import EVAL_DATA, VERBS, model_verbs
 
 REFERENCE = re.compile(r"\$\{([A-Za-z0-9][\w.-]*)\}")
 SOURCE = "model"
 STEP_NAME = r"^[A-Za-z0-9][\w.-]*$"
+
+if TYPE_CHECKING:
+    StepVerb = str
+else:
+    StepVerb = Literal[model_verbs()]  # the verbs of the registry that write a model: prune, distill, ...
 
 
 class StepSpec(Strict):
@@ -27,9 +33,7 @@ class StepSpec(Strict):
         description="The step's name: its output is OUT/<name> + the format's suffix; "
         "later steps refer to it as ${name}.",
     )
-    verb: Literal["prune", "distill", "quantize", "convert"] = Field(
-        ..., description="The edgecli verb this step runs."
-    )
+    verb: StepVerb = Field(..., description="The edgecli verb this step runs.")
     input: str | None = Field(
         None,
         description="The model the verb reads: ${step} or ${model} or a path; "
@@ -50,9 +54,11 @@ class StepSpec(Strict):
     )
 
     @model_validator(mode="after")
-    def _convert_has_no_eval_data(self) -> StepSpec:
-        if self.verb == "convert" and self.eval_data is not None:
-            raise ValueError(f"step '{self.name}': convert takes data (for parity), not eval_data")
+    def _eval_data_where_taken(self) -> StepSpec:
+        taken = VERBS[self.verb].data
+        if self.eval_data is not None and EVAL_DATA not in taken:
+            sections = " and ".join(role.section for role in taken)
+            raise ValueError(f"step '{self.name}': {self.verb} takes {sections}, not eval_data")
         return self
 
 
