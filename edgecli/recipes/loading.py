@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import importlib.resources
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from edgecli.core.errors import RecipeError, UsageError, one_line
 from edgecli.recipes.base import ModelSource, Strict
-from edgecli.recipes.bench import BenchRecipe
-from edgecli.recipes.convert import ConvertRecipe
-from edgecli.recipes.distill import DistillRecipe, StudentSpec
-from edgecli.recipes.prune import PruneRecipe
-from edgecli.recipes.quantize import QuantizeRecipe
+from edgecli.recipes.distill import StudentSpec
 
 
 def _shipped_folder() -> Path:
@@ -45,13 +42,27 @@ MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few hundred bytes; a pipeline a few 
 RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # a shipped recipe's name: no '/', no '..'
 
 
-RECIPES: dict[str, type[Strict]] = {
-    "prune": PruneRecipe,
-    "distill": DistillRecipe,
-    "quantize": QuantizeRecipe,
-    "convert": ConvertRecipe,
-    "bench": BenchRecipe,
-}
+class _Recipes(Mapping[str, type[Strict]]):
+    """Verb -> its recipe model, as the verb registry (edgecli.verbs, the one list of verbs) declares it.
+    Read there when first used: the registry imports the recipe models, so this module cannot import it
+    at its top."""
+
+    def _table(self) -> dict[str, type[Strict]]:
+        from edgecli.verbs import recipe_models
+
+        return recipe_models()
+
+    def __getitem__(self, verb: str) -> type[Strict]:
+        return self._table()[verb]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+RECIPES: Mapping[str, type[Strict]] = _Recipes()
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
