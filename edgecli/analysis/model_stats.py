@@ -58,20 +58,12 @@ def op_histogram(model: ModelFile) -> dict[str, int]:
         )
         return dict(ops.most_common())
     if model.format is Format.TFLITE:
-        from ai_edge_litert import schema_py_generated as schema
-
         from edgecli.formats import tflite_file
 
-        names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
         _, flat = tflite_file.load(model.path)
-        codes = [
-            max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode())
-            for i in range(flat.OperatorCodesLength())
-        ]
+        names = tflite_file.op_names(flat)
         graph = flat.Subgraphs(0)
-        ops = Counter(
-            names.get(codes[graph.Operators(i).OpcodeIndex()], "CUSTOM") for i in range(graph.OperatorsLength())
-        )
+        ops = Counter(names[graph.Operators(i).OpcodeIndex()] for i in range(graph.OperatorsLength()))
         return dict(ops.most_common())
     return {}
 
@@ -275,7 +267,7 @@ def stored_floats(model: ModelFile) -> list[Tensor] | None:
 
         raw, flat = tflite_file.load(model.path)
         graph = flat.Subgraphs(0)
-        names = _tflite_op_names(flat)
+        names = tflite_file.op_names(flat)
         ops = [graph.Operators(o) for o in range(graph.OperatorsLength())]
         weights = {
             int(i)
@@ -289,18 +281,6 @@ def stored_floats(model: ModelFile) -> list[Tensor] | None:
             if array.dtype.kind == "f"
         ]
     return None
-
-
-def _tflite_op_names(flat: Any) -> list[str]:
-    """The builtin operator name of each operator code."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    codes = [
-        max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode())
-        for i in range(flat.OperatorCodesLength())
-    ]
-    return [names.get(code, "CUSTOM") for code in codes]
 
 
 def non_finite(tensors: Iterable[Tensor]) -> str | None:
@@ -518,16 +498,10 @@ def _tflite_op_macs(name: str, op: Any, shape: Any) -> int:
 
 def tflite_macs(model: ModelFile) -> int:
     """MACs of the main subgraph from the tensor shapes stored in the flatbuffer."""
-    from ai_edge_litert import schema_py_generated as schema
-
     from edgecli.formats import tflite_file
 
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     _, flat = tflite_file.load(model.path)
-    codes = [
-        max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode())
-        for i in range(flat.OperatorCodesLength())
-    ]
+    names = tflite_file.op_names(flat)
     graph = flat.Subgraphs(0)
 
     def shape(index: int) -> tuple[int, ...]:
@@ -537,5 +511,5 @@ def tflite_macs(model: ModelFile) -> int:
     total = 0
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
-        total += _tflite_op_macs(names.get(codes[op.OpcodeIndex()], "CUSTOM"), op, shape)
+        total += _tflite_op_macs(names[op.OpcodeIndex()], op, shape)
     return int(total)

@@ -30,6 +30,7 @@ import numpy as np
 import edgecli
 from edgecli.core.errors import BackendMissing, TransformError
 from edgecli.formats.files import TempFolder
+from edgecli.formats.tflite_file import builtin_code, builtin_names
 
 TFLM_HINT = "pip install 'edgecli[tflite]' (the tflite-micro package) or run make install"
 ARENA_LIMIT = 1 << 31  # give up doubling the arena here (TFLM's arena size is a 32-bit figure)
@@ -77,7 +78,7 @@ def c_stderr() -> Iterator[list[str]]:
 
 def _opcode_name(schema: Any, model: Any, index: int, names: dict[int, str]) -> str:
     opcode = model.OperatorCodes(index)
-    code = max(opcode.BuiltinCode(), opcode.DeprecatedBuiltinCode())
+    code = builtin_code(opcode)
     if code == schema.BuiltinOperator.CUSTOM:
         return (opcode.CustomCode() or b"CUSTOM").decode("utf-8", "replace")
     return names.get(code, str(code))
@@ -88,7 +89,7 @@ def model_ops(data: bytes) -> dict[str, int]:
     it, in order of first use, over all subgraphs."""
     schema = _schema()
     model = schema.Model.GetRootAsModel(data, 0)
-    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    names = builtin_names(schema)
     counts: dict[str, int] = {}
     for s in range(model.SubgraphsLength()):
         subgraph = model.Subgraphs(s)
@@ -145,7 +146,7 @@ def missing_ops(data: bytes) -> list[str]:
     schema = _schema()
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
     reader = schema.Model.GetRootAsModel(data, 0)
-    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    names = builtin_names(schema)
     used = {op.opcodeIndex for sg in model.subgraphs for op in sg.operators or []}
     missing = []
     for index in sorted(used):

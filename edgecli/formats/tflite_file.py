@@ -53,6 +53,25 @@ def _touch(model: Any) -> None:
         model.Metadata(m).Name()
 
 
+def builtin_names(schema: Any | None = None) -> dict[int, str]:
+    """{builtin operator code: its BuiltinOperator name} of the TFLite schema: LiteRT's, or the one
+    given (TensorFlow Lite Micro's package carries its own copy)."""
+    schema = schema or _schema()
+    return {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+
+
+def builtin_code(opcode: Any) -> int:
+    """An OperatorCode table's builtin code (the larger of the field and its deprecated 8-bit twin)."""
+    return max(opcode.BuiltinCode(), opcode.DeprecatedBuiltinCode())
+
+
+def op_names(model: Any) -> list[str]:
+    """The builtin operator name of each of a root Model table's operator codes ("CUSTOM" for codes
+    the schema does not name); index it with an operator's OpcodeIndex()."""
+    names = builtin_names()
+    return [names.get(builtin_code(model.OperatorCodes(i)), "CUSTOM") for i in range(model.OperatorCodesLength())]
+
+
 def load(path: Path) -> tuple[bytes, Any]:
     """(the file's bytes, its checked root Model table). Raises ModelReadError."""
     data = path.read_bytes()
