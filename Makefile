@@ -12,7 +12,7 @@ TRAIN := --data $(SAMPLE)/train.npz --eval-data $(SAMPLE)/eval.npz
 CALIB := --data $(SAMPLE)/calib.npz --eval-data $(SAMPLE)/eval.npz
 EVAL := --data $(SAMPLE)/eval.npz
 
-.PHONY: install demo test test-slow test-all lint clean-demo
+.PHONY: install demo test test-fast test-slow test-all lint clean-demo
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ test-slow: $(STAMP)
 	$(PYTEST) -m slow
 
 test-all: test test-slow
+
+# The edit loop's unit tier: errors, console, recipes, docs links, augmentation; no model is converted or trained.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/core tests/data/test_augment.py tests/test_recipes.py tests/test_docs.py
 
 # ruff (lint and format check) and mypy, configured in pyproject.toml; the same checks as .pre-commit-config.yaml.
 lint: $(STAMP)
