@@ -17,6 +17,7 @@ from edgecli.data.dataset import Dataset
 from edgecli.formats import onnx_file
 from edgecli.formats.detect import Format
 from edgecli.runtimes.base import Runner
+from edgecli.runtimes.onnx_runner import unoptimized_session
 
 LOCATE_SAMPLES = 4
 TENSORS_PER_RUN = 128  # bounds the memory of exposed activations; runs stop at the first divergence
@@ -55,12 +56,7 @@ def with_outputs(proto: Any, names: list[str]) -> bytes:
 def _run(proto: Any, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The tensors `names`, concatenated over the feeds, from one unoptimised onnxruntime session
     (graph optimisations would fuse away the very tensors asked for)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(with_outputs(proto, names), sess_options=options, providers=["CPUExecutionProvider"])
+    session = unoptimized_session(with_outputs(proto, names))
     runs = [session.run(names, feed) for feed in feeds]
     return {name: np.concatenate([run[i] for run in runs]) for i, name in enumerate(names)}
 

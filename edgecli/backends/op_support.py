@@ -20,6 +20,7 @@ from typing import Any
 
 from edgecli.core import console
 from edgecli.core.errors import TransformError
+from edgecli.runtimes.onnx_runner import unoptimized_session
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -304,14 +305,8 @@ def _ort_problem(message: str) -> str:
 def ort_problems(model: Path | bytes) -> list[str]:
     """Whether onnxruntime's CPU build can load the model (every op has a kernel): [] or one line.
     onnxruntime stops at the first op it cannot place, so at most one op is named per run."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    source = model if isinstance(model, bytes) else str(model)
     try:
-        ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+        unoptimized_session(model)
     except Exception as exc:  # onnxruntime's Fail / InvalidGraph / NotImplemented
         return [_ort_problem(str(exc))]
     return []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +37,19 @@ def session_options(threads: int | None):  # -> onnxruntime.SessionOptions
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     return options
+
+
+def unoptimized_session(source: str | os.PathLike[str] | bytes) -> Any:
+    """A CPU onnxruntime session of a model (a path or its bytes) with graph optimisations off: every
+    tensor of the graph still exists (none fused away) and onnxruntime places the nodes as written.
+    onnxruntime's own exceptions (Fail, InvalidGraph, NotImplemented) reach the caller."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    model = source if isinstance(source, bytes) else os.fspath(source)
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def _spec(arg) -> TensorSpec:

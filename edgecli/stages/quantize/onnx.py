@@ -18,6 +18,7 @@ from edgecli.formats.files import TempFolder
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import QuantizeRecipe
 from edgecli.runtimes.base import Runner
+from edgecli.runtimes.onnx_runner import unoptimized_session
 from edgecli.stages.artifact import Artifact
 from edgecli.stages.quantize.layers import MASK_VALUE, ErrorAccumulator, LayerError
 
@@ -414,18 +415,14 @@ def _exposed(proto: Any, tensors: list[str], path: Path) -> Iterator[Any]:
     """An onnxruntime session of `proto` that also outputs `tensors` (graph optimisations off, so every
     named tensor still exists)."""
     import onnx
-    import onnxruntime as ort
 
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     present = {o.name for o in copy.graph.output}
     copy.graph.output.extend(onnx.ValueInfoProto(name=name) for name in tensors if name not in present)
     path.write_bytes(copy.SerializeToString())
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
     try:
-        yield ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        yield unoptimized_session(path)
     finally:
         path.unlink(missing_ok=True)
 
