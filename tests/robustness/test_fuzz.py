@@ -267,7 +267,7 @@ NAMES = st.sampled_from(["x", "y", "input", "mask", "x.npy", "a/b"]) | st.text(m
 def arrays(draw: st.DrawFn) -> np.ndarray:
     dtype = np.dtype(draw(st.sampled_from(DTYPES)))
     shape = draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6))
-    if dtype == object:
+    if dtype.kind == "O":
         values = np.empty(shape, dtype=object)
         values.fill(draw(st.integers() | st.text(max_size=3)))
         return values

@@ -6,7 +6,9 @@ Labels 99 or -1 for the 10-class sample model are refused (exit 3, one line nami
 and the number of classes) before any work: no calibration, no timing, no fine-tuning. A model whose
 output is NaN on some inputs (a real ONNX graph: Sqrt of a negative intermediate) fails convert's
 parity check (exit 4) and quantize's guard (exit 1), and bench reports it and fails gates on its
-quality. An extra `meta` array of another length is ignored with a warning.
+quality. An extra `meta` array of another length is ignored with a warning. Each command is its own
+process, forked from a warm interpreter (tests/conftest.py, run_cli_forked); one label case starts a
+real one (run_cli).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE, run_cli
+from tests.conftest import SAMPLE, run_cli, run_cli_forked
 from tests.robustness.conftest import assert_refused
 
 PT2, ONNX = SAMPLE / "fashion_cnn.pt2", SAMPLE / "fashion_cnn.onnx"
@@ -135,7 +137,8 @@ def test_labels_outside_the_classes_are_refused_before_any_work(
 ) -> None:
     args, inputs = _label_case(verb, label, files, out)
     before = digest(*inputs)
-    result = run_cli(*args)  # not quiet: a progress bar (calibration, timing, fine-tuning) would be a second line
+    run = run_cli if (verb, label) == ("quantize", 99) else run_cli_forked  # one real process
+    result = run(*args)  # not quiet: a progress bar (calibration, timing, fine-tuning) would be a second line
     row = 3 if label == 99 else 5
     line = assert_refused(
         result, 3, f"hold values outside 0..9 (e.g. {label} at row {row}): the model has 10 classes", out
@@ -145,7 +148,7 @@ def test_labels_outside_the_classes_are_refused_before_any_work(
 
 
 def test_valid_labels_still_pass(files: dict[str, Path], tmp_path: Path) -> None:
-    result = run_cli(
+    result = run_cli_forked(
         "quantize",
         ONNX,
         "-r",
@@ -161,7 +164,7 @@ def test_valid_labels_still_pass(files: dict[str, Path], tmp_path: Path) -> None
         "-q",
     )
     assert result.code == 0, result.stderr
-    result = run_cli(
+    result = run_cli_forked(
         "bench",
         ONNX,
         tmp_path / "q.onnx",
@@ -177,7 +180,7 @@ def test_valid_labels_still_pass(files: dict[str, Path], tmp_path: Path) -> None
     assert result.code == 0, result.stderr
     rows = json.loads((tmp_path / "b.json").read_text())["models"]
     assert rows[0]["accuracy"] > 0.8 and rows[1]["non_finite_samples"] == 0
-    result = run_cli(
+    result = run_cli_forked(
         "prune",
         PT2,
         "-r",
@@ -200,7 +203,9 @@ def test_valid_labels_still_pass(files: dict[str, Path], tmp_path: Path) -> None
 
 def test_parity_check_fails_on_nan_outputs(files: dict[str, Path], out: Path) -> None:
     before = digest(files["nan"], files["eval"])
-    result = run_cli("convert", files["nan"], "-r", "ort-mobile", "--data", files["eval"], "-o", out / "nan.ort", "-q")
+    result = run_cli_forked(
+        "convert", files["nan"], "-r", "ort-mobile", "--data", files["eval"], "-o", out / "nan.ort", "-q"
+    )
     line = assert_refused(result, 4, "the parent model computes NaN/Inf on 32 of 64 samples", out)
     assert line.startswith("parity check failed: ")
     assert "first non-finite tensor: 'root' (Sqrt node 'sqrt')" in line
@@ -209,7 +214,7 @@ def test_parity_check_fails_on_nan_outputs(files: dict[str, Path], out: Path) ->
 
 @pytest.mark.parametrize("target", [[], ["--set", "min_agreement=0.5"]], ids=["no-target", "min-agreement"])
 def test_quantize_guard_never_passes_nan_outputs(target: list[str], files: dict[str, Path], tmp_path: Path) -> None:
-    result = run_cli(
+    result = run_cli_forked(
         "quantize",
         files["nan"],
         "-r",
@@ -237,7 +242,7 @@ def test_quantize_guard_never_passes_nan_outputs(target: list[str], files: dict[
 
 def test_bench_reports_nan_outputs_and_fails_gates_on_them(files: dict[str, Path], tmp_path: Path) -> None:
     report = tmp_path / "b.json"
-    result = run_cli(
+    result = run_cli_forked(
         "bench",
         ONNX,
         files["nan"],
@@ -270,7 +275,7 @@ def test_bench_reports_nan_outputs_and_fails_gates_on_them(files: dict[str, Path
 
 
 def test_an_extra_array_of_another_length_is_ignored(files: dict[str, Path], tmp_path: Path) -> None:
-    result = run_cli(
+    result = run_cli_forked(
         "quantize",
         ONNX,
         "-r",
@@ -284,7 +289,7 @@ def test_an_extra_array_of_another_length_is_ignored(files: dict[str, Path], tmp
     )  # not quiet: -q silences warnings
     assert result.code == 0, result.stderr
     assert "ignoring 'meta' [3]: not 64 samples like the inputs ('x')" in result.stderr
-    result = run_cli("bench", ONNX, *FAST_BENCH, "--data", files["meta"], "--json", tmp_path / "b.json", "-q")
+    result = run_cli_forked("bench", ONNX, *FAST_BENCH, "--data", files["meta"], "--json", tmp_path / "b.json", "-q")
     assert result.code == 0, result.stderr
     assert json.loads((tmp_path / "b.json").read_text())["models"][0]["accuracy"] > 0.8
 

@@ -2,19 +2,23 @@
 execute (pickled weights and constants, sample inputs, symbolic expressions, guards, node targets,
 AOTInductor code) is refused, naming the part, unless the user passes --trust-pickle; a tampered
 archive is one line, exit 3. Archives are crafted for real from the sample .pt2 and read by the
-real CLI (edgecli/formats/pt2_archive.py lists the parts)."""
+real CLI (edgecli/formats/pt2_archive.py lists the parts). Each case is its own process: forked from
+a warm interpreter (tests/conftest.py, run_cli_forked), or started for real (run_cli) for the pickled
+weight under every verb; a payload never runs in the test process."""
 
 from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import data_args, run_cli
+from tests.conftest import data_args, run_cli, run_cli_forked
 from tests.robustness.conftest import assert_refused
 
 REFUSED = "pass --trust-pickle if you trust this file"
@@ -161,18 +165,26 @@ def _snapshot(paths) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in paths}
 
 
+LOAD_WITH_TORCH = "import sys, torch; print(torch.export.load(sys.argv[1]) is not None)"
+
+
 def test_the_crafted_archives_are_real_attacks_on_torch(evil_archives, marker):
     """Without edgecli's guard torch itself runs the pickled weight's payload (and loads the model):
-    the attack the other tests refuse is real."""
-    program = torch.export.load(str(evil_archives["weight"]))
-    assert marker.exists() and program is not None
+    the attack the other tests refuse is real. torch loads it in a process of its own: the payload
+    never runs in the test process."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", LOAD_WITH_TORCH, evil_archives["weight"]], capture_output=True, text=True, timeout=600
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert marker.exists() and loaded.stdout.split() == ["True"]
 
 
 @pytest.mark.parametrize("name", list(PARTS))
 def test_inspect_refuses_every_part_torch_would_unpickle_or_run(evil_archives, name, marker, tmp_path, out):
     archive = evil_archives[name]
     before = _snapshot([archive])
-    line = assert_refused(run_cli("inspect", archive), 3, REFUSED, out)
+    run = run_cli if name == "weight" else run_cli_forked  # one real process
+    line = assert_refused(run("inspect", archive), 3, REFUSED, out)
     assert PARTS[name] in line and "cannot read model" in line, line
     assert not marker.exists()
     assert _snapshot([archive]) == before
@@ -219,7 +231,7 @@ def test_every_verb_refuses_a_pickled_weight_and_never_runs_it(sample, evil_arch
 @pytest.mark.parametrize("name", ["sample_inputs", "opaque_obj_0", "expr_str"])
 def test_convert_refuses_sample_inputs_constants_and_expressions(sample, evil_archives, name, marker, out):
     line = assert_refused(
-        run_cli("convert", evil_archives[name], "-r", "onnx", *data_args("convert"), "-o", out / "m.onnx"),
+        run_cli_forked("convert", evil_archives[name], "-r", "onnx", *data_args("convert"), "-o", out / "m.onnx"),
         3,
         REFUSED,
         out,
@@ -234,12 +246,14 @@ def test_a_harmless_pickled_weight_loads_with_trust_pickle(sample, tmp_path, out
         raw = archive.read(f"{prefix}/data/weights/weight_0")
     weight = torch.nn.Parameter(torch.frombuffer(bytearray(raw), dtype=torch.float32).reshape(32, 1, 3, 3).clone())
     archive = pickled_weight(sample, tmp_path, pickled(weight))
-    refused = run_cli("inspect", archive)
+    refused = run_cli_forked("inspect", archive)
     assert refused.code == 3 and REFUSED in refused.lines[0]
-    result = run_cli("--trust-pickle", "convert", archive, "-r", "onnx", *data_args("convert"), "-o", out / "m.onnx")
+    result = run_cli_forked(
+        "--trust-pickle", "convert", archive, "-r", "onnx", *data_args("convert"), "-o", out / "m.onnx"
+    )
     assert result.code == 0, result.stderr
     assert (out / "m.onnx").exists()
-    assert run_cli("inspect", archive, env={"EDGECLI_TRUST_PICKLE": "1"}).code == 0
+    assert run_cli_forked("inspect", archive, env={"EDGECLI_TRUST_PICKLE": "1"}).code == 0
 
 
 def test_a_genuine_edgecli_pt2_still_loads_and_converts(sample, tmp_path):
@@ -247,20 +261,20 @@ def test_a_genuine_edgecli_pt2_still_loads_and_converts(sample, tmp_path):
     lineage in extra/) pass the inspection and convert; with --trust-pickle the sample converts to
     the very same ONNX bytes (the guard changes nothing in what a genuine archive loads to)."""
     direct, trusted, via = tmp_path / "direct.onnx", tmp_path / "trusted.onnx", tmp_path / "via.onnx"
-    assert run_cli("convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "-o", direct, "-q").code == 0
+    assert run_cli_forked("convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "-o", direct, "-q").code == 0
     assert (
-        run_cli(
+        run_cli_forked(
             "--trust-pickle", "convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "-o", trusted, "-q"
         ).code
         == 0
     )
     assert direct.read_bytes() == trusted.read_bytes()
     pruned = tmp_path / "pruned.pt2"
-    made = run_cli("prune", sample["pt2"], *data_args("prune"), "--set", "data.limit=64", "-o", pruned, "-q")
+    made = run_cli_forked("prune", sample["pt2"], *data_args("prune"), "--set", "data.limit=64", "-o", pruned, "-q")
     assert made.code in (0, 1), made.stderr  # 1: an accuracy gate; the artifact is still written
-    result = run_cli("convert", pruned, "-r", "onnx", *data_args("convert"), "-o", via, "-q")
+    result = run_cli_forked("convert", pruned, "-r", "onnx", *data_args("convert"), "-o", via, "-q")
     assert result.code == 0, result.stderr
-    assert run_cli("inspect", pruned).code == 0
+    assert run_cli_forked("inspect", pruned).code == 0
 
 
 def _flip_json(name: str, data: bytes) -> bytes:
@@ -304,7 +318,7 @@ def test_a_tampered_archive_is_one_line_exit_3(sample, tmp_path, case, out):
     change, drop, part = TAMPERED[case]
     archive = craft(sample["pt2"], tmp_path / "tampered.pt2", change, drop=drop)
     for args in (("inspect", archive), ("convert", archive, "-r", "onnx", *data_args("convert"), "-o", out / "m.onnx")):
-        line = assert_refused(run_cli(*args), 3, "cannot read model", out)
+        line = assert_refused(run_cli_forked(*args), 3, "cannot read model", out)
         assert part in line, line
 
 
@@ -314,5 +328,5 @@ def test_a_flipped_byte_in_the_zip_is_one_line_exit_3(sample, tmp_path, out):
     data[start + 3] ^= 0x20
     archive = tmp_path / "flipped.pt2"
     archive.write_bytes(bytes(data))
-    line = assert_refused(run_cli("inspect", archive), 3, "damaged", out)
+    line = assert_refused(run_cli_forked("inspect", archive), 3, "damaged", out)
     assert "models/model.json" in line, line
