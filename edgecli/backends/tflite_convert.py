@@ -41,10 +41,7 @@ def gelu_for_onnx2tf(proto: Any) -> int:
     from onnx import helper, numpy_helper
 
     graph = proto.graph
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    values = onnx_file.constant_values(graph)
     graph_outputs = {value.name for value in graph.output}
     consumers: dict[str, list[Any]] = {}
     for node in graph.node:

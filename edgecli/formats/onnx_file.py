@@ -144,6 +144,18 @@ def check_tensor_sizes(path: Path, model: Any) -> None:
             )
 
 
+def constant_values(graph: Any) -> dict[str, Any]:
+    """{tensor name: numpy array} of the graph's initializers and of the outputs of its Constant nodes
+    (those with a `value` tensor attribute)."""
+    from onnx import numpy_helper
+
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__

@@ -144,12 +144,8 @@ def attention_mask_nodes(proto: Any) -> list[str]:
     Softmax they feed. In INT8 they would share one scale with the mask's sentinel (about 1e36 for
     -3.4e38), rounding every real score to 0, so static quantization keeps them float."""
     import numpy as np
-    from onnx import numpy_helper
 
-    constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    constants = onnx_file.constant_values(proto.graph)
     producers = {o: n for n in proto.graph.node for o in n.output}
 
     def carries_mask_value(name: str, depth: int = 0) -> bool:
