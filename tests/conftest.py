@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -365,28 +367,64 @@ def sample() -> dict[str, Path]:
     return paths
 
 
-@pytest.fixture(scope="session")
-def sample_tflite(sample: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample ONNX model converted to TFLite once for the whole session."""
-    out = tmp_path_factory.mktemp("tflite") / "fashion.tflite"
-    result = run_cli("convert", sample["onnx"], "-r", "tflite", *data_args("convert"), "-o", out, "-q")
+T = TypeVar("T")
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], T]) -> T:
+    """What `build(folder)` returns, built once per test session rather than once per xdist worker:
+    the first worker that asks builds it into a folder every worker of the session sees (under a file
+    lock) and leaves its result there (pickled: paths and numbers the tests wrote themselves); the
+    others wait for it and read it. A build that fails leaves nothing, and the next worker tries again."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    import pickle
+    import shutil
+
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # the session's folder, above each worker's own
+    folder, result = shared / f"built-{name}", shared / f"built-{name}.pickle"
+    with FileLock(str(shared / f"built-{name}.lock")):
+        if result.exists():
+            return pickle.loads(result.read_bytes())
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        value = build(folder)
+        result.write_bytes(pickle.dumps(value))
+        return value
+
+
+def _convert_to_tflite(onnx: Path, folder: Path) -> Path:
+    out = folder / "fashion.tflite"
+    result = run_cli("convert", onnx, "-r", "tflite", *data_args("convert"), "-o", out, "-q")
     assert result.code == 0, result.stderr
     return out
+
+
+def _quantize_int8(onnx: Path, folder: Path) -> Path:
+    out = folder / "fashion.int8.onnx"
+    result = run_cli("quantize", onnx, "-r", "int8-static", *data_args("quantize"), "-o", out, "-q")
+    assert result.code == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_tflite(sample: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample ONNX model converted to TFLite once for the whole session (all workers)."""
+    return built_once(tmp_path_factory, "tflite", functools.partial(_convert_to_tflite, sample["onnx"]))
 
 
 @pytest.fixture(scope="session")
 def sample_int8(sample: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample ONNX model quantized (static INT8) once for the whole session."""
-    out = tmp_path_factory.mktemp("int8") / "fashion.int8.onnx"
-    result = run_cli("quantize", sample["onnx"], "-r", "int8-static", *data_args("quantize"), "-o", out, "-q")
-    assert result.code == 0, result.stderr
-    return out
+    """The sample ONNX model quantized (static INT8) once for the whole session (all workers)."""
+    return built_once(tmp_path_factory, "int8", functools.partial(_quantize_int8, sample["onnx"]))
 
 
 @pytest.fixture(scope="session")
 def tiny_transformer(tmp_path_factory: pytest.TempPathFactory):
     """A tiny BERT-like classifier with integer inputs (input_ids, attention_mask, token_type_ids),
-    trained, exported to ONNX and .pt2 with its calib.npz/eval.npz once per session (tests/tiny_transformer.py)."""
+    trained, exported to ONNX and .pt2 with its calib.npz/eval.npz once per session, all workers
+    (tests/tiny_transformer.py)."""
     from tests.tiny_transformer import build_tiny_transformer
 
-    return build_tiny_transformer(tmp_path_factory.mktemp("tiny-transformer"))
+    return built_once(tmp_path_factory, "tiny-transformer", build_tiny_transformer)
