@@ -20,6 +20,30 @@ def top1(logits: Any) -> Any:
     return torch.where(torch.isfinite(logits).all(1), logits.argmax(1), torch.full_like(logits.argmax(1), -1))
 
 
+def _as_tensor(rows: Any) -> Any:
+    import torch
+
+    return rows if isinstance(rows, torch.Tensor) else torch.from_numpy(rows)
+
+
+def batch_outputs(
+    module: Any,
+    rows: Any,
+    batch_size: int = 256,
+    tensor: Callable[[Any], Any] | None = None,
+    keep: Callable[[Any], Any] | None = None,
+) -> Any:
+    """The module's outputs on `rows` (a tensor, an array or rows on disk), `batch_size` samples at a
+    time without gradients, concatenated into one tensor. `tensor` makes a slice of rows the module's
+    input (default: the slice itself, or torch.from_numpy of it); `keep` maps each batch's output
+    before it is kept (e.g. top1). The module's train/eval mode is the caller's to set."""
+    import torch
+
+    tensor, keep = tensor or _as_tensor, keep or (lambda out: out)
+    with torch.no_grad():
+        return torch.cat([keep(module(tensor(rows[i : i + batch_size]))) for i in range(0, len(rows), batch_size)])
+
+
 def seed_everything(seed: int) -> None:
     """Same seed, same bytes: seed torch and numpy, and use deterministic kernels."""
     import torch
@@ -293,8 +317,7 @@ def finetune(
     if spec.distill:
         if teacher is None:
             raise ValueError("finetune: spec.distill needs a teacher module")
-        with torch.no_grad():
-            soft = torch.cat([teacher(x_train[i : i + 256]) for i in range(0, len(x_train), 256)])
+        soft = batch_outputs(teacher, x_train)
 
     def loss_fn(out: Any, idx: Any) -> Any:
         if soft is None:
@@ -308,8 +331,7 @@ def finetune(
         if not n_val:
             return {}
         set_mode(module, training=False)
-        with torch.no_grad():
-            preds = torch.cat([top1(module(x_all[val_idx[i : i + 256]])) for i in range(0, n_val, 256)])
+        preds = batch_outputs(module, val_idx, tensor=lambda idx: x_all[idx], keep=top1)
         set_mode(module, training=True)
         value = float((preds == y_all[val_idx]).float().mean())
         keeper.update(epoch + 1, value)

@@ -19,6 +19,7 @@ from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import BenchRecipe, DistillRecipe
 from edgecli.runtimes import open_runner
 from edgecli.stages.artifact import Artifact, staged
+from edgecli.training.loop import batch_outputs
 
 
 def eager_logits(module: Any, x: Any, batch_size: int = 256) -> np.ndarray:
@@ -26,13 +27,11 @@ def eager_logits(module: Any, x: Any, batch_size: int = 256) -> np.ndarray:
     import torch
 
     module.eval()
-    with torch.no_grad():
-        return torch.cat(
-            [
-                module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)))
-                for i in range(0, len(x), batch_size)
-            ]
-        ).numpy()
+
+    def as_float32(rows: Any) -> Any:
+        return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+
+    return batch_outputs(module, x, batch_size, tensor=as_float32).numpy()
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from edgecli.stages.artifact import Artifact
 from edgecli.stages.distill.teacher import TeacherTargets, teacher_runner
 from edgecli.training import distributed
 from edgecli.training.checkpoint import Checkpoint
-from edgecli.training.loop import BestKeeper, fit, seed_everything, top1
+from edgecli.training.loop import BestKeeper, batch_outputs, fit, seed_everything, top1
 from edgecli.training.losses import hint_loss, kd_loss
 
 
@@ -165,10 +165,7 @@ def train_phase(setup: Setup, student: Any, phase: str, distil: bool) -> Trained
         if setup.val_x is None:
             return {}
         student.eval()
-        with torch.no_grad():
-            preds = torch.cat(
-                [top1(student(torch.from_numpy(setup.val_x[i : i + 256]))) for i in range(0, len(setup.val_x), 256)]
-            )
+        preds = batch_outputs(student, setup.val_x, keep=top1)
         student.train()
         score = float((preds == setup.val_target).float().mean())
         keeper.update(epoch + 1, score)

@@ -23,7 +23,7 @@ from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import PruneRecipe
 from edgecli.stages.artifact import Artifact
 from edgecli.stages.prune.lift import failing_node, lift, lift_difference, where
-from edgecli.training.loop import finetune, seed_everything
+from edgecli.training.loop import batch_outputs, finetune, seed_everything
 
 LIFT_ATOL = 1e-5
 EXPORT_ATOL = 1e-4
@@ -142,18 +142,16 @@ def _inputs(runner_feeds: Any, name: str, data: Dataset) -> Any:
     return _tensor(runner_feeds(data.batch(0, len(data)))[name])
 
 
-def _predict(module: Any, x: Any) -> np.ndarray:
-    import torch
+def _first_output(out: Any) -> Any:
+    return (out[0] if isinstance(out, (list, tuple)) else out).float()
 
+
+def _predict(module: Any, x: Any) -> np.ndarray:
     was_training = module.training
     module.eval()
-    outs = []
-    with torch.no_grad():
-        for start in range(0, len(x), EVAL_BATCH):
-            out = module(x[start : start + EVAL_BATCH])
-            outs.append((out[0] if isinstance(out, (list, tuple)) else out).float())
+    outputs = batch_outputs(module, x, EVAL_BATCH, keep=_first_output)
     module.train(was_training)
-    return torch.cat(outs).numpy()
+    return outputs.numpy()
 
 
 def _accuracy(module: Any, x: Any, y: Any) -> float:
