@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps onnx2tf==1.29.24 tf-keras==2.21.0
 	@touch $@
 
-# Two tiers (tests/conftest.py): `make test` is the fast one (under 10 minutes on 2 cores);
-# `make test-slow` runs the heavy rest (examples chain, README commands, training, bad-input matrices).
+# Tiers (markers set in tests/conftest.py): `make test` runs all but the slow tier (under 10 minutes on
+# 2 cores); `make test-slow` the heavy rest (examples chain, README commands, training, bad-input
+# matrices, the tests measured heaviest); `make test-fast` the unit tier for the edit loop (under a
+# minute: no CLI process, no model conversion or training). EDGECLI_TEST_TIMES=t.jsonl logs each test's time.
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 test: $(STAMP)
@@ -35,9 +37,8 @@ test-slow: $(STAMP)
 
 test-all: test test-slow
 
-# The edit loop's unit tier: errors, console, recipes, docs links, augmentation; no model is converted or trained.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/core tests/data/test_augment.py tests/test_recipes.py tests/test_docs.py
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not e2e"
 
 # ruff (lint and format check) and mypy, configured in pyproject.toml; the same checks as .pre-commit-config.yaml.
 lint: $(STAMP)

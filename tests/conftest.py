@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,13 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 SAMPLE = ROOT / "sample_models" / "fashion"
 
-# Two tiers. `make test` (the README's test command, under 10 minutes on 2 cores) runs every test not
-# marked slow; `make test-slow` (run by CI after it) runs the rest: the whole example chain, the
-# README's commands, training-heavy files, and the verb x case matrices of tests/robustness beyond
-# the verbs in FAST_VERBS (each kind of bad input still meets inspect and quantize in the fast tier).
+# Three selections (Makefile). `make test` (the README's test command, under 10 minutes on 2 cores)
+# runs every test not marked slow; `make test-slow` (run by CI after it) runs the rest; `make
+# test-fast` (the edit loop, under a minute) runs only the tests not marked slow or e2e.
+#
+# slow: the whole example chain, the README's commands, training-heavy files, the verb x case
+# matrices of tests/robustness beyond the verbs in FAST_VERBS (each kind of bad input still meets
+# inspect and quantize in `make test`), and SLOW_TESTS: the tests measured heaviest.
 SLOW_FILES = (
     "tests/examples/",
     "tests/test_readme.py",
@@ -36,22 +40,137 @@ SLOW_FILES = (
 )
 MATRIX_FILES = ("tests/robustness/",)
 FAST_VERBS = {"inspect", "quantize"}
+# Every test over 15 s (setup included) in a timed `make test` (EDGECLI_TEST_TIMES below; 2 workers on
+# a shared machine at load 4-8: ranks, not absolute figures), except the ones that are the end-to-end
+# case of their verb in `make test`: prune without fine-tuning (test_prune_without_finetune_zeroes_
+# exactly_the_target), quantize (test_static_int8_is_qdq_4x_smaller_and_accurate, test_dynamic_int8_on_
+# an_mlp_is_4x_smaller_and_accurate), convert to ONNX and TFLite (test_pt2_to_onnx_is_self_contained_
+# and_matches, test_pt2_to_tflite_in_one_step), distill (robustness/test_trust_code.py::test_trusted_
+# student_factory_trains), bench (test_shipped_ci_gates_hold_for_int8_against_float_size_and_accuracy),
+# run (pipeline/test_run.py's first_run tests), and the ORT file (test_ort_file_is_benchmarked_and_inspected).
+SLOW_TESTS = (
+    "tests/stages/prune/test_stage.py::test_finetune_keeps_zeros_and_recovers_accuracy",  # 125 s
+    "tests/cli/test_pipes_reproducible.py::test_piped_artifact_equals_file_artifact[convert-onnx-tflite-micro]",  # 122
+    "tests/stages/bench/test_stage.py::test_one_call_over_float_int8_and_tflite_writes_table_json_markdown_csv_and_plot",
+    "tests/pipeline/test_run.py::test_a_changed_setting_reruns_that_step_and_what_follows",  # 111
+    "tests/stages/prune/test_structured.py::test_residual_network_prunes_and_still_converts",  # 111
+    "tests/cli/test_bench_outputs.py::test_bench_writes_markdown_csv_json_and_plot_before_a_failing_gate_exits_1",
+    "tests/cli/test_pipes_reproducible.py::test_piped_artifact_equals_file_artifact[convert-onnx-tflite]",  # 82
+    "tests/cli/test_pipes_reproducible.py::test_piped_artifact_equals_file_artifact[quantize-onnx-tflite-int8]",  # 68
+    "tests/stages/convert/test_micro.py::test_sample_model_runs_under_tflm_with_the_reported_arena",  # 65
+    "tests/cli/test_pipes_reproducible.py::test_piped_artifact_equals_file_artifact[convert-pt2-onnx]",  # 61
+    "tests/stages/quantize/test_stage.py::test_quantize_reads_pt2_through_a_checked_onnx_export",  # 58
+    "tests/stages/bench/test_stage.py::test_multi_input_integer_transformer_without_data",  # 58
+    "tests/stages/prune/test_structured.py::test_channels50_halves_every_layer_and_finetunes",  # 56
+    "tests/stages/quantize/test_stage.py::test_missed_accuracy_gate_writes_model_and_exits_1",  # 52
+    "tests/cli/test_pipes_reproducible.py::test_piped_artifact_equals_file_artifact[prune-pt2-channel]",  # 51
+    "tests/stages/bench/test_stage.py::test_accuracy_and_agreement_are_real",  # 50
+    "tests/cli/test_pipes_reproducible.py::test_piped_artifact_equals_file_artifact[distill-onnx-teacher-pt2]",  # 50
+    "tests/cli/test_pipes_reproducible.py::test_keras_on_stdin",  # 45
+    "tests/stages/convert/test_precisions.py::test_dynamic_range_and_float16_shrink_the_weights_and_agree",  # 43
+    "tests/cli/test_cli.py::test_pipe_convert_into_quantize",  # 42
+    "tests/stages/quantize/test_stage.py::test_quantize_to_onnx_refuses_tflite_with_exit_2",  # 41
+    "tests/cli/test_pipes_reproducible.py::test_piped_artifact_equals_file_artifact[convert-state-dict-pt2]",  # 39
+    "tests/cli/test_exit_codes.py::test_failed_parity_is_4",  # 39
+    "tests/stages/prune/test_structured.py::test_macs_target_from_a_state_dict",  # 38
+    "tests/cli/test_cli.py::test_data_shape_mismatch_is_exit_3",  # 37
+    "tests/stages/quantize/test_stage.py::test_dynamic_int8_leaves_conv_float",  # 35
+    "tests/cli/test_lineage_chain.py::test_a_student_trained_from_a_sparse_model_reports_the_lost_sparsity",  # 33
+    "tests/stages/quantize/test_tflite_layers.py",  # 100 s for 9 tests: TFLite conversions in module fixtures
+    "tests/stages/quantize/test_guard.py::test_guard_keeps_sensitive_layers_float_until_the_drop_budget_holds",  # 30
+    "tests/stages/quantize/test_stage.py::test_excluded_op_type_stays_float",  # 30
+    "tests/cli/test_cli.py::test_quiet_success_prints_nothing",  # 29
+    "tests/stages/convert/test_precisions.py::test_full_integer_int8_agrees_with_float_on_held_out_samples",  # 28
+    "tests/stages/quantize/test_stage.py::test_entropy_calibration_per_tensor",  # 27
+    "tests/stages/prune/test_structured.py::test_a_construct_that_cannot_follow_is_refused_naming_it",  # 25
+    "tests/stages/prune/test_stage.py::test_same_seed_same_bytes",  # 25
+    "tests/cli/test_pipes_reproducible.py::test_piped_artifact_equals_file_artifact[quantize-onnx-int8-static]",  # 25
+    "tests/stages/convert/test_precisions.py::test_keras_and_saved_model_to_tflite_match_keras",  # 24
+    "tests/stages/prune/test_unstructured.py::test_two_four_pattern_holds_after_finetuning",  # 21
+    "tests/stages/prune/test_unstructured.py::test_gradual_magnitude_reaches_the_target_exactly",  # 20
+    "tests/cli/test_pipes_reproducible.py::test_piped_artifact_equals_file_artifact[prune-onnx-magnitude]",  # 20
+    "tests/stages/quantize/test_guard.py::test_guard_that_cannot_meet_the_target_writes_the_best_and_exits_1",  # 18
+    "tests/stages/convert/test_preflight.py::test_pt2_export_failure_names_the_op",  # 18
+    "tests/stages/prune/test_structured.py::test_unknown_keep_layer_is_a_usage_error",  # 17
+    "tests/cli/test_lineage_chain.py::test_sparsity_and_int8_are_carried_to_the_ort_file",  # 17
+    "tests/stages/prune/test_structured.py::test_bad_channel_recipes[sets1-labelled training data]",  # 17
+    # tests/robustness, measured with run_cli_forked
+    "tests/robustness/test_untrusted_pt2.py::test_a_genuine_edgecli_pt2_still_loads_and_converts",  # 194 (313 before)
+    "tests/robustness/test_concurrency.py::test_four_processes_in_one_folder",  # 91
+    "tests/robustness/test_bad_recipes_data.py::test_data_larger_than_memory_streams_and_is_refused_only_where_it",
+    "tests/robustness/test_outputs.py::test_sigkill_leaves_nothing_the_next_run_does_not_remove",  # 39
+)
+
+# e2e: what `make test-fast` leaves out. A test is e2e when it or a fixture it uses (following the
+# functions of tests/ they call) names E2E_NAMES (edgecli's CLI in a process, any process, the
+# unit_helpers builders that convert with onnx2tf or TensorFlow), uses a fixture of E2E_FIXTURES
+# (models built by the CLI or by onnx2tf/Keras), or is in E2E_TESTS (measured over a second in
+# process: conversions, plots, child-process probes). Everything else runs library functions on small
+# inputs (the tiny torch CNN of unit_helpers.torch_models included: exported once, in seconds).
+E2E_NAMES = {"run_cli", "run_cli_forked", "subprocess", "Popen", "tflite_cnn", "keras_models"}
+E2E_FIXTURES = {"sample_tflite", "sample_int8", "tiny_transformer", "real_models"}
+E2E_TESTS = (
+    "tests/stages/quantize/test_tflite_layers.py",
+    "tests/robustness/test_fuzz.py::test_deeply_nested_yaml_is_a_recipe_error[5000]",  # 17 s
+    "tests/stages/bench/test_memory.py",  # bench's memory probes run in child processes: 16 s
+    "tests/cli/test_bench_outputs.py::test_plot_",  # matplotlib: 13 s for 3 tests
+    "tests/stages/prune/test_structured.py::test_lift_",  # 2.6 s
+)
+
+
+def _reaches(func: object, seen: set[object]) -> str | None:
+    """The first of E2E_NAMES that `func` (or a function of tests/ it names, and so on) names."""
+    func = getattr(func, "__wrapped__", func)
+    code = getattr(func, "__code__", None)
+    if code is None or func in seen:
+        return None
+    seen.add(func)
+    namespace = getattr(func, "__globals__", {})
+    codes = [code]
+    while codes:
+        current = codes.pop()
+        codes.extend(const for const in current.co_consts if isinstance(const, types.CodeType))
+        for name in current.co_names:
+            if name in E2E_NAMES:
+                return name
+            target = namespace.get(name)
+            if isinstance(target, types.FunctionType) and target.__module__.startswith("tests"):
+                found = _reaches(target, seen)
+                if found:
+                    return f"{name} > {found}"
+    return None
+
+
+def _is_e2e(item: pytest.Item) -> bool:
+    if item.nodeid.startswith(E2E_TESTS) or E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    seen: set[object] = set()
+    if _reaches(getattr(item, "function", None), seen):
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    definitions = info.name2fixturedefs.values() if info is not None else ()
+    return any(_reaches(definition.func, seen) for defs in definitions for definition in defs)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         verb = params.get("verb")
-        if item.nodeid.startswith(SLOW_FILES) or (
-            item.nodeid.startswith(MATRIX_FILES) and isinstance(verb, str) and verb not in FAST_VERBS
+        if (
+            item.nodeid.startswith(SLOW_FILES)
+            or item.nodeid.startswith(SLOW_TESTS)
+            or (item.nodeid.startswith(MATRIX_FILES) and isinstance(verb, str) and verb not in FAST_VERBS)
         ):
             item.add_marker(pytest.mark.slow)
+        if _is_e2e(item):
+            item.add_marker(pytest.mark.e2e)
 
 
 # Per-test timings for ranking the suite: EDGECLI_TEST_TIMES=times.jsonl appends one JSON line per
 # phase (setup, call, teardown) of every test, written by the xdist controller (or the only process).
-# Session fixtures show up in the setup of the first test that asks for them. Rank with
-# tests/timings.py (or jq); on a shared machine absolute figures are inflated, their order is not.
+# Session fixtures show up in the setup of the first test that asks for them. Rank them with
+# jq -s 'group_by(.nodeid) | map({t: (map(.duration) | add), id: .[0].nodeid}) | sort_by(-.t)' times.jsonl
+# On a shared machine absolute figures are inflated; their order is not.
 TIMES_FILE = os.environ.get("EDGECLI_TEST_TIMES")
 
 
