@@ -1,16 +1,28 @@
-"""Static facts about a model file: parameter count, operator histogram, sparsity and MACs."""
+"""Static facts about a model file: parameter count, operator histogram, sparsity, MACs and compressed size."""
 
 from __future__ import annotations
 
+import gzip
 from collections import Counter, deque
 from collections.abc import Iterable
 from math import prod
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
+
+
+def gzip_bytes(data: bytes) -> int:
+    """Compressed size: what an over-the-air update downloads (gzip -6, no timestamp)."""
+    return len(gzip.compress(data, compresslevel=6, mtime=0))
+
+
+def gzip_size(path: Path) -> int | None:
+    """gzip_bytes of a model file; None for folders (a SavedModel)."""
+    return None if path.is_dir() else gzip_bytes(path.read_bytes())
 
 
 def param_count(model: ModelFile) -> int | None:

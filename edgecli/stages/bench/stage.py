@@ -16,9 +16,7 @@ the row's speedup and `latency_ms` (the older single-point shape: p50, p90, ... 
 
 from __future__ import annotations
 
-import gzip
 import operator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +24,7 @@ import numpy as np
 from edgecli.analysis.latency import machine_info, measure_latency
 from edgecli.analysis.metrics import accuracy as top1_accuracy
 from edgecli.analysis.metrics import align, check_labels, compare, is_classifier_output, mean_cosine, non_finite_samples
+from edgecli.analysis.model_stats import gzip_size
 from edgecli.core import console
 from edgecli.core.errors import UsageError
 from edgecli.data.dataset import Dataset, synthetic_dataset
@@ -57,11 +56,6 @@ OUTPUT_GATE_METRICS = (
     "relative_error",
     "cosine",
 )
-
-
-def gzip_size(path: Path) -> int | None:
-    """Bytes an over-the-air update downloads (gzip -6); None for folders."""
-    return None if path.is_dir() else len(gzip.compress(path.read_bytes(), compresslevel=6, mtime=0))
 
 
 # ---------------------------------------------------------------- inputs

@@ -9,12 +9,12 @@ later NVIDIA GPUs). CPUs run the zeros like any other weight.
 from __future__ import annotations
 
 import copy
-import gzip
 from typing import Any
 
 import numpy as np
 
 from edgecli.analysis.metrics import accuracy
+from edgecli.analysis.model_stats import gzip_bytes
 from edgecli.core import console
 from edgecli.core.errors import TransformError, UsageError
 from edgecli.data.dataset import Dataset
@@ -103,11 +103,6 @@ def cubic_sparsity(final: float, step: int, total: int) -> float:
 
 
 # ---------------------------------------------------------------- honest figures
-
-
-def gzip_bytes(data: bytes) -> int:
-    """Compressed size as edgecli bench reports it (gzip -6, no timestamp)."""
-    return len(gzip.compress(data, compresslevel=6, mtime=0))
 
 
 def sparsity_figures(arrays: dict[str, np.ndarray], all_params: int, dense_layers: list[str]) -> dict[str, Any]:
