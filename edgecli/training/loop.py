@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgecli.core import console
+from edgecli.data.split import validation_size, validation_split
 from edgecli.training.losses import kd_loss
 
 
@@ -270,8 +271,7 @@ def set_mode(module: Any, training: bool) -> None:
 def finetune_train_size(count: int, val_split: float) -> int:
     """How many of `count` samples `finetune` trains on (the rest validates); steps per epoch are
     ceil(this / batch_size)."""
-    n_val = int(round(val_split * count)) if val_split else 0
-    return count - n_val if 0 < n_val < count else count
+    return count - validation_size(count, val_split)
 
 
 def finetune(
@@ -307,11 +307,9 @@ def finetune(
 
     x_all, y_all = train
     count = len(x_all)
-    generator = torch.Generator().manual_seed(seed + 1)
-    order = torch.randperm(count, generator=generator)
-    n_val = count - finetune_train_size(count, spec.val_split)
-    train_idx, val_idx = order[: count - n_val], order[count - n_val :]
-    train_idx = torch.sort(train_idx).values  # fit shuffles; keep the sample order of the file
+    # fit shuffles; both parts keep the sample order of the file
+    train_order, val_order = validation_split(count, spec.val_split, seed, generator="torch")
+    train_idx, val_idx, n_val = torch.from_numpy(train_order), torch.from_numpy(val_order), len(val_order)
     x_train, y_train = x_all[train_idx], y_all[train_idx]
     soft = None
     if spec.distill:

@@ -23,6 +23,7 @@ from edgecli.core.errors import DataError, RecipeError, TransformError, UsageErr
 from edgecli.data.augment import ViewRows
 from edgecli.data.dataset import Dataset
 from edgecli.data.rows import array_digest
+from edgecli.data.split import validation_split
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.models.students import check_student_file, count_params, make_student
@@ -69,15 +70,6 @@ class FeatureTap:
 
     def remove(self) -> None:
         self.handle.remove()
-
-
-def split_indices(count: int, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, validation) sample indices: the last val_split of a seeded permutation validates."""
-    n_val = int(round(val_split * count)) if val_split else 0
-    if not 0 < n_val < count:
-        return np.arange(count), np.arange(0)
-    order = np.random.default_rng([seed, 1]).permutation(count)
-    return np.sort(order[: count - n_val]), np.sort(order[count - n_val :])
 
 
 @dataclass
@@ -313,7 +305,7 @@ def distill(
                 f"the teacher's output has shape {list(first.logits.shape)}; distill needs [N, classes] logits"
             )
         classes = first.logits.shape[1]
-        train_idx, val_idx = split_indices(len(x), recipe.val_split, recipe.seed)
+        train_idx, val_idx = validation_split(len(x), recipe.val_split, recipe.seed)
         labels = torch.from_numpy(train.labels) if train.labels is not None else None
         val_x = x.subset(val_idx) if len(val_idx) else None
         val_target = None

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgecli.stages.distill.stage import hint_adapter, split_indices
+from edgecli.data.split import validation_split
+from edgecli.stages.distill.stage import hint_adapter
 from edgecli.training.losses import hint_loss, kd_loss
 
 
@@ -57,8 +58,8 @@ def test_hint_adapter_maps_student_channels_to_teacher_channels():
 
 
 def test_validation_split_is_seeded_and_disjoint():
-    train, val = split_indices(1000, 0.1, seed=0)
+    train, val = validation_split(1000, 0.1, seed=0)
     assert len(val) == 100 and len(train) == 900 and not set(train) & set(val)
-    assert np.array_equal(val, split_indices(1000, 0.1, seed=0)[1])
-    assert not np.array_equal(val, split_indices(1000, 0.1, seed=1)[1])
-    assert len(split_indices(1000, 0.0, seed=0)[1]) == 0
+    assert np.array_equal(val, validation_split(1000, 0.1, seed=0)[1])
+    assert not np.array_equal(val, validation_split(1000, 0.1, seed=1)[1])
+    assert len(validation_split(1000, 0.0, seed=0)[1]) == 0
