@@ -92,7 +92,7 @@ def student_from_pt2(path: Path) -> Any:
     """A trainable eager module from a .pt2 file: its conv/linear/BatchNorm nodes lifted back into
     nn modules, so that train()/eval() switch BatchNorm (an exported module's cannot)."""
     from edgecli.formats import pt2_file
-    from edgecli.stages.prune.lift import lift
+    from edgecli.models.lift import lift
 
     return lift(pt2_file.load(_pt2_student(path).path).module())
 

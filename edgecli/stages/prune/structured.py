@@ -20,9 +20,9 @@ from edgecli.core.errors import BackendMissing, TransformError, UsageError, last
 from edgecli.data.dataset import Dataset
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
+from edgecli.models.lift import failing_node, lift, lift_difference, where
 from edgecli.recipes import PruneRecipe
 from edgecli.stages.artifact import Artifact
-from edgecli.stages.prune.lift import failing_node, lift, lift_difference, where
 from edgecli.training.loop import batch_outputs, finetune, seed_everything
 
 LIFT_ATOL = 1e-5

@@ -13,7 +13,7 @@ from torch import nn
 
 from edgecli.analysis.model_stats import macs
 from edgecli.formats.model_file import ModelFile
-from edgecli.stages.prune.lift import lift, lift_difference
+from edgecli.models.lift import lift, lift_difference
 from tests.conftest import ROOT, data_args, run_cli
 
 SAMPLE_CONVS = {"0": 32, "3": 64, "6": 64, "9": 64, "12": 64, "16": 128, "20": 128}  # layer -> dense width

@@ -1,4 +1,5 @@
-"""Lift a .pt2 program back into an eager module Torch-Pruning can prune.
+"""Lift a .pt2 program back into an eager module Torch-Pruning can prune (channel pruning) and distill
+can train (a .pt2 student).
 
 `torch.export.load(p).module()` is a GraphModule whose convolutions, dense layers and batch norms are
 aten call_function nodes on get_attr parameters: Torch-Pruning finds no nn.Conv2d / nn.Linear in it.
