@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
     python = sys.executable
-    probe = "import sys, edgecli.cli.app; print(','.join(m for m in %r if m in sys.modules))" % (HEAVY,)
+    probe = f"import sys, edgecli.cli.app; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     loaded = subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True).stdout.strip()
     results = {
         "edgecli_help_ms": wall_ms([python, "-m", "edgecli", "--help"], args.runs),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -338,7 +339,7 @@ def test_second_run_is_up_to_date_and_a_changed_setting_reruns_only_its_step(for
 def _absolute(argv: list[str], cwd: Path) -> list[str]:
     """A command with every path made absolute and -r NAME turned into the shipped recipe's file."""
     verb, normal = argv[1], argv[:2]
-    for previous, arg in zip(argv[1:], argv[2:]):
+    for previous, arg in itertools.pairwise(argv[1:]):
         if previous == "-r":
             arg = str((cwd / arg).resolve() if (cwd / arg).is_file() else resolve_recipe_path(verb, arg).resolve())
         elif previous == "--set":

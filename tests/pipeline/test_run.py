@@ -57,7 +57,7 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dic
 
 
 def test_first_run_writes_every_artifact_with_its_lineage(first_run):
-    pipeline, out, document = first_run
+    _pipeline, out, document = first_run
     assert statuses(document) == {"float": "ran", "int8": "ran", "bench": "ran"}
     steps = ModelFile.open(out / "int8.onnx").lineage["steps"]
     assert [s["verb"] for s in steps] == ["convert", "quantize"]

@@ -25,7 +25,7 @@ from tests.conftest import SAMPLE, data_args, leftovers, run_cli, run_cli_forked
 from tests.robustness.conftest import assert_refused
 
 SUFFIX = {"pt2": ".pt2", "onnx": ".onnx", "pt": ".pt", "tflite": ".tflite", "keras": ".keras", "ort": ".ort"}
-# The formats each verb reads (README, "Formats and lineage"; prune also reads ONNX, without fine-tuning).
+# The formats each verb reads (docs/formats.md; prune also reads ONNX, without fine-tuning).
 READS = {
     "prune": ("pt2", "onnx", "pt"),
     "distill": ("pt2", "onnx", "pt", "tflite"),

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,11 +79,8 @@ def test_op_onnx2tf_cannot_convert_fails_fast_naming_it(tmp_path):
     assert session.run(None, {"x": np.ones((1, 8), np.float32)})[0].shape == (1, 8)
     out = tmp_path / "out"
     out.mkdir()
-    start = time.perf_counter()
     result = run_cli("convert", source, "-r", "tflite", "-o", out / "castlike.tflite")
-    elapsed = time.perf_counter() - start
     assert result.code == 4, result.stderr
-    assert elapsed < 30
     assert result.lines[-1] == (
         "transformation failed: castlike.onnx -> tflite: op CastLike (node 'to_half'): "
         "onnx2tf has no converter for CastLike (no onnx2tf/ops/CastLike.py)"
@@ -94,10 +92,8 @@ def test_every_problem_gets_its_own_line(tmp_path):
     source = _save(castlike_and_custom_model(), tmp_path / "two.onnx")
     out = tmp_path / "out"
     out.mkdir()
-    start = time.perf_counter()
     result = run_cli("convert", source, "-r", "tflite", "-o", out / "two.tflite")
     assert result.code == 4, result.stderr
-    assert time.perf_counter() - start < 30
     assert result.lines[-3:] == [
         "transformation failed: two.onnx -> tflite: 2 problems, nothing was converted:",
         "  - op CastLike (node 'to_half'): onnx2tf has no converter for CastLike (no onnx2tf/ops/CastLike.py)",
@@ -130,11 +126,25 @@ def test_ort_missing_kernel_is_turned_into_the_op_name():
 def test_pt2_path_is_checked_after_export_before_onnx2tf(tmp_path):
     # .pt2 models reach onnx2tf through onnx2tf_output; it refuses before importing onnx2tf (TensorFlow)
     source = _save(castlike_model(), tmp_path / "model.onnx")
-    start = time.perf_counter()
-    with pytest.raises(TransformError, match=r"op CastLike \(node 'to_half'\): onnx2tf has no converter"):
-        with onnx2tf_output(source):
-            pass
-    assert time.perf_counter() - start < 30  # the bound: no onnx2tf or TensorFlow run
+    with (
+        pytest.raises(TransformError, match=r"op CastLike \(node 'to_half'\): onnx2tf has no converter"),
+        onnx2tf_output(source),
+    ):
+        pass
+    # in a fresh interpreter: the refusal comes before onnx2tf or TensorFlow is imported
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from edgecli.backends.tflite_convert import onnx2tf_output\n"
+        "from edgecli.core.errors import TransformError\n"
+        "try:\n"
+        f"    with onnx2tf_output(Path({str(source)!r})):\n"
+        "        pass\n"
+        "except TransformError:\n"
+        "    print(sorted(m for m in ('onnx2tf', 'tensorflow') if m in sys.modules))\n"
+    )
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "[]", imported.stderr
 
 
 def test_pt2_export_failure_names_the_op(tmp_path):
@@ -151,10 +161,8 @@ def test_pt2_export_failure_names_the_op(tmp_path):
     source.write_bytes(pt2_file.to_bytes(program, None))
     out = tmp_path / "out"
     out.mkdir()
-    start = time.perf_counter()
     result = run_cli("convert", source, "-r", "onnx", "-o", out / "cummax.onnx")
     assert result.code == 4, result.stderr
-    assert time.perf_counter() - start < 30
     assert (
         f"torch.onnx could not export {source}: no ONNX translation for aten.cummax.default (graph node %cummax)"
         in result.lines[-1]

@@ -83,8 +83,8 @@ def test_prune_without_finetune_zeroes_exactly_the_target(sample, pruned_80):
 
 
 def test_finetune_keeps_zeros_and_recovers_accuracy(sample, tmp_path):
-    """The README's prune example as written (tests/test_readme.py runs it on a data subset): the
-    README's figures (1 epoch of fine-tuning, 0.2 pt accuracy drop) are checked here."""
+    """The prune example of docs/verbs.md as written (tests/test_readme.py runs it on a data subset): the
+    figures of docs/verbs.md and docs/figures.md (1 epoch of fine-tuning, 0.2 pt accuracy drop) are checked here."""
     out = tmp_path / "ft.pt2"
     result = run_cli("prune", sample["pt2"], "-r", "magnitude-50", *data_args("prune"), "-o", out, "-q")  # 50%, 1 epoch
     assert result.code == 0, result.stderr

@@ -73,7 +73,7 @@ class ChannelShuffle(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.conv(x))
-        n, c, h, w = x.shape
+        n, _, h, w = x.shape
         x = x.view(n, 2, 8, h, w).transpose(1, 2).reshape(n, 16, h, w)
         return self.fc(torch.relu(self.mix(x)).mean((2, 3)))
 

@@ -253,7 +253,11 @@ def test_onnx_two_four(sample, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "extra, words", [([], "fine-tuning"), (["--set", "method=channel", "--set", "finetune.epochs=0"], "channel")]
+    "extra, words",
+    [
+        ([], "fine-tuning"),
+        (["--set", "method=channel", "--set", "channel.ratio=0.5", "--set", "finetune.epochs=0"], ".pt2"),
+    ],
 )
 def test_onnx_usage_errors(sample, tmp_path, extra, words):
     out = tmp_path / "x.onnx"
