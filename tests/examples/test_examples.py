@@ -310,13 +310,10 @@ def test_second_run_is_up_to_date_and_a_changed_setting_reruns_only_its_step(for
     assert dry.code == 0, dry.stderr
     assert [line.endswith("# up to date") for line in dry.stdout.decode().splitlines()] == [True] * len(STEPS)
 
-    started = time.perf_counter()
     again = run_cli("run", "edge-cnn", "--out", "A", *run_sets(), "--json", "-", cwd=work)
-    seconds = time.perf_counter() - started
     assert again.code == 0, again.stderr
     report = json.loads(again.stdout)
     assert {step["name"]: step["status"] for step in report["steps"]} == {step: "up to date" for step in STEPS}
-    assert seconds < 15, f"an up-to-date run took {seconds:.1f} s: it did model work"  # measured 1-3 s
     assert "0 of 6 steps ran" in again.stderr
     assert snapshot(out, files) == before  # not rewritten: same bytes, same mtime
 
