@@ -57,7 +57,7 @@ def _checked_labels(
     checked = []
     for data in (train, eval_data):
         note = check_labels(runner, data)
-        if note is not None:
+        if data is not None and note is not None:  # a note only for labelled data
             if data is train and (recipe.finetune.epochs or recipe.channel.importance == "taylor"):
                 raise UsageError(
                     f"fine-tuning on labels needs a classifier output: {note}",

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgecli.core import console
-from edgecli.core.errors import BackendMissing, TransformError, UsageError, last_line
+from edgecli.core.errors import BackendMissing, RecipeError, TransformError, UsageError, last_line
 from edgecli.data.dataset import Dataset
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
@@ -185,7 +185,7 @@ def _pruner_class() -> type:
         def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
             if current_channels <= round_to:
                 return 0
-            kept = max(round_to, int(round((current_channels - n_pruned) / round_to)) * round_to)
+            kept = max(round_to, round((current_channels - n_pruned) / round_to) * round_to)
             return max(current_channels - kept, 0)
 
     return Pruner
@@ -233,9 +233,9 @@ def _step(pruner: Any, module: Any, example: Any) -> None:
         ) from None
     failure = failing_node(module, [example])
     if failure is not None:
-        node, exc = failure
+        node, error = failure
         feeding = _upstream_layers(module, node)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         after = f" after layer {', '.join(feeding)}" if feeding else ""
         raise TransformError(
             f"structured pruning cannot follow the pruned channels through {where(node)}{after} "
@@ -334,7 +334,7 @@ def structured_prune(
     x_train = _inputs(runner.feeds, name, train) if train is not None else None
     y_train = _tensor(train.labels).long() if train is not None and train.labels is not None else None
     x_eval = _inputs(runner.feeds, name, eval_data) if eval_data is not None and eval_data.labels is not None else None
-    y_eval = _tensor(eval_data.labels).long() if x_eval is not None else None
+    y_eval = _tensor(eval_data.labels).long() if eval_data is not None and eval_data.labels is not None else None
     x_any = x_train if x_train is not None else _inputs(runner.feeds, name, data)
     example = torch.cat([x_any[:2], x_any[:1]])[:2].clone()
     sample = example[:1].clone()
@@ -358,6 +358,10 @@ def structured_prune(
     else:
         target = "macs" if spec.macs_ratio is not None else "params"
         fraction = spec.macs_ratio if spec.macs_ratio is not None else spec.params_ratio
+        if fraction is None:  # PruneRecipe requires one target: only an unvalidated recipe gets here
+            raise RecipeError(
+                "method channel needs exactly one target: channel.ratio, channel.macs_ratio or channel.params_ratio"
+            )
         console.info(f"searching the pruning ratio for {target} <= {fraction:g}x")
         ratio, search = _search_ratio(lifted, example, recipe, ignored, target, fraction, sample)
         console.info(f"pruning ratio {ratio:.3f} meets {target} <= {fraction:g}x ({len(search)} trials)")

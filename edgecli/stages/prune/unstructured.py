@@ -38,7 +38,7 @@ def magnitude_masks(weights: dict[str, Any], sparsity: float, scope: str) -> dic
     import torch
 
     def keep(values: Any, fraction: float) -> Any:
-        k = int(round(fraction * values.numel()))
+        k = round(fraction * values.numel())
         if k == 0:
             return torch.ones_like(values, dtype=torch.bool)
         order = torch.argsort(values.abs().flatten(), stable=True)  # ties broken by position: reproducible
@@ -214,7 +214,7 @@ def prune_pt2(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval
         pruned_accuracy = _evaluate(runner, eval_data)
 
     result = None
-    if spec.epochs:
+    if tensors is not None:  # set exactly when spec.epochs
         # gradual: sparsity rises every step over all epochs but the last (the last recovers at the target)
         ramp_epochs = max(1, spec.epochs - 1) if gradual else 0
         steps = -(-finetune_train_size(len(tensors[0]), spec.val_split) // spec.batch_size)
@@ -252,8 +252,8 @@ def prune_pt2(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval
     metrics.update(figures)
     if result is not None:
         metrics.update(result.metrics())
-    if before is not None:
-        after = _evaluate(runner, eval_data)
+    after = _evaluate(runner, eval_data)
+    if before is not None and after is not None:  # both measured, or neither (the same eval_data)
         metrics.update(
             accuracy_before=before, accuracy_pruned=pruned_accuracy, accuracy=after, accuracy_drop=before - after
         )
