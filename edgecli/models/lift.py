@@ -157,7 +157,8 @@ def _conv_module(gm: Any, node: Any, kind: str) -> Any:
         dilation = _arg(node, 5, "dilation", 1)
         groups = _arg(node, 6, "groups", 1)
     dims = weight.dim() - 2
-    cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}.get(dims)
+    classes: dict[int, type[nn.Conv1d] | type[nn.Conv2d] | type[nn.Conv3d]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+    cls = classes.get(dims)
     if cls is None or not isinstance(groups, int):
         return None
     module = cls(
@@ -277,7 +278,7 @@ def lift(gm: Any) -> Any:
             module = _bn_module(gm, node, kind)
         if module is not None:
             weight_node = node.args[1] if kind != "batch_norm" and kind != "native_batch_norm" else node.args[3]
-            key = getattr(weight_node, "target", None)
+            key: str = weight_node.target  # a get_attr node: the module was built from the tensor it reads
             if key in by_weight:
                 name = by_weight[key][0]
                 if by_weight[key][1] != kind:
@@ -308,12 +309,15 @@ def lift(gm: Any) -> Any:
                 raise TransformError(f"{where(node)} reads the batch statistics of a batch norm; cannot lift it")
             env[node] = native_outputs[node.args[0]]
             continue
-        if node.op == "call_function" and node.target in reshapes:
-            if _follows(list(node.args[1]), _val(node.args[0]), _val(node)):
-                new = graph.call_function(torch.ops.aten.flatten.using_ints, (env[node.args[0]], 1))
-                new.meta = copy.copy(node.meta)
-                env[node] = new
-                continue
+        if (
+            node.op == "call_function"
+            and node.target in reshapes
+            and _follows(list(node.args[1]), _val(node.args[0]), _val(node))
+        ):
+            new = graph.call_function(torch.ops.aten.flatten.using_ints, (env[node.args[0]], 1))
+            new.meta = copy.copy(node.meta)
+            env[node] = new
+            continue
         for arg in node.all_input_nodes:
             if arg.op == "get_attr" and arg not in env:
                 tensor = _fetch(gm, arg)
@@ -325,7 +329,8 @@ def lift(gm: Any) -> Any:
     graph._codegen = gm.graph._codegen  # pytree in/out specs: same call signature as the program
     graph.lint()
     lifted = fx.GraphModule(root, graph, class_name="LiftedModule")
-    lifted.edgecli_lifted = lifted_names
+    # torch types Module attributes as Tensor | Module; any other value is a plain attribute at runtime
+    lifted.edgecli_lifted = lifted_names  # type: ignore[assignment]
     if not lifted_names:
         raise TransformError("the program has no convolution or dense layer on stored weights to prune")
     return lifted

@@ -12,7 +12,7 @@ from edgecli.recipes import StudentSpec
 
 def scaled(count: int, factor: float) -> int:
     """A channel / layer count times a width or depth factor, at least 1."""
-    return max(1, int(round(count * factor)))
+    return max(1, round(count * factor))
 
 
 def cnn_stages(spec: StudentSpec) -> list[list[int]]:
@@ -103,6 +103,8 @@ def student_from_factory(spec: StudentSpec) -> Any:
     from edgecli.formats.state_dict_file import build_module, call_factory, load_state_dict
     from edgecli.recipes import ModelSource
 
+    if spec.factory is None:
+        raise RecipeError("student.factory is not set", hint="give student.factory: pkg.module:function")
     source = ModelSource(factory=spec.factory, kwargs=spec.kwargs)
     if spec.weights is None:
         return call_factory(source, "student.factory")
