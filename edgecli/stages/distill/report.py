@@ -76,6 +76,8 @@ def compare(
     recipe: DistillRecipe,
 ) -> None:
     """Fill the artifact's metrics and report, and show the teacher / student / baseline table."""
+    if artifact.report is None:  # distill's stage sets it; the latencies join it here
+        artifact.report = {}
     metrics, report = artifact.metrics, artifact.report
     metrics["teacher_params"] = param_count(teacher)
     if metrics["teacher_params"]:
@@ -84,15 +86,15 @@ def compare(
     metrics["student_bytes"] = len(artifact.to_bytes(None))
     if baseline is not None:
         metrics.update(baseline[1].metrics("baseline_"))
-    labelled = eval_data is not None and eval_data.labels is not None
-    if labelled:
+    labels = None if eval_data is None else eval_data.labels
+    if eval_data is not None and labels is not None:
         teacher_logits = open_runner(teacher).predict(eval_data)[0]
         eval_x = next(iter(eval_data.inputs.values()))  # read a batch at a time
-        metrics["teacher_accuracy"] = accuracy(teacher_logits, eval_data.labels)
-        metrics["accuracy"] = accuracy(eager_logits(student, eval_x), eval_data.labels)
+        metrics["teacher_accuracy"] = accuracy(teacher_logits, labels)
+        metrics["accuracy"] = accuracy(eager_logits(student, eval_x), labels)
         metrics["accuracy_ratio"] = round(metrics["accuracy"] / max(metrics["teacher_accuracy"], 1e-12), 4)
         if baseline is not None:
-            metrics["baseline_accuracy"] = accuracy(eager_logits(baseline[0], eval_x), eval_data.labels)
+            metrics["baseline_accuracy"] = accuracy(eager_logits(baseline[0], eval_x), labels)
             metrics["gain_over_baseline"] = round(metrics["accuracy"] - metrics["baseline_accuracy"], 4)
     if recipe.latency_runs:
         report.update(latencies(teacher, artifact, sample, recipe.latency_runs))

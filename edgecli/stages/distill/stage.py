@@ -113,13 +113,18 @@ def train_phase(setup: Setup, student: Any, phase: str, distil: bool) -> Trained
 
     recipe = setup.recipe
     hint = recipe.hint if distil else None
-    tap, adapter = None, None
+    tap: FeatureTap | None = None
+    adapter: Any = None  # nn.Conv2d / nn.Linear
     if hint is not None:
         tap = FeatureTap(student, hint.student_layer)
         student.eval()
         with torch.no_grad():
             student(torch.from_numpy(setup.targets.x[:2]))
         teacher_features = setup.targets.view(0).features
+        if teacher_features is None:
+            raise TransformError(
+                "the teacher's targets carry no hint features", hint="they were computed without hint.teacher_layer"
+            )
         adapter = hint_adapter(tuple(tap.value.shape), tuple(teacher_features.shape))
     params = list(student.parameters()) + (list(adapter.parameters()) if adapter is not None else [])
     keeper = BestKeeper(student, recipe.patience, samples=None if setup.val_x is None else len(setup.val_x))
@@ -137,17 +142,21 @@ def train_phase(setup: Setup, student: Any, phase: str, distil: bool) -> Trained
     def before_epoch(epoch: int) -> None:
         view = setup.targets.view(epoch) if (distil or recipe.augment is not None) else None
         current["x"] = view.inputs if view is not None else setup.targets.x  # read batch by batch
-        current["logits"] = torch.from_numpy(view.logits)[train_idx] if distil else None
-        current["features"] = torch.from_numpy(view.features)[train_idx] if hint is not None else None
+        # a view exists whenever distil; the hint features whenever hint (checked above)
+        current["logits"] = torch.from_numpy(view.logits)[train_idx] if view is not None and distil else None
+        features = view.features if view is not None and hint is not None else None
+        current["features"] = torch.from_numpy(features)[train_idx] if features is not None else None
         current["labels"] = setup.labels[train_idx] if setup.labels is not None else None
         hint_sums.append(0.0)
 
     def loss_fn(out: Any, idx: Any) -> Any:
         labels = None if current["labels"] is None else current["labels"][idx]
         if not distil:
+            if labels is None:  # distill refuses baseline: true without labels before training
+                raise RecipeError("training without the teacher needs labels ('y') in the training data")
             return torch.nn.functional.cross_entropy(out, labels)
         loss = kd_loss(out, current["logits"][idx], labels, recipe.temperature, recipe.soft_weight)
-        if hint is not None:
+        if hint is not None and tap is not None:  # the tap exists exactly when hint does
             term = hint_loss(adapter(tap.value), current["features"][idx])
             hint_sums[-1] += float(term.detach()) * len(idx)
             loss = loss + hint.weight * term

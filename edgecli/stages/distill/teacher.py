@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from edgecli.formats.files import TempFolder, atomic_path
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import AugmentSpec
 from edgecli.runtimes import Runner, open_runner
+
+if TYPE_CHECKING:
+    from edgecli.runtimes.torch_runner import TorchRunner
 
 CACHE_VERSION = 1
 CACHE_ENV = "EDGECLI_CACHE_DIR"
@@ -71,7 +74,7 @@ def _onnx_with_output(teacher: ModelFile, layer: str, folder: Path) -> ModelFile
     return ModelFile.open(path)
 
 
-def _pt2_with_output(runner: Runner, layer: str) -> None:
+def _pt2_with_output(runner: TorchRunner, layer: str) -> None:
     """Make a .pt2 runner's module also return graph node `layer` (outputs become a flat tuple)."""
     import torch
 
@@ -84,7 +87,7 @@ def _pt2_with_output(runner: Runner, layer: str) -> None:
         )
     output = next(n for n in graph.nodes if n.op == "output")
     flat = output.args[0] if isinstance(output.args[0], (list, tuple)) else (output.args[0],)
-    output.args = (tuple(flat) + (nodes[layer],),)
+    output.args = ((*flat, nodes[layer]),)
     graph._codegen = torch.fx.graph.CodeGen()  # plain positional in, tuple out (no pytree specs)
     runner.module.recompile()
 
@@ -97,7 +100,11 @@ def teacher_runner(teacher: ModelFile, hint_layer: str | None):
         yield open_runner(teacher)
         return
     if teacher.format is Format.PT2:
+        from edgecli.runtimes.torch_runner import TorchRunner
+
         runner = open_runner(teacher)
+        if not isinstance(runner, TorchRunner):  # open_runner runs every .pt2 with torch
+            raise TransformError(f"a hint layer of a .pt2 teacher needs the torch runner, not {type(runner).__name__}")
         _pt2_with_output(runner, hint_layer)
         yield runner
     elif teacher.format in (Format.ONNX,):
