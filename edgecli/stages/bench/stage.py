@@ -131,9 +131,8 @@ def compare_outputs(reference: np.ndarray, output: np.ndarray, labels: np.ndarra
     Raises ValueError when the outputs cannot be compared (different sizes)."""
     aligned = align(reference, output)
     diff = compare(reference, aligned)
-    labelled = labels is not None and is_classifier_output(aligned)
     return {
-        "accuracy": top1_accuracy(aligned, labels) if labelled else None,
+        "accuracy": top1_accuracy(aligned, labels) if labels is not None and is_classifier_output(aligned) else None,
         "agreement": diff.get("agreement"),
         "max_abs_diff": diff["max_abs_diff"],
         "mean_abs_diff": diff["mean_abs_diff"],
