@@ -18,7 +18,7 @@ from edgecli.runtimes import open_runner
 from edgecli.stages.artifact import Artifact, staged
 from edgecli.stages.quantize.onnx import op_counts
 
-QUICK = BenchRecipe(warmup=5, runs=30, min_time_s=0.3, threads=1, batch_size=1)
+QUICK = BenchRecipe(warmup=5, runs=30, min_time_s=0.3, threads=[1], batch_size=[1])
 
 
 def speed_check(

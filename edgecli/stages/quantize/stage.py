@@ -44,7 +44,7 @@ class Evaluator:
             metrics["non_finite_samples"] = non_finite_samples(output)
         if self.float_non_finite:
             metrics["non_finite_samples_float"] = self.float_non_finite
-        if self.float_accuracy is not None:
+        if self.float_accuracy is not None and self.data.labels is not None:  # both, or neither
             metrics["accuracy_float"] = self.float_accuracy
             metrics["accuracy"] = accuracy(output, self.data.labels)
             metrics["accuracy_drop"] = metrics["accuracy_float"] - metrics["accuracy"]
