@@ -35,12 +35,12 @@ class StepSpec(Strict):
     )
     verb: StepVerb = Field(..., description="The edgecli verb this step runs.")
     input: str | None = Field(
-        None,
+        default=None,
         description="The model the verb reads: ${step} or ${model} or a path; "
         "default: the previous step's output (the source model for the first step).",
     )
     recipe: str | None = Field(
-        None,
+        default=None,
         description="A shipped recipe name of the verb (see `edgecli recipe list`) or a "
         "recipe file path; default: the verb's defaults.",
     )
@@ -48,9 +48,9 @@ class StepSpec(Strict):
         default_factory=dict,
         description="Recipe values set inline, as `--set key.sub=value`; a value ${step} is that step's output path.",
     )
-    data: str | None = Field(None, description="--data: a name from `datasets` or an .npz path.")
+    data: str | None = Field(default=None, description="--data: a name from `datasets` or an .npz path.")
     eval_data: str | None = Field(
-        None, description="--eval-data (prune, distill, quantize): a name from `datasets` or an .npz path."
+        default=None, description="--eval-data (prune, distill, quantize): a name from `datasets` or an .npz path."
     )
 
     @model_validator(mode="after")
@@ -65,11 +65,13 @@ class StepSpec(Strict):
 class BenchSpec(Strict):
     """The closing `edgecli bench` over the source model and every step's output."""
 
-    recipe: str | None = Field("default", description="A shipped bench recipe name or a recipe file path.")
+    recipe: str | None = Field(default="default", description="A shipped bench recipe name or a recipe file path.")
     set: dict[str, Any] = Field(default_factory=dict, description="Bench recipe values set inline (e.g. runs, gates).")
-    data: str | None = Field(None, description="Labelled evaluation data: a name from `datasets` or an .npz path.")
+    data: str | None = Field(
+        default=None, description="Labelled evaluation data: a name from `datasets` or an .npz path."
+    )
     models: list[str] | None = Field(
-        None,
+        default=None,
         min_length=1,
         description="What to bench, as ${model} / ${step} references "
         "(the first is the reference); default: the source model and every step's output.",
@@ -88,7 +90,7 @@ class PipelineSpec(Strict):
     steps: list[StepSpec] = Field(..., min_length=1, description="The steps, run in order.")
     bench: BenchSpec | None = Field(default_factory=BenchSpec, description="The closing bench; null for none.")
     out: str | None = Field(
-        None,
+        default=None,
         description="Output folder, relative to the pipeline file; default: <pipeline "
         "name>-out in the current folder. `edgecli run --out` overrides it.",
     )

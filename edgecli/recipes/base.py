@@ -21,11 +21,19 @@ class Strict(BaseModel):
 class DataSpec(Strict):
     """A dataset in an .npz file: inputs under `x` (or under the model's input names), labels under `y`."""
 
-    path: Path | None = Field(None, description="Path of the .npz file; `--data` on the command line overrides it.")
-    scale: float = Field(1.0, gt=0, description="Inputs are multiplied by this after conversion to float (e.g. 1/255).")
-    mean: list[float] | None = Field(None, description="Per-channel mean subtracted after scaling (channel axis 1).")
-    std: list[float] | None = Field(None, description="Per-channel std the inputs are divided by after the mean.")
-    limit: int | None = Field(None, ge=1, description="Use at most this many samples (the first ones).")
+    path: Path | None = Field(
+        default=None, description="Path of the .npz file; `--data` on the command line overrides it."
+    )
+    scale: float = Field(
+        default=1.0, gt=0, description="Inputs are multiplied by this after conversion to float (e.g. 1/255)."
+    )
+    mean: list[float] | None = Field(
+        default=None, description="Per-channel mean subtracted after scaling (channel axis 1)."
+    )
+    std: list[float] | None = Field(
+        default=None, description="Per-channel std the inputs are divided by after the mean."
+    )
+    limit: int | None = Field(default=None, ge=1, description="Use at most this many samples (the first ones).")
 
 
 class ModelSource(Strict):
@@ -41,44 +49,49 @@ class ModelSource(Strict):
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments passed to the factory.")
     input_shape: list[int] | None = Field(
-        None,
+        default=None,
         min_length=1,
         description="Example input shape with batch, e.g. [1, 1, 28, 28], for export; default: the shape of --data.",
     )
-    input_dtype: Literal["float32", "int64", "int32"] = Field("float32", description="Example input dtype.")
-    strict: bool = Field(True, description="The state_dict must match the module's parameters key for key.")
+    input_dtype: Literal["float32", "int64", "int32"] = Field(default="float32", description="Example input dtype.")
+    strict: bool = Field(default=True, description="The state_dict must match the module's parameters key for key.")
 
 
 class ReadsPyTorch(Strict):
     """A recipe of a verb that can read a PyTorch state_dict."""
 
     model: ModelSource | None = Field(
-        None, description="Needed when MODEL is a state_dict (.pt/.pth): the code that builds the module."
+        default=None, description="Needed when MODEL is a state_dict (.pt/.pth): the code that builds the module."
     )
 
 
 class FinetuneSpec(Strict):
     """Fine-tuning on labelled data after a transformation."""
 
-    epochs: int = Field(0, ge=0, le=1000, description="Epochs of fine-tuning; 0 disables it.")
-    lr: float = Field(1e-4, gt=0, le=10, description="Learning rate (small: the model is already trained).")
-    batch_size: int = Field(64, ge=1, le=65536, description="Mini-batch size.")
-    optimizer: Literal["adam", "sgd"] = Field("adam", description="Optimiser: adam, or sgd with momentum 0.9.")
+    epochs: int = Field(default=0, ge=0, le=1000, description="Epochs of fine-tuning; 0 disables it.")
+    lr: float = Field(default=1e-4, gt=0, le=10, description="Learning rate (small: the model is already trained).")
+    batch_size: int = Field(default=64, ge=1, le=65536, description="Mini-batch size.")
+    optimizer: Literal["adam", "sgd"] = Field(default="adam", description="Optimiser: adam, or sgd with momentum 0.9.")
     schedule: Literal["constant", "onecycle"] = Field(
-        "constant", description="Learning-rate schedule: constant, or one-cycle (warm-up then anneal) peaking at lr."
+        default="constant",
+        description="Learning-rate schedule: constant, or one-cycle (warm-up then anneal) peaking at lr.",
     )
     val_split: float = Field(
-        0.0,
+        default=0.0,
         ge=0.0,
         lt=0.5,
         description="Fraction of the training data held out to validate after each epoch (0: none).",
     )
     patience: int | None = Field(
-        None,
+        default=None,
         ge=1,
         description="Stop after this many epochs without a better validation accuracy (needs val_split); "
         "the best epoch's weights are kept.",
     )
-    distill: bool = Field(False, description="Learn from the unpruned model's outputs too (knowledge distillation).")
-    temperature: float = Field(4.0, gt=0, le=100, description="distill: softmax temperature of the soft targets.")
-    soft_weight: float = Field(0.5, ge=0.0, le=1.0, description="distill: weight of the soft (teacher) loss.")
+    distill: bool = Field(
+        default=False, description="Learn from the unpruned model's outputs too (knowledge distillation)."
+    )
+    temperature: float = Field(
+        default=4.0, gt=0, le=100, description="distill: softmax temperature of the soft targets."
+    )
+    soft_weight: float = Field(default=0.5, ge=0.0, le=1.0, description="distill: weight of the soft (teacher) loss.")

@@ -57,9 +57,11 @@ BatchSize = Annotated[int, Field(ge=1, le=65536)]
 class BenchRecipe(Strict):
     """`edgecli bench`: size, latency, accuracy and agreement of several models side by side."""
 
-    warmup: int = Field(10, ge=0, description="Untimed runs of each model (at each threads/batch point) before timing.")
-    runs: int = Field(100, ge=1, description="Minimum number of timed runs per model and point.")
-    min_time_s: float = Field(0.5, ge=0, description="Minimum total timed seconds per model and point.")
+    warmup: int = Field(
+        default=10, ge=0, description="Untimed runs of each model (at each threads/batch point) before timing."
+    )
+    runs: int = Field(default=100, ge=1, description="Minimum number of timed runs per model and point.")
+    min_time_s: float = Field(default=0.5, ge=0, description="Minimum total timed seconds per model and point.")
     threads: list[Threads] = Field(
         default_factory=lambda: [1],
         min_length=1,
@@ -74,13 +76,13 @@ class BenchRecipe(Strict):
         "is fixed by their signature are timed at batch 1 only.",
     )
     max_spread: float = Field(
-        0.05,
+        default=0.05,
         gt=0,
         le=1,
         description="Warn when a model's p50 varies by more than this fraction between the 5 consecutive segments "
         "of its timed runs (p50_spread): differences between models smaller than the spread are noise.",
     )
-    eval_batch_size: int = Field(64, ge=1, description="Batch size of the accuracy pass.")
+    eval_batch_size: int = Field(default=64, ge=1, description="Batch size of the accuracy pass.")
     input_shapes: dict[str, list[Annotated[int, Field(ge=1)]]] = Field(
         default_factory=dict,
         description="Synthesised inputs (no --data): the shape of one sample of an input, WITHOUT the batch "
@@ -93,13 +95,13 @@ class BenchRecipe(Strict):
         f"axis comes from batch_size; other dynamic dimensions default to {DEFAULT_DYNAMIC_DIM}.",
     )
     int_range: tuple[int, int] = Field(
-        DEFAULT_INT_RANGE,
+        default=DEFAULT_INT_RANGE,
         description="Synthesised integer inputs (no --data): values drawn uniformly from [low, high), e.g. token "
         "ids; the dtype of the input (e.g. int64) is kept. Inputs whose name contains 'mask' are all ones, "
         "'type_ids' or 'segment' all zeros.",
     )
     memory: bool = Field(
-        True,
+        default=True,
         description="Peak resident memory of loading and running each model (first threads/batch point, "
         "synthesised inputs), each in a process of its own: peak_mib (runtime included, what the device needs) "
         "and model_mib (above the runtime's import). About 1 s per ONNX/TFLite model, 8 s per .pt2.",

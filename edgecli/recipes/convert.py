@@ -12,11 +12,13 @@ from edgecli.recipes.base import DataSpec, ReadsPyTorch, Strict
 class ParitySpec(Strict):
     """How a converted model is compared with its parent."""
 
-    atol: float = Field(1e-4, ge=0, description="Largest allowed max abs difference of outputs.")
-    min_agreement: float = Field(0.99, ge=0, le=1, description="Smallest allowed top-1 agreement for classifiers.")
-    samples: int = Field(256, ge=1, description="Samples of the data used for the check.")
+    atol: float = Field(default=1e-4, ge=0, description="Largest allowed max abs difference of outputs.")
+    min_agreement: float = Field(
+        default=0.99, ge=0, le=1, description="Smallest allowed top-1 agreement for classifiers."
+    )
+    samples: int = Field(default=256, ge=1, description="Samples of the data used for the check.")
     max_relative_error: float = Field(
-        0.1,
+        default=0.1,
         ge=0,
         description="Reduced-precision targets (TFLite float16, dynamic, int8, tflite-micro) are judged by top-1 "
         "agreement and this relative error ||out - ref|| / ||ref|| instead of atol.",
@@ -27,10 +29,10 @@ class MicroSpec(Strict):
     """target tflite-micro: the microcontroller's limits."""
 
     max_arena_bytes: int | None = Field(
-        None, ge=1, description="Budget for the tensor arena (RAM for activations); exceeding it exits 1."
+        default=None, ge=1, description="Budget for the tensor arena (RAM for activations); exceeding it exits 1."
     )
     max_model_bytes: int | None = Field(
-        None, ge=1, description="Budget for the model flatbuffer (flash); exceeding it exits 1."
+        default=None, ge=1, description="Budget for the model flatbuffer (flash); exceeding it exits 1."
     )
 
 
@@ -43,25 +45,26 @@ class ConvertRecipe(ReadsPyTorch):
         "TensorFlow Lite Micro interpreter; ort: onnxruntime's ORT format for its mobile and minimal builds; "
         "pt2: a torch.export program (from a state_dict and model.factory).",
     )
-    opset: int = Field(18, ge=13, le=23, description="ONNX opset (target onnx).")
-    dynamic_batch: bool = Field(True, description="Keep the batch dimension dynamic.")
+    opset: int = Field(default=18, ge=13, le=23, description="ONNX opset (target onnx).")
+    dynamic_batch: bool = Field(default=True, description="Keep the batch dimension dynamic.")
     simplify: bool = Field(
-        False, description="target onnx: fold constants and remove redundant nodes with onnxsim (onnx-simplifier)."
+        default=False,
+        description="target onnx: fold constants and remove redundant nodes with onnxsim (onnx-simplifier).",
     )
     precision: Literal["float32", "float16", "dynamic", "int8"] = Field(
-        "float32",
+        default="float32",
         description="TFLite precision (target tflite): float32; float16 weights; dynamic (int8 weights, float "
         "activations); int8 (full integer, calibrated on --data). tflite-micro is always int8.",
     )
     io_type: Literal["float", "int8"] = Field(
-        "float", description="precision int8 / tflite-micro: float32 or int8 model inputs and outputs."
+        default="float", description="precision int8 / tflite-micro: float32 or int8 model inputs and outputs."
     )
     calibration_samples: int = Field(
-        256, ge=1, description="precision int8 / tflite-micro: calibration samples from --data."
+        default=256, ge=1, description="precision int8 / tflite-micro: calibration samples from --data."
     )
     micro: MicroSpec = Field(default_factory=MicroSpec, description="target tflite-micro: memory budgets.")
     ort_optimization: Literal["basic", "extended", "all"] = Field(
-        "basic",
+        default="basic",
         description="target ort: graph optimisations saved into the file. basic and extended run on any CPU "
         "(phones); all adds x86 layout transforms (NCHWc) that only suit the converting machine's kind of CPU.",
     )

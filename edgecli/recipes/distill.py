@@ -10,40 +10,46 @@ from pydantic import Field, model_validator
 from edgecli.recipes.base import DataSpec, ReadsPyTorch, Strict
 
 
+def _default_channels() -> list[int | list[int]]:
+    """StudentSpec.channels' default (a function: a lambda's list would be typed list[int])."""
+    return [16, 32, 64]
+
+
 class StudentSpec(Strict):
     """The student: a built-in family (cnn, mlp) with width and depth knobs, a `.pt2` file, or your code."""
 
     family: Literal["cnn", "mlp"] | None = Field(
-        None,
+        default=None,
         description="Built-in family (the default, cnn, when neither path nor factory is given): "
         "cnn: stages of 3x3 conv + BatchNorm + ReLU with 2x2 max-pooling between stages; mlp: dense layers.",
     )
     channels: list[Annotated[int, Field(ge=1)] | list[Annotated[int, Field(ge=1)]]] = Field(
-        default_factory=lambda: [16, 32, 64],
+        default_factory=_default_channels,
         min_length=1,
         description="cnn: output channels of each stage: a number (one conv) or a list (one conv each), "
         "e.g. [[32, 64, 64, 64, 64], 128, 128] is the sample teacher's layout.",
     )
     head: Literal["flatten", "avgpool"] = Field(
-        "flatten", description="cnn: flatten the last feature map into the classifier, or global-average-pool it."
+        default="flatten",
+        description="cnn: flatten the last feature map into the classifier, or global-average-pool it.",
     )
     hidden: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [128], description="mlp: width of each hidden layer."
     )
     width: float = Field(
-        1.0, gt=0, le=16, description="Multiplies every channel count / hidden width (0.5: half width)."
+        default=1.0, gt=0, le=16, description="Multiplies every channel count / hidden width (0.5: half width)."
     )
     depth: float = Field(
-        1.0,
+        default=1.0,
         gt=0,
         le=16,
         description="Multiplies the convs of each cnn stage (or the mlp's hidden layers); at least one is kept.",
     )
     path: Path | None = Field(
-        None, description="A .pt2 file (torch.export) to train as the student instead of a built-in family."
+        default=None, description="A .pt2 file (torch.export) to train as the student instead of a built-in family."
     )
     factory: str | None = Field(
-        None,
+        default=None,
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="package.module:function returning the student nn.Module (your own architecture). This runs "
         "code: imported only with `edgecli --trust-code` (or EDGECLI_TRUST_CODE=1), and only a function or "
@@ -51,7 +57,8 @@ class StudentSpec(Strict):
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="factory: keyword arguments passed to it.")
     weights: Path | None = Field(
-        None, description="factory: a state_dict (.pt/.pth) to start from, read with torch.load(weights_only=True)."
+        default=None,
+        description="factory: a state_dict (.pt/.pth) to start from, read with torch.load(weights_only=True).",
     )
 
     @model_validator(mode="after")
@@ -71,12 +78,15 @@ class StudentSpec(Strict):
 class AugmentSpec(Strict):
     """Image augmentation for [N, C, H, W] inputs, applied before the teacher sees the batch."""
 
-    hflip: bool = Field(True, description="Mirror each image left-right with probability 0.5.")
+    hflip: bool = Field(default=True, description="Mirror each image left-right with probability 0.5.")
     crop_padding: int = Field(
-        2, ge=0, le=64, description="Zero-pad by this many pixels, then crop back at a random offset (0: no crops)."
+        default=2,
+        ge=0,
+        le=64,
+        description="Zero-pad by this many pixels, then crop back at a random offset (0: no crops).",
     )
     views: int = Field(
-        8,
+        default=8,
         ge=1,
         le=1000,
         description="Distinct augmented copies of the training set, used in turn by the epochs; "
@@ -93,52 +103,61 @@ class HintSpec(Strict):
     student_layer: str = Field(
         ..., min_length=1, description="Module name in the student (as in named_modules(), e.g. '5')."
     )
-    weight: float = Field(1.0, gt=0, le=1000, description="Weight of the mean-squared feature loss.")
+    weight: float = Field(default=1.0, gt=0, le=1000, description="Weight of the mean-squared feature loss.")
 
 
 class DistillRecipe(ReadsPyTorch):
     """`edgecli distill`: train a student .pt2 from a teacher of any supported format."""
 
     student: StudentSpec = Field(default_factory=StudentSpec, description="Student architecture.")
-    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature T of the soft targets.")
+    temperature: float = Field(default=4.0, gt=0, le=100, description="Softmax temperature T of the soft targets.")
     soft_weight: float = Field(
-        0.9, ge=0.0, le=1.0, description="Weight of the T²-scaled KL loss; 1 - soft_weight goes to the label loss."
+        default=0.9,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the T²-scaled KL loss; 1 - soft_weight goes to the label loss.",
     )
-    hint: HintSpec | None = Field(None, description="Optional feature (hint) loss on an intermediate layer.")
-    epochs: int = Field(5, ge=1, le=1000, description="Training epochs.")
-    batch_size: int = Field(64, ge=1, le=65536, description="Mini-batch size (the global batch under torchrun).")
-    lr: float = Field(2e-3, gt=0, le=10, description="Learning rate (the peak, with onecycle).")
-    weight_decay: float = Field(0.0, ge=0, le=1, description="Weight decay (decoupled, with adamw).")
+    hint: HintSpec | None = Field(default=None, description="Optional feature (hint) loss on an intermediate layer.")
+    epochs: int = Field(default=5, ge=1, le=1000, description="Training epochs.")
+    batch_size: int = Field(
+        default=64, ge=1, le=65536, description="Mini-batch size (the global batch under torchrun)."
+    )
+    lr: float = Field(default=2e-3, gt=0, le=10, description="Learning rate (the peak, with onecycle).")
+    weight_decay: float = Field(default=0.0, ge=0, le=1, description="Weight decay (decoupled, with adamw).")
     optimizer: Literal["adam", "adamw", "sgd"] = Field(
-        "adam", description="Optimiser: adam, adamw, or sgd with momentum 0.9."
+        default="adam", description="Optimiser: adam, adamw, or sgd with momentum 0.9."
     )
     schedule: Literal["constant", "onecycle", "cosine"] = Field(
-        "onecycle",
+        default="onecycle",
         description="Learning-rate schedule: constant, one-cycle (warm-up then anneal) peaking at lr, "
         "or cosine decay from lr.",
     )
-    augment: AugmentSpec | None = Field(None, description="Image augmentation (flips, crops); none when absent.")
+    augment: AugmentSpec | None = Field(
+        default=None, description="Image augmentation (flips, crops); none when absent."
+    )
     val_split: float = Field(
-        0.1,
+        default=0.1,
         ge=0.0,
         lt=0.5,
         description="Fraction of the training data held out to pick the best epoch (0: keep the last).",
     )
     patience: int | None = Field(
-        None, ge=1, description="Stop after this many epochs without a better validation score (needs val_split)."
+        default=None,
+        ge=1,
+        description="Stop after this many epochs without a better validation score (needs val_split).",
     )
     baseline: bool = Field(
-        False, description="Also train the same student on the labels alone, to report what distillation adds."
+        default=False, description="Also train the same student on the labels alone, to report what distillation adds."
     )
     teacher_cache: bool = Field(
-        True, description="Cache the teacher's outputs on disk ($EDGECLI_CACHE_DIR, else ~/.cache/edgecli)."
+        default=True, description="Cache the teacher's outputs on disk ($EDGECLI_CACHE_DIR, else ~/.cache/edgecli)."
     )
     latency_runs: int = Field(
-        200, ge=0, le=100000, description="Batch-1 runs timed for the teacher/student p50 (0: skip)."
+        default=200, ge=0, le=100000, description="Batch-1 runs timed for the teacher/student p50 (0: skip)."
     )
     data: DataSpec = Field(default_factory=DataSpec, description="Training data; labels under `y` are optional.")
-    eval_data: DataSpec | None = Field(None, description="Labelled data for the accuracy report.")
-    seed: int = Field(0, ge=0, description="Random seed; the same seed gives the same student bytes.")
+    eval_data: DataSpec | None = Field(default=None, description="Labelled data for the accuracy report.")
+    seed: int = Field(default=0, ge=0, description="Random seed; the same seed gives the same student bytes.")
 
     @model_validator(mode="after")
     def _fits(self) -> DistillRecipe:

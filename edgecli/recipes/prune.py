@@ -13,33 +13,36 @@ class ChannelSpec(Strict):
     """method channel: structured pruning of whole channels with Torch-Pruning's dependency graph."""
 
     importance: Literal["l1", "l2", "bn_scale", "taylor"] = Field(
-        "l1",
+        default="l1",
         description="Channel importance: L1/L2 norm of its weights, BatchNorm scale, or first-order Taylor "
         "(gradient x weight, on a few training batches).",
     )
     ratio: float | None = Field(
-        None,
+        default=None,
         gt=0.0,
         lt=1.0,
         description="Target: fraction of channels removed (in each layer, or overall with scope global).",
     )
     macs_ratio: float | None = Field(
-        None, gt=0.0, lt=1.0, description="Target: MACs of the pruned model at most this fraction of the dense model's."
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="Target: MACs of the pruned model at most this fraction of the dense model's.",
     )
     params_ratio: float | None = Field(
-        None, gt=0.0, lt=1.0, description="Target: parameters at most this fraction of the dense model's."
+        default=None, gt=0.0, lt=1.0, description="Target: parameters at most this fraction of the dense model's."
     )
     keep_layers: list[str] = Field(
         default_factory=list, description="Layers (module names) never pruned; the classifier's output is always kept."
     )
     round_to: int | None = Field(
-        None, ge=1, description="Keep channel counts multiples of this (4 or 8 suit SIMD kernels)."
+        default=None, ge=1, description="Keep channel counts multiples of this (4 or 8 suit SIMD kernels)."
     )
     max_layer_ratio: float = Field(
-        0.9, gt=0.0, lt=1.0, description="No layer loses more than this fraction of its channels."
+        default=0.9, gt=0.0, lt=1.0, description="No layer loses more than this fraction of its channels."
     )
     steps: int = Field(
-        1,
+        default=1,
         ge=1,
         le=100,
         description="Iterative pruning steps towards the target (fine-tuning between "
@@ -62,28 +65,32 @@ class PruneRecipe(ReadsPyTorch):
     (unstructured, or 2:4 semi-structured), then optionally fine-tune."""
 
     method: Literal["channel", "magnitude", "2of4"] = Field(
-        "magnitude",
+        default="magnitude",
         description="channel: structured pruning (.pt2 / state_dict): whole channels removed, the model gets smaller "
         "and faster; magnitude: unstructured, the smallest weights zeroed (.pt2 or ONNX; smaller compressed, not "
         "faster on dense kernels); 2of4: 2:4 semi-structured, two of every four consecutive weights zeroed (sparse tensor cores).",
     )
-    sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="magnitude: fraction of prunable weights set to zero.")
+    sparsity: float = Field(
+        default=0.5, ge=0.0, lt=1.0, description="magnitude: fraction of prunable weights set to zero."
+    )
     scope: Literal["global", "layer"] = Field(
-        "global",
+        default="global",
         description="global: one threshold (or channel ranking) over all layers; layer: the same fraction in every layer.",
     )
     schedule: Literal["oneshot", "gradual"] = Field(
-        "oneshot",
+        default="oneshot",
         description="magnitude: all at once, or raised gradually over the fine-tuning epochs (cubic schedule).",
     )
     channel: ChannelSpec = Field(default_factory=ChannelSpec, description="method channel: importance and target.")
     min_params: int = Field(
-        64, ge=1, description="Weight tensors with fewer elements than this are left dense (tiny first layers)."
+        default=64, ge=1, description="Weight tensors with fewer elements than this are left dense (tiny first layers)."
     )
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec, description="Fine-tuning after pruning (masks kept).")
     data: DataSpec = Field(default_factory=DataSpec, description="Labelled training data for fine-tuning.")
-    eval_data: DataSpec | None = Field(None, description="Labelled data on which accuracy before/after is reported.")
-    seed: int = Field(0, description="Random seed; the same seed gives the same output bytes.")
+    eval_data: DataSpec | None = Field(
+        default=None, description="Labelled data on which accuracy before/after is reported."
+    )
+    seed: int = Field(default=0, description="Random seed; the same seed gives the same output bytes.")
 
     @model_validator(mode="after")
     def _fits(self) -> PruneRecipe:

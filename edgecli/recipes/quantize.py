@@ -12,63 +12,73 @@ from edgecli.recipes.base import DataSpec, ReadsPyTorch, Strict
 class CalibrationSpec(Strict):
     """Static-quantization calibration."""
 
-    method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="Range estimation method.")
-    samples: int = Field(256, ge=1, description="Number of calibration samples taken from the data.")
-    batch_size: int = Field(32, ge=1, description="Calibration batch size (models without a dynamic batch use 1).")
+    method: Literal["minmax", "entropy", "percentile"] = Field(default="minmax", description="Range estimation method.")
+    samples: int = Field(default=256, ge=1, description="Number of calibration samples taken from the data.")
+    batch_size: int = Field(
+        default=32, ge=1, description="Calibration batch size (models without a dynamic batch use 1)."
+    )
 
 
 class GuardSpec(Strict):
     """The accuracy guard's search: quantized layers moved back to float, most sensitive first."""
 
-    group_size: int = Field(1, ge=1, description="Layers moved to float per step.")
-    max_steps: int = Field(8, ge=0, le=1000, description="Steps before giving up (0: measure only, never fall back).")
-    samples: int = Field(128, ge=1, description="Calibration samples on which per-layer errors (SNR) are measured.")
+    group_size: int = Field(default=1, ge=1, description="Layers moved to float per step.")
+    max_steps: int = Field(
+        default=8, ge=0, le=1000, description="Steps before giving up (0: measure only, never fall back)."
+    )
+    samples: int = Field(
+        default=128, ge=1, description="Calibration samples on which per-layer errors (SNR) are measured."
+    )
 
 
 class QuantizeRecipe(ReadsPyTorch):
     """`edgecli quantize`: INT8 or FP16 quantization to ONNX (onnxruntime) or TFLite (TensorFlow Lite converter)."""
 
     mode: Literal["static", "dynamic", "fp16"] = Field(
-        "static",
+        default="static",
         description="static: INT8 weights and calibrated activations (ONNX QDQ, or TFLite full-integer); "
         "dynamic: INT8 weights only (TFLite: dynamic range); fp16: half-precision weights.",
     )
     format: Literal["onnx", "tflite"] = Field(
-        "onnx", description="Output format; TFLite is reached from ONNX (onnx2tf), .pt2 or Keras."
+        default="onnx", description="Output format; TFLite is reached from ONNX (onnx2tf), .pt2 or Keras."
     )
-    keep_io_types: bool = Field(True, description="fp16 (ONNX): keep float32 model inputs and outputs.")
+    keep_io_types: bool = Field(default=True, description="fp16 (ONNX): keep float32 model inputs and outputs.")
     io_type: Literal["float", "int8"] = Field(
-        "float",
+        default="float",
         description="TFLite static: float32 inputs/outputs, or integer ones for integer-only devices "
         "(int8; int16 when activation_type is int16).",
     )
     activation_type: Literal["int8", "uint8", "int16"] = Field(
-        "int8",
+        default="int8",
         description="Activation integer type (static mode). int16 (TFLite only): 16-bit activations with "
         "8-bit weights, for models whose activations lose too much at 8 bits.",
     )
-    weight_type: Literal["int8", "uint8"] = Field("int8", description="Weight integer type.")
-    per_channel: bool = Field(True, description="Per-output-channel weight scales.")
+    weight_type: Literal["int8", "uint8"] = Field(default="int8", description="Weight integer type.")
+    per_channel: bool = Field(default=True, description="Per-output-channel weight scales.")
     reduce_range: bool | Literal["auto"] = Field(
-        "auto",
+        default="auto",
         description="7-bit weights. onnxruntime's U8S8 int8 kernels saturate on x86 CPUs without VNNI (AVX2 or "
         "AVX-512 only): measured mean relative logit error 0.076 on a small transformer against 0.0018 with it. "
         "auto: on for x86 CPUs without VNNI/AMX, off elsewhere.",
     )
-    preprocess: bool = Field(True, description="Run onnxruntime's quant_pre_process (shape inference, fusion) first.")
+    preprocess: bool = Field(
+        default=True, description="Run onnxruntime's quant_pre_process (shape inference, fusion) first."
+    )
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names kept in float.")
     exclude_op_types: list[str] = Field(default_factory=list, description="Op types kept in float (e.g. Softmax).")
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec, description="Calibration settings.")
     data: DataSpec = Field(default_factory=DataSpec, description="Calibration data (static mode).")
-    eval_data: DataSpec | None = Field(None, description="Labelled data: accuracy of float and INT8 models reported.")
+    eval_data: DataSpec | None = Field(
+        default=None, description="Labelled data: accuracy of float and INT8 models reported."
+    )
     max_accuracy_drop: float | None = Field(
-        None,
+        default=None,
         ge=0,
         le=1,
         description="Accuracy guard: largest allowed accuracy drop on labelled eval data (fraction, 0.01 = 1 point).",
     )
     min_agreement: float | None = Field(
-        None,
+        default=None,
         ge=0,
         le=1,
         description="Accuracy guard without labels: smallest allowed top-1 agreement with the float model.",
@@ -77,7 +87,8 @@ class QuantizeRecipe(ReadsPyTorch):
         default_factory=GuardSpec, description="How the accuracy guard searches when a target is missed."
     )
     speed_check: bool = Field(
-        True, description="Time float and quantized models briefly and warn when the quantized one is not faster."
+        default=True,
+        description="Time float and quantized models briefly and warn when the quantized one is not faster.",
     )
 
     @model_validator(mode="after")
