@@ -46,7 +46,7 @@ class ViewDraws:
         if self.flip is not None:
             flip = self.flip[indices]
             out[flip] = out[flip][..., ::-1]
-        if self.pad:
+        if self.dy is not None and self.dx is not None:  # drawn exactly when pad > 0
             pad, (height, width) = self.pad, out.shape[-2:]
             padded = np.pad(out, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
             dy, dx = self.dy[indices], self.dx[indices]

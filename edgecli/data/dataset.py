@@ -14,6 +14,7 @@ import numpy as np
 
 from edgecli.core.errors import DataError, UsageError, one_line
 from edgecli.core.resources import check_fits
+from edgecli.data.augment import ViewRows
 from edgecli.data.rows import RowArray, Spill, sub_rows
 from edgecli.recipes import DEFAULT_DYNAMIC_DIM, DEFAULT_INT_RANGE, DataSpec
 
@@ -25,7 +26,8 @@ SINGLE_INPUT_KEY = "x"
 class Dataset:
     """Named input arrays of equal length, and optional integer labels."""
 
-    inputs: dict[str, np.ndarray | RowArray]  # RowArray: on disk, read by slicing or indexing
+    # RowArray: on disk, read by slicing or indexing; ViewRows: float32 (augmented) samples read when indexed
+    inputs: dict[str, np.ndarray | RowArray | ViewRows]
     labels: np.ndarray | None
     source: str
 
@@ -351,7 +353,9 @@ def load_dataset(spec: DataSpec, override: Path | None = None, what: str = "data
             )
             y = None if labels is None else _read(archive, labels, spec.limit, source).astype(np.int64)
             handle = path.open("rb")
-            inputs = {key: _on_disk(archive, handle, m, spec, key, source) for key, m in members.items()}
+            inputs: dict[str, np.ndarray | RowArray | ViewRows] = {
+                key: _on_disk(archive, handle, m, spec, key, source) for key, m in members.items()
+            }
     except (
         zipfile.BadZipFile,
         zlib.error,
@@ -445,7 +449,7 @@ def synthetic_dataset(
     in [int_range[0], int_range[1]) in the input's own dtype; inputs named like '*mask*' are ones and
     '*type_ids*' / '*segment*' zeros (see synthetic_fill)."""
     rng = np.random.default_rng(seed)
-    inputs = {}
+    inputs: dict[str, np.ndarray | RowArray | ViewRows] = {}
     for spec in specs:
         shape = (count, *synthetic_sample_shape(spec, shapes, dims))
         inputs[spec.name] = _synthetic_array(spec, shape, rng, int_range)

@@ -17,12 +17,15 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgecli.core.errors import DataError
 from edgecli.core.resources import check_fits
+
+if TYPE_CHECKING:
+    from edgecli.data.augment import ViewRows
 
 CHUNK_BYTES = 8 * 1024 * 1024  # rows per chunk for whole-array passes (digest, copy, checks)
 CHECKED_READ_BYTES = 1024 * 1024  # reads above this size are checked against the available memory
@@ -164,7 +167,7 @@ class RowArray:
         if checked:
             self._check(count)
         out = np.empty((count, *self._full_shape[1:]), self.dtype)
-        view = memoryview(out.reshape(-1).view(np.uint8)) if out.size else memoryview(b"")
+        view = out.reshape(-1).view(np.uint8).data if out.size else memoryview(b"")  # .data: the array's memoryview
         position, filled = self._offset + (self._start + start) * self._row_bytes, 0
         fd = self._handle.fileno()
         while filled < len(view):
@@ -175,8 +178,8 @@ class RowArray:
         return out
 
 
-def sub_rows(array: np.ndarray | RowArray, start: int, stop: int) -> np.ndarray | RowArray:
-    """Rows [start, stop) of an in-memory or on-disk array, without reading them."""
+def sub_rows(array: np.ndarray | RowArray | ViewRows, start: int, stop: int) -> np.ndarray | RowArray:
+    """Rows [start, stop) of an in-memory or on-disk array, without reading them (a ViewRows' are read)."""
     return array.rows(start, stop) if isinstance(array, RowArray) else array[start:stop]
 
 
@@ -213,7 +216,8 @@ class Spill:
                 f"{free / 2**20:.0f} MiB free in {folder}",
                 hint="point TMPDIR at a larger disk or set data.limit",
             )
-        self._handle = tempfile.TemporaryFile(prefix="edgecli-data-")
+        # kept open for the RowArray that rows() returns (it reads from it); closed when garbage-collected
+        self._handle = tempfile.TemporaryFile(prefix="edgecli-data-")  # noqa: SIM115
         self._written = 0
 
     def write(self, block: np.ndarray) -> None:
