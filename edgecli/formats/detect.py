@@ -9,7 +9,8 @@ from pathlib import Path
 from edgecli.core.errors import ModelReadError
 
 
-class Format(str, Enum):
+# Not StrEnum: str()/f-strings of a member stay 'Format.ONNX' (e.g. stages/artifact.py's messages); .value is the name
+class Format(str, Enum):  # noqa: UP042
     ONNX = "onnx"
     PT2 = "pt2"
     TFLITE = "tflite"

@@ -107,12 +107,12 @@ def _alive(pid: int) -> bool:
 
 def _stale(name: str, pattern: re.Pattern[str]) -> bool:
     found = pattern.match(name)
-    return bool(found) and found.group(2) == NAMESPACE and not _alive(int(found.group(1)))
+    return found is not None and found.group(2) == NAMESPACE and not _alive(int(found.group(1)))
 
 
 def _sweep(folder: str | Path, prefix: str, pattern: re.Pattern[str], remove: Callable[[str], None]) -> list[str]:
     """Remove (with `remove`) the entries of `folder` that dead edgecli processes left; their names."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(folder)
     except OSError:

@@ -59,6 +59,7 @@ import io
 import json
 import posixpath
 import re
+import types
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -467,8 +468,8 @@ class _Refused(Exception):
     """Raised by the stand-ins `guarded` puts in place of torch's unpickling calls."""
 
 
-class _NoPickle:
-    """Stands in for the `pickle` module in torch's archive loader."""
+class _NoPickle(types.ModuleType):
+    """Stands in for the `pickle` module in torch's archive loader (a module, like what it replaces)."""
 
     @staticmethod
     def loads(*args: Any, **kwargs: Any) -> Any:
@@ -508,7 +509,7 @@ def guarded(trusted: bool) -> Iterator[None]:
             warnings.simplefilter("ignore")
             if not trusted:
                 torch.load = weights_only_load
-                _package.pickle = _NoPickle
+                _package.pickle = _NoPickle("pickle")
                 torch._C._pickle_load_obj = _no_torchscript_pickle
                 _package._load_aoti = _no_aoti
             yield

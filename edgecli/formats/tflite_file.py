@@ -104,7 +104,7 @@ def to_bytes(data: bytes, lineage: dict[str, Any] | None) -> bytes:
     model.metadata = [m for m in (model.metadata or []) if m.name not in (lin.LINEAGE_KEY, lin.LINEAGE_KEY.encode())]
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(lin.dumps(lineage).encode(), dtype=np.uint8)
-    model.buffers = list(model.buffers or []) + [buffer]
+    model.buffers = [*(model.buffers or []), buffer]
     entry = schema.MetadataT()
     entry.name = lin.LINEAGE_KEY
     entry.buffer = len(model.buffers) - 1
