@@ -180,7 +180,7 @@ MARKDOWN_COLUMNS = [
 
 def _table_rows(report: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(row, latency point) pairs: one per model, or one per model per point in a sweep."""
-    pairs = []
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for row in report["models"]:
         points = latency_points(row, report) or [{}]
         pairs.extend((row, point) for point in (points if is_sweep(report) else points[:1]))

@@ -76,7 +76,8 @@ def find(name: str, kind: str | None = None) -> Shipped:
         )
     if given_kind and kind and given_kind != kind:
         raise UsageError(f"'{name}' names a {given_kind} recipe but --verb is {kind}")
-    kind = check_kind(given_kind or kind) if (given_kind or kind) else None
+    wanted = given_kind or kind
+    kind = check_kind(wanted) if wanted else None
     bare = bare.removesuffix(".yaml").removesuffix(".yml")
     candidates = [s for s in shipped(kind) if s.name == bare]
     if len(candidates) == 1:
@@ -86,8 +87,8 @@ def find(name: str, kind: str | None = None) -> Shipped:
         raise RecipeError(f"'{name}' is shipped for several verbs: {labels}", hint="give VERB/NAME or --verb")
     every = shipped(kind)
     close = difflib.get_close_matches(bare, sorted({s.name for s in every}), n=3)
-    labels = [s.label for s in every if s.name in close]
-    hint = f"did you mean {', '.join(labels)}?" if labels else "`edgecli recipe list` shows them"
+    suggestions = [s.label for s in every if s.name in close]
+    hint = f"did you mean {', '.join(suggestions)}?" if suggestions else "`edgecli recipe list` shows them"
     raise RecipeError(f"no shipped recipe '{name}'", hint=hint)
 
 

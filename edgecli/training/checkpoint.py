@@ -29,13 +29,13 @@ class Checkpoint:
         self.writer = writer
         self.phases: dict[str, Any] = {}
         if self.path is not None and self.path.exists():
-            self._load()
+            self._load(self.path)
 
-    def _load(self) -> None:
+    def _load(self, path: Path) -> None:
         import torch
 
         try:
-            loaded = torch.load(io.BytesIO(self.path.read_bytes()), weights_only=True)
+            loaded = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
         except Exception as exc:
             raise InputError(
                 f"checkpoint {self.path} cannot be read: {str(exc).splitlines()[0][:160]}",
