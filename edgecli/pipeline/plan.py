@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,26 @@ from edgecli.formats.detect import Format, detect_format
 from edgecli.pipeline.spec import REFERENCE, SOURCE, PipelineSpec, StepSpec
 from edgecli.recipes import load_recipe, parse_set, resolve_recipe_path
 from edgecli.verbs import VERBS
+
+
+def _clash_message(name: str, output: Path) -> Callable[[str, str, str, str], str]:
+    """io_guard's clash message for step `name` writing `output` over a file the pipeline reads."""
+
+    def message(_role: str, _out: str, what: str, _src: str) -> str:
+        return (
+            f"step '{name}' would write {shown(output)}, which is an input of the pipeline ({what}); "
+            "rename the step or choose another --out"
+        )
+
+    return message
+
+
+def _referenced(item: str) -> str:
+    """The step name in a bench.models item `${name}` (PipelineSpec's validator refuses any other item)."""
+    found = REFERENCE.fullmatch(item)
+    if found is None:
+        raise RecipeError(f"bench.models: '{item}' is not ${{model}} or ${{step}} of a step")
+    return found.group(1)
 
 
 @dataclass
@@ -125,12 +146,7 @@ class Planner:
 
         for command in commands:
             for output in command.outputs:
-                files = CommandFiles(
-                    clash=lambda _role, _out, what, _src, name=command.name, output=output: (
-                        f"step '{name}' would write {shown(output)}, which is an input of the pipeline ({what}); "
-                        "rename the step or choose another --out"
-                    )
-                )
+                files = CommandFiles(clash=_clash_message(command.name, output))
                 files.inputs = [(role, str(path)) for role, path in self.sources]
                 files.output(f"step '{command.name}'", output)
                 files.check_clashes()
@@ -176,7 +192,7 @@ class Planner:
         bench = self.spec.bench
         if bench is None:
             return None
-        names = [REFERENCE.fullmatch(item).group(1) for item in bench.models] if bench.models else list(self.paths)
+        names = [_referenced(item) for item in bench.models] if bench.models else list(self.paths)
         models = [self.paths[name] for name in names]
         argv = ["bench", *map(shown, models)]
         recipe_arg, recipe_files = self._recipe("bench", bench.recipe)
