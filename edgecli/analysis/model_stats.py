@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
@@ -171,7 +172,9 @@ def _tflite_constants(raw: bytes, flat: Any, min_rank: int) -> dict[int, tuple[s
 def sparsity(model: ModelFile) -> float | None:
     """Fraction of exactly-zero values over the weight tensors; None where the weights cannot be read."""
     arrays = weight_arrays(model)
-    total = sum(a.size for a in arrays or [])
+    if arrays is None:
+        return None
+    total = sum(a.size for a in arrays)
     if not total:
         return None
     return sum(int(np.count_nonzero(a == 0)) for a in arrays) / total
@@ -181,7 +184,9 @@ def weight_state(model: ModelFile) -> dict[str, Any] | None:
     """What later steps must keep: the fraction of zero weights and the dtype most weight values are
     stored in (int8 after quantization); None where the weights cannot be read."""
     arrays = weight_arrays(model)
-    total = sum(a.size for a in arrays or [])
+    if arrays is None:
+        return None
+    total = sum(a.size for a in arrays)
     if not total:
         return None
     by_dtype: dict[str, int] = {}
@@ -200,7 +205,7 @@ def weight_state(model: ModelFile) -> dict[str, Any] | None:
 Tensor = tuple[str, np.ndarray, bool]  # (name, values, is a layer weight)
 ONNX_WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # torch.export's serialized ScalarType codes (torch/_export/serde/schema.py) of the float types
-PT2_FLOAT_TYPES = {6: np.float16, 7: np.float32, 8: np.float64, 13: "bfloat16"}
+PT2_FLOAT_TYPES: dict[int, DTypeLike] = {6: np.float16, 7: np.float32, 8: np.float64, 13: "bfloat16"}
 
 
 def _pt2_floats(path: Any) -> list[Tensor] | None:
@@ -221,7 +226,8 @@ def _pt2_floats(path: Any) -> list[Tensor] | None:
                 part = f"{config_name.split('/', 1)[-1]}: "
                 folder = config_name.rsplit("/", 1)[0]
                 for fqn, meta in json.loads(archive.read(config_name)).get("config", {}).items():
-                    dtype = PT2_FLOAT_TYPES.get((meta.get("tensor_meta") or {}).get("dtype"))
+                    tensor_meta = meta.get("tensor_meta")
+                    dtype = PT2_FLOAT_TYPES.get(tensor_meta.get("dtype")) if tensor_meta else None
                     member = f"{folder}/{meta.get('path_name')}"
                     if dtype is None or meta.get("use_pickle") or member not in names:
                         continue
@@ -367,7 +373,8 @@ def _onnx_shapes(proto: Any) -> dict[str, tuple[int, ...] | None]:
         tensor = info.type.tensor_type
         if tensor.HasField("shape"):
             dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-            shapes[info.name] = None if None in dims else tuple(dims)
+            known = [d for d in dims if d is not None]
+            shapes[info.name] = tuple(known) if len(known) == len(dims) else None
     shapes.update({t.name: tuple(t.dims) for t in graph.initializer})
     return shapes
 

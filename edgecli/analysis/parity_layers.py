@@ -104,8 +104,8 @@ def worst_samples(reference: np.ndarray, candidate: np.ndarray, count: int = LOC
 
 
 def _subset(data: Dataset, indices: list[int]) -> Dataset:
-    inputs = {name: array[indices] for name, array in data.inputs.items()}
-    return Dataset(inputs, None if data.labels is None else data.labels[indices], data.source)
+    labels = None if data.labels is None else data.labels[indices]
+    return Dataset({name: array[indices] for name, array in data.inputs.items()}, labels, data.source)
 
 
 def first_divergence(parent: Runner, child: Runner, sample: Dataset, atol: float) -> Divergence | None:
