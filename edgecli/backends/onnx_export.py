@@ -48,9 +48,10 @@ _FAILED_NODE = re.compile(r"Error when translating node %(\S+) : .*?target=(?:to
 def _causes(exc: BaseException) -> list[BaseException]:
     """The exception and its causes, outermost first."""
     chain: list[BaseException] = []
-    while exc is not None and exc not in chain and len(chain) < 16:
-        chain.append(exc)
-        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 16:
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return chain
 
 
@@ -146,9 +147,10 @@ def _drop_attributes_the_target_lacks(proto: Any, source: int, target: int) -> N
                 kept.append(attribute)
                 continue
             default = before.get(attribute.name)
-            has_default = default is not None and default.default_value.type != 0
-            if not has_default or helper.get_attribute_value(attribute) != helper.get_attribute_value(
-                default.default_value
+            if (
+                default is None
+                or default.default_value.type == 0  # no default in the source opset
+                or helper.get_attribute_value(attribute) != helper.get_attribute_value(default.default_value)
             ):
                 raise TransformError(
                     f"opset {target} cannot express {node.op_type} node '{node.name}': its attribute "
