@@ -51,6 +51,10 @@ def _zip_names(path: Path) -> list[str]:
     return [info.filename for info in infos]
 
 
+# torch.save's legacy (non-zip) format: a pickled protocol-2 long, torch.serialization.MAGIC_NUMBER
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
 def _looks_like_onnx(head: bytes) -> bool:
     # ModelProto starts with field 1 (ir_version, varint: tag 0x08) in every exporter we know;
     # some writers put producer_name (field 2, tag 0x12) or opset_import (field 8, tag 0x42) first.
@@ -87,6 +91,8 @@ def detect_format(path: Path) -> Format:
         raise ModelReadError(f"{path} is a zip archive of no known model format")
     if head[:8] == b"\x89HDF\r\n\x1a\n":
         raise ModelReadError(f"{path} is a legacy Keras HDF5 file", hint="re-save it as .keras with Keras 3")
+    if head.startswith(LEGACY_TORCH_MAGIC):
+        return Format.STATE_DICT  # torch.save(..., _use_new_zipfile_serialization=False); weights_only=True too
     if _looks_like_onnx(head):
         return Format.ONNX
     raise ModelReadError(

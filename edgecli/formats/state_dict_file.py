@@ -28,7 +28,9 @@ from edgecli.formats.files import TempFolder
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import ModelSource
 
-WRAPPER_KEYS = ("state_dict", "model")  # {"state_dict": {...}} (Lightning and others), {"model": {...}}
+# Where training checkpoints keep the model's state_dict, in the order they are tried: a checkpoint
+# {"step": 10, "model_state": {...}, "optimizer_state": {...}}, Lightning's {"state_dict": ...}, ...
+WRAPPER_KEYS = ("model_state", "model_state_dict", "state_dict", "model", "net", "ema", "ema_state_dict", "module")
 SHOWN_KEYS = 3
 CHECK_SAMPLES = 64
 
@@ -47,14 +49,45 @@ def _refused_global(exc: BaseException) -> str:
     return match.group(1) if match else "a Python object"
 
 
+def _tensor_dict(value: Any) -> bool:
+    """A non-empty {str: tensor}: a state_dict."""
+    return (
+        isinstance(value, dict) and bool(value) and all(isinstance(k, str) and _is_tensor(v) for k, v in value.items())
+    )
+
+
+_NOTICED: set[tuple[str, str]] = set()  # (path, key): the checkpoint notice is given once per file
+
+
 def _unwrap(loaded: Any, path: Path) -> dict[str, Any]:
-    """The dict of tensors, also inside a {"state_dict": ...} or {"model": ...} checkpoint."""
+    """The dict of tensors, also nested in a training checkpoint ({"model_state": {...}, "step": ...,
+    "optimizer_state": {...}}) under one of WRAPPER_KEYS (said with a notice). A checkpoint whose
+    state_dict sits under another key is refused with a hint naming that key."""
     if not isinstance(loaded, dict):
         raise ModelReadError(f"{path} holds a {type(loaded).__name__}, not a state_dict (a dict of tensors)")
-    for key in WRAPPER_KEYS:  # a state_dict's own keys are flat ('model.weight'): a dict value is a wrapper
+    if not loaded or all(_is_tensor(v) for v in loaded.values()):
+        return loaded  # a plain state_dict (its own keys are flat: 'model.weight'), or empty
+    for key in WRAPPER_KEYS:
         inner = loaded.get(key)
-        if isinstance(inner, dict) and inner:
-            return inner
+        if isinstance(inner, dict) and not _tensor_dict(inner) and any(isinstance(v, dict) for v in inner.values()):
+            with contextlib.suppress(ModelReadError):  # one more level: {"model": {"state_dict": {...}}}
+                inner = _unwrap(inner, path)
+        if _tensor_dict(inner):
+            others = [str(k) for k in loaded if k != key]
+            if (str(path), key) not in _NOTICED:
+                _NOTICED.add((str(path), key))
+                console.info(
+                    f"{path} is a training checkpoint: using the state_dict under '{key}' ({len(inner)} tensors)"
+                    + (f"; ignoring {_key_list(others)}" if others else "")
+                )
+            return dict(inner)
+    nested = [str(k) for k, v in loaded.items() if _tensor_dict(v)]
+    if nested and not any(_is_tensor(v) for v in loaded.values()):
+        raise ModelReadError(
+            f"{path} is a checkpoint, not a state_dict: it holds {_key_list([str(k) for k in loaded])}",
+            hint=f"its state_dict is under '{nested[0]}': save it alone with "
+            f"torch.save(checkpoint['{nested[0]}'], 'model.pt')",
+        )
     return loaded
 
 

@@ -146,11 +146,19 @@ def test_torch_save_zip_is_a_state_dict_detected_without_loading(tmp_path: Path)
     assert detect_format(path) is Format.STATE_DICT  # loading refuses it (tests/formats/test_state_dict.py)
 
 
-def test_legacy_torch_pickle_is_refused(tmp_path: Path) -> None:
+def test_legacy_torch_save_is_a_state_dict(tmp_path: Path) -> None:
     import torch
 
     path = tmp_path / "model.pth"
     torch.save({"w": torch.zeros(2)}, path, _use_new_zipfile_serialization=False)
+    assert detect_format(path) is Format.STATE_DICT  # read with weights_only=True, as the zip format
+
+
+def test_a_pickle_that_is_not_torch_save_is_unknown(tmp_path: Path) -> None:
+    import pickle
+
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps({"w": [0.0, 1.0]}, protocol=2))
     assert "is not a model edgecli knows" in model_read_error(path).message
 
 

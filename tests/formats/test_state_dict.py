@@ -205,6 +205,56 @@ def test_checkpoint_wrappers_are_unwrapped(tmp_path: Path) -> None:
         assert sorted(loaded) == ["b", "w"] and torch.equal(loaded["w"], tensors["w"])
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_a_training_checkpoint_uses_its_model_state(
+    tmp_path: Path, legacy: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """torch.save({step, model_state, optimizer_state}) of a trained model: its nested state_dict is
+    used, with a notice naming the key; the optimizer state is ignored (all read with weights_only)."""
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "checkpoint.pt"
+    checkpoint = {"step": 10, "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict()}
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy)
+    loaded = load_state_dict(path)
+    assert sorted(loaded) == sorted(model.state_dict())
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    notice = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert "using the state_dict under 'model_state' (4 tensors); ignoring step, optimizer_state" in notice
+
+
+def test_a_checkpoint_inspects_through_the_cli(tmp_path: Path) -> None:
+    import torch
+
+    model = torch.nn.Linear(4, 3)
+    torch.save({"epoch": 2, "net": model.state_dict()}, tmp_path / "run.ckpt")
+    result = run_cli("inspect", tmp_path / "run.ckpt")
+    assert result.code == 0, result.stderr
+    assert "using the state_dict under 'net'" in " ".join(result.stderr.split())
+    assert any(line.split()[:2] == ["params", "15"] for line in result.stderr.splitlines() if line.strip())
+
+
+def test_a_checkpoint_under_another_key_is_refused_naming_the_key(tmp_path: Path) -> None:
+    import torch
+
+    torch.save({"step": 3, "student": torch.nn.Linear(2, 2).state_dict()}, tmp_path / "run.pt")
+    with pytest.raises(ModelReadError, match="is a checkpoint, not a state_dict") as caught:
+        load_state_dict(tmp_path / "run.pt")
+    assert "under 'student'" in caught.value.hint and "checkpoint['student']" in caught.value.hint
+
+
+def test_a_pickled_module_inside_a_checkpoint_is_never_unpickled(tmp_path: Path) -> None:
+    import torch
+
+    torch.save({"step": 3, "model": torch.nn.Linear(2, 2)}, tmp_path / "run.pt")
+    with pytest.raises(ModelReadError, match="does not unpickle"):
+        load_state_dict(tmp_path / "run.pt")
+
+
 @pytest.mark.parametrize(
     ("content", "phrase"),
     [
