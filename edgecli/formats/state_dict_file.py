@@ -17,7 +17,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -49,7 +49,7 @@ def _refused_global(exc: BaseException) -> str:
     return match.group(1) if match else "a Python object"
 
 
-def _tensor_dict(value: Any) -> bool:
+def _tensor_dict(value: Any) -> TypeGuard[dict[str, Any]]:
     """A non-empty {str: tensor}: a state_dict."""
     return (
         isinstance(value, dict) and bool(value) and all(isinstance(k, str) and _is_tensor(v) for k, v in value.items())
