@@ -18,7 +18,7 @@ import operator
 from math import prod
 from typing import Any
 
-from edgecli.core.errors import TransformError
+from edgecli.core.errors import TransformError, last_line
 
 LIFTED_PREFIX = "lifted"
 
@@ -229,11 +229,12 @@ def _bn_module(gm: Any, node: Any, kind: str) -> Any:
     return module
 
 
-def _follows(shape: list[Any], in_val: Any, out_val: Any) -> bool:
-    """Whether a reshape with literal sizes is a per-sample flatten ([n, C, H, W] -> [n, C*H*W]) that
-    can become flatten(x, 1) and follow pruned channels. Other literal reshapes (a channel shuffle's
+def _follows(in_val: Any, out_val: Any) -> bool:
+    """Whether a reshape is a per-sample flatten ([n, C, H, W] -> [n, C*H*W], written with literal
+    sizes or -1) that can become flatten(x, 1) and follow pruned channels. Decided on the program's
+    real shapes (the nodes' fake tensors), not on the literals. Other reshapes (a channel shuffle's
     [n, g, C/g, H, W]) stay as they are: after pruning they fail, and the failure names them."""
-    if in_val is None or out_val is None or any(isinstance(s, int) and s == -1 for s in shape):
+    if in_val is None or out_val is None:
         return False
     in_shape, out_shape = list(in_val.shape), list(out_val.shape)
     return (
@@ -242,6 +243,19 @@ def _follows(shape: list[Any], in_val: Any, out_val: Any) -> bool:
         and str(in_shape[0]) == str(out_shape[0])
         and str(out_shape[1]) == str(prod(in_shape[1:]))
     )
+
+
+def _fixed_batch(shape: Any, in_val: Any, out_val: Any) -> bool:
+    """Whether a reshape's first size is a literal batch ([1, 2, 8, H, W] of a program exported for a
+    fixed batch of 1) that the lifted module should take from its input instead."""
+    if in_val is None or out_val is None or not isinstance(shape, (list, tuple)) or not shape:
+        return False
+    first, n_in, n_out = (
+        shape[0],
+        in_val.shape[0] if in_val.dim() else None,
+        out_val.shape[0] if out_val.dim() else None,
+    )
+    return isinstance(first, int) and isinstance(n_in, int) and first == n_in == n_out
 
 
 def lift(gm: Any) -> Any:
@@ -259,6 +273,7 @@ def lift(gm: Any) -> Any:
     by_weight: dict[str, tuple[str, Any]] = {}  # weight target -> (module name, node kind)
     native_outputs: dict[Any, Any] = {}
     lifted_names: dict[str, str] = {}  # module name -> node name
+    origin: dict[str, str] = {}  # lifted node name -> the program node it computes
 
     def remap(arg: Any) -> Any:
         return fx.node.map_arg(arg, lambda n: env[n])
@@ -298,6 +313,7 @@ def lift(gm: Any) -> Any:
                 lifted_names[name] = node.name
             new = graph.call_module(name, (remap(node.args[0]),))
             new.meta = copy.copy(node.meta)
+            origin[new.name] = node.name
             if kind == "native_batch_norm":
                 native_outputs[node] = new
                 env[node] = new  # only getitem 0 is allowed below
@@ -308,15 +324,25 @@ def lift(gm: Any) -> Any:
             if node.args[1] != 0:
                 raise TransformError(f"{where(node)} reads the batch statistics of a batch norm; cannot lift it")
             env[node] = native_outputs[node.args[0]]
+            origin[env[node].name] = node.name  # the batch norm's output is getitem 0 of the program's node
+            continue
+        if node.op == "call_function" and node.target in reshapes and _follows(_val(node.args[0]), _val(node)):
+            new = graph.call_function(torch.ops.aten.flatten.using_ints, (env[node.args[0]], 1))
+            new.meta = copy.copy(node.meta)
+            env[node] = new
+            origin[new.name] = node.name
             continue
         if (
             node.op == "call_function"
             and node.target in reshapes
-            and _follows(list(node.args[1]), _val(node.args[0]), _val(node))
+            and _fixed_batch(node.args[1], _val(node.args[0]), _val(node))
         ):
-            new = graph.call_function(torch.ops.aten.flatten.using_ints, (env[node.args[0]], 1))
+            source = env[node.args[0]]
+            size = graph.call_function(torch.ops.aten.sym_size.int, (source, 0))
+            new = graph.call_function(node.target, (source, [size, *node.args[1][1:]]))
             new.meta = copy.copy(node.meta)
             env[node] = new
+            origin[new.name] = node.name
             continue
         for arg in node.all_input_nodes:
             if arg.op == "get_attr" and arg not in env:
@@ -326,26 +352,38 @@ def lift(gm: Any) -> Any:
                 attr.meta = copy.copy(arg.meta)
                 env[arg] = attr
         env[node] = graph.node_copy(node, lambda n: env[n])
+        origin[env[node].name] = node.name
     graph._codegen = gm.graph._codegen  # pytree in/out specs: same call signature as the program
     graph.lint()
     lifted = fx.GraphModule(root, graph, class_name="LiftedModule")
     # torch types Module attributes as Tensor | Module; any other value is a plain attribute at runtime
     lifted.edgecli_lifted = lifted_names  # type: ignore[assignment]
+    lifted.edgecli_origin = origin  # type: ignore[assignment]
     if not lifted_names:
         raise TransformError("the program has no convolution or dense layer on stored weights to prune")
     return lifted
 
 
-def lift_difference(lifted: Any, reference: Any, inputs: list[Any]) -> float:
-    """Max abs difference between the lifted module and the program's module on `inputs`."""
+def lift_difference(lifted: Any, reference: Any, inputs: list[Any], batch: int | None = None) -> float:
+    """Max abs difference between the lifted module and the program's module on `inputs`; a program
+    exported for a fixed batch runs `batch` rows at a time (the lifted module takes them all at once)."""
     import torch
 
     def flat(out: Any) -> list[Any]:
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
+    def program(rows: list[Any]) -> list[Any]:
+        if batch is None:
+            return flat(reference(*rows))
+        total = len(rows[0]) - len(rows[0]) % batch
+        parts = [flat(reference(*[r[i : i + batch] for r in rows])) for i in range(0, total, batch)]
+        return [torch.cat(column) for column in zip(*parts)]
+
     lifted.eval()
     with torch.no_grad():
-        got, want = flat(lifted(*inputs)), flat(reference(*inputs))
+        if batch is not None:
+            inputs = [x[: len(x) - len(x) % batch] for x in inputs]
+        got, want = flat(lifted(*inputs)), program(inputs)
     if len(got) != len(want):
         raise TransformError(f"the lifted module returns {len(got)} outputs, the program {len(want)}")
     return max(float((a.float() - b.float()).abs().max()) if a.numel() else 0.0 for a, b in zip(got, want))
@@ -370,3 +408,126 @@ def failing_node(module: Any, inputs: list[Any]) -> tuple[Any, BaseException] | 
     except Exception as exc:
         return finder.current, exc
     return None
+
+
+def _tensors(value: Any) -> list[Any]:
+    """The tensors in a node's value (a tensor, or a tuple/list of them), in order."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _snapshot(value: Any) -> Any:
+    """A copy of a node's value whose tensors no later in-place op can change."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_snapshot(v) for v in value) if not hasattr(value, "_fields") else value
+    return value
+
+
+def _node_difference(got: Any, want: Any) -> float | None:
+    """Max abs difference of two node values scaled to the reference's magnitude (None: not comparable
+    tensors, e.g. a symbolic size). NaN where the program is finite counts as infinitely different."""
+    import torch
+
+    a, b = _tensors(got), _tensors(want)
+    if not a or len(a) != len(b):
+        return None
+    worst = 0.0
+    for x, y in zip(a, b):
+        if x.shape != y.shape:
+            return float("inf")
+        if not x.numel() or not (x.is_floating_point() or y.is_floating_point()):
+            if x.numel() and not torch.equal(x, y):
+                return float("inf")
+            continue
+        x, y = x.detach().double(), y.detach().double()
+        both_nan = torch.isnan(x) & torch.isnan(y)
+        gap = torch.where(both_nan, torch.zeros_like(x), (x - y).abs())
+        scale = max(1.0, float(y[torch.isfinite(y)].abs().max()) if torch.isfinite(y).any() else 1.0)
+        worst = max(worst, float(torch.nan_to_num(gap, nan=float("inf")).max()) / scale)
+    return worst
+
+
+def prove(lifted: Any, reference: Any, inputs: list[Any], atol: float = 1e-5) -> float:
+    """Run the program's module and the lifted module on `inputs` node by node and compare every
+    intermediate value the lifted module computes against the program node it stands for. Returns the
+    largest (scale-relative) difference; TransformError names the first node that differs or fails."""
+    import torch
+    from torch import fx
+
+    origin: dict[str, str] = getattr(lifted, "edgecli_origin", {})
+    values: dict[str, Any] = {}
+
+    class _Record(fx.Interpreter):
+        current: Any = None
+
+        def run_node(self, n: Any) -> Any:
+            self.current = n
+            out = super().run_node(n)
+            values[n.name] = _snapshot(out)  # a later in-place op (relu_) must not change what is kept
+            return out
+
+    program_nodes = {n.name: n for n in reference.graph.nodes}
+    recorder = _Record(reference)
+    try:
+        with torch.no_grad():
+            recorder.run(*inputs)
+    except Exception as exc:
+        raise TransformError(
+            f"the program itself fails on the data at {where(recorder.current)}: {last_line(exc, 160)}",
+            hint="check that the data has the shape the model was exported for (edgecli inspect MODEL)",
+        ) from None
+    worst = 0.0
+
+    class _Compare(fx.Interpreter):
+        current: Any = None
+        differs = ""
+
+        def run_node(self, n: Any) -> Any:
+            nonlocal worst
+            self.current = n
+            out = super().run_node(n)
+            name = origin.get(n.name)
+            if name is None or name not in values or n.op in ("placeholder", "get_attr", "output"):
+                return out
+            gap = _node_difference(out, values[name])
+            if gap is not None and gap > atol:
+                shown = f"{gap:.3g}" if gap != float("inf") else "shape or NaN mismatch"
+                self.differs = f"{where(program_nodes[name])} ({n.target}): difference {shown}"
+                raise _Differs(self.differs)
+            worst = max(worst, gap or 0.0)
+            return out
+
+    comparer = _Compare(lifted)
+    was_training = lifted.training
+    lifted.eval()
+    try:
+        with torch.no_grad():
+            comparer.run(*inputs)
+    except _Differs:  # fx.Interpreter appends its traceback to the exception's text: keep the node's line
+        raise TransformError(
+            f"the lifted module differs from the program first at {comparer.differs}",
+            hint="structured pruning cannot rebuild this model faithfully; use method magnitude, or report the node",
+        ) from None
+    except Exception as exc:
+        node = comparer.current
+        shown = where(program_nodes[origin[node.name]]) if node is not None and node.name in origin else "a node"
+        raise TransformError(
+            f"the lifted module fails at {shown} where the program runs: {last_line(exc, 160)}",
+            hint="structured pruning cannot rebuild this model faithfully; use method magnitude, or report the node",
+        ) from None
+    finally:
+        lifted.train(was_training)
+    return worst
+
+
+class _Differs(Exception):
+    """Internal: the first lifted node whose value differs from the program's."""

@@ -20,7 +20,7 @@ from edgecli.core.errors import BackendMissing, RecipeError, TransformError, Usa
 from edgecli.data.dataset import Dataset
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
-from edgecli.models.lift import failing_node, lift, lift_difference, where
+from edgecli.models.lift import failing_node, lift, lift_difference, prove, where
 from edgecli.recipes import PruneRecipe
 from edgecli.stages.artifact import Artifact
 from edgecli.training.loop import batch_outputs, finetune, seed_everything
@@ -127,6 +127,31 @@ def _kept(lifted: Any, keep: list[str]) -> set[str]:
             )
         kept.update(matched)
     return kept
+
+
+def _fixed_batch(runner: Any) -> int | None:
+    """The batch size a program was exported for, or None for a dynamic batch."""
+    shape = runner.inputs[0].shape
+    return shape[0] if shape and isinstance(shape[0], int) else None
+
+
+def _lifted(runner: Any, x: Any, example: Any) -> Any:
+    """The program lifted to eager modules, proven against the program on every node at the program's
+    batch, and able to run the two-row example Torch-Pruning traces (a fixed-batch program's literal
+    batch sizes are taken from the input). TransformError names the first node that differs."""
+    lifted = lift(runner.module)
+    batch = _fixed_batch(runner)
+    prove(lifted, runner.module, [x[: batch or 2]], LIFT_ATOL)
+    if batch is not None and batch != len(example):
+        failure = failing_node(lifted, [example])
+        if failure is not None:
+            node, error = failure
+            raise TransformError(
+                f"the program was exported for a fixed batch of {batch} and {where(node)} keeps it "
+                f"({node.target}: {last_line(error, 160)})",
+                hint="export the model with a dynamic batch: torch.export.export(..., dynamic_shapes=...)",
+            )
+    return lifted
 
 
 # ------------------------------------------------------------------ data
@@ -339,8 +364,8 @@ def structured_prune(
     example = torch.cat([x_any[:2], x_any[:1]])[:2].clone()
     sample = example[:1].clone()
 
-    lifted = lift(runner.module)
-    difference = lift_difference(lifted, runner.module, [x_any[:64]])
+    lifted = _lifted(runner, x_any, example)
+    difference = lift_difference(lifted, runner.module, [x_any[:64]], _fixed_batch(runner))
     if difference > LIFT_ATOL:
         raise TransformError(f"the lifted module differs from the program: max abs diff {difference:.3g}")
     outputs = _output_layers(lifted)

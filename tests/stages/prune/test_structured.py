@@ -262,6 +262,33 @@ def test_residual_network_prunes_and_still_converts(tmp_path):
     assert tflite.stat().st_size > 0
 
 
+# ------------------------------------------------------------------ a published-style MNIST CNN
+
+
+def test_mnist_cnn_exported_for_batch_1_prunes(tmp_path):
+    """Issue 19 #7: Conv-ReLU-MaxPool x3, x.view(x.size(0), -1), Linear, exported by torch.export with
+    its default fixed batch of 1 (view(x, [1, -1])): the lifted module used to flatten the whole batch
+    into one row (mat1 1x73728 against fc1's 1152 inputs) and exit 4 with an internal error."""
+    from tests.models.test_lift import mnist_program
+
+    path, data = tmp_path / "mnist.pt2", tmp_path / "mnist.npz"
+    torch.export.save(mnist_program(), str(path))
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.random((64, 1, 28, 28), dtype=np.float32), y=rng.integers(0, 10, 64))
+    out, report = tmp_path / "mnist-c50.pt2", tmp_path / "mnist.json"
+    args = ["--data", data, "--set", "finetune.epochs=0", "--report", report, "-o", out, "-q"]
+    result = run_cli("prune", path, "-r", "channels-50", *args)
+    assert result.code == 0, result.stderr
+    program = torch.export.load(str(out))
+    state = program.state_dict
+    assert [state[f"conv{i}.weight"].shape[0] for i in (1, 2, 3)] == [16, 32, 64]
+    assert state["fc1.weight"].shape == (128, 64 * 3 * 3) and state["fc2.weight"].shape == (10, 128)
+    metrics = _report(report)
+    assert metrics["lift_max_abs_diff"] < 1e-5 and metrics["params"] == _program_params(out)
+    x = torch.from_numpy(np.load(data)["x"][:3])
+    assert program.module()(x).shape == (3, 10)  # the pruned program takes any batch
+
+
 # ------------------------------------------------------------------ refusals
 
 
