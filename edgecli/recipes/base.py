@@ -95,3 +95,43 @@ class FinetuneSpec(Strict):
         default=4.0, gt=0, le=100, description="distill: softmax temperature of the soft targets."
     )
     soft_weight: float = Field(default=0.5, ge=0.0, le=1.0, description="distill: weight of the soft (teacher) loss.")
+
+
+class AnswersSpec(Strict):
+    """The answer check of a verb that writes a model (quantize, prune, convert at reduced precision):
+    every output of the new model is measured against its parent's, the way that output is read
+    (edgecli.analysis.answers), and a model whose answers collapsed is written, then exit 1. The
+    defaults catch collapse and pass honest INT8 (the sample CNN: agreement 0.99, cosine 0.999)."""
+
+    min_agreement: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="Class scores (logits or probabilities), yes/no scores and integer outputs: smallest top-1 "
+        "(or decision, or exact-match) agreement with the parent.",
+    )
+    min_within_one: float = Field(
+        default=0.95,
+        ge=0,
+        le=1,
+        description="Outputs with 100 classes or more (pitch bins, ImageNet): smallest fraction of samples whose "
+        "top-1 is within one bin of the parent's, or has the parent's top-1 among its top 5.",
+    )
+    min_cosine: float = Field(
+        default=0.95,
+        ge=-1,
+        le=1,
+        description="Embeddings and dense maps: smallest mean per-sample cosine similarity with the parent's output.",
+    )
+    min_iou: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Probability maps (masks, heat maps): smallest IoU of the maps thresholded at 0.5.",
+    )
+    max_relative_error: float = Field(
+        default=0.5,
+        ge=0,
+        description="Regression outputs (one value per sample): largest ||out - ref|| / ||ref|| over the samples.",
+    )
+    samples: int = Field(default=256, ge=1, le=100000, description="Samples of the data the answers are checked on.")

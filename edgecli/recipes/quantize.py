@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from edgecli.recipes.base import DataSpec, ReadsPyTorch, Strict
+from edgecli.recipes.base import AnswersSpec, DataSpec, ReadsPyTorch, Strict
 
 
 class CalibrationSpec(Strict):
@@ -75,7 +75,9 @@ class QuantizeRecipe(ReadsPyTorch):
         default=None,
         ge=0,
         le=1,
-        description="Accuracy guard: largest allowed accuracy drop on labelled eval data (fraction, 0.01 = 1 point).",
+        description="Accuracy guard: largest allowed accuracy drop on labelled eval data (fraction, 0.01 = 1 point). "
+        "Without labels (or for a model that is not a classifier) the drop cannot be measured: the answer check "
+        "(answers.min_agreement for the guard) holds the model instead, with a notice.",
     )
     min_agreement: float | None = Field(
         default=None,
@@ -85,6 +87,11 @@ class QuantizeRecipe(ReadsPyTorch):
     )
     guard: GuardSpec = Field(
         default_factory=GuardSpec, description="How the accuracy guard searches when a target is missed."
+    )
+    answers: AnswersSpec = Field(
+        default_factory=AnswersSpec,
+        description="The answer check: every output measured against the float model the way it is read; "
+        "collapsed answers write the model, then exit 1.",
     )
     speed_check: bool = Field(
         default=True,

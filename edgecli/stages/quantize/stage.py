@@ -9,7 +9,8 @@ from typing import Any
 
 from rich.table import Table
 
-from edgecli.analysis.metrics import accuracy, agreement, check_labels, non_finite_samples
+from edgecli.analysis.answers import Answers, answers_of
+from edgecli.analysis.metrics import accuracy, agreement, check_labels, non_finite_samples, output_classes
 from edgecli.analysis.model_stats import check_finite_weights
 from edgecli.core import console
 from edgecli.core.errors import UsageError
@@ -61,11 +62,6 @@ def _check_request(model: ModelFile, recipe: QuantizeRecipe, calib: Dataset | No
         )
     if recipe.mode == "static" and calib is None:
         raise UsageError("static quantization needs calibration data", hint="pass --data calib.npz or set data.path")
-    if recipe.max_accuracy_drop is not None and (check is None or check.labels is None):
-        raise UsageError(
-            "max_accuracy_drop needs labelled data to measure the drop",
-            hint="pass --eval-data eval.npz with labels under 'y', use min_agreement, or --set max_accuracy_drop=null",
-        )
     if recipe.min_agreement is not None and check is None:
         raise UsageError(
             "min_agreement needs data to compare float and quantized outputs", hint="pass --data or --eval-data"
@@ -80,13 +76,27 @@ def _checked_labels(model: ModelFile, recipe: QuantizeRecipe, check: Dataset | N
     note = check_labels(open_runner(model), check)
     if note is None:
         return check
-    if recipe.max_accuracy_drop is not None:
-        raise UsageError(
-            f"max_accuracy_drop needs a classifier output: {note}",
-            hint="use min_agreement, or --set max_accuracy_drop=null",
-        )
     console.warn(note)
     return check.without_labels()
+
+
+def _without_unmeasurable_drop(model: ModelFile, recipe: QuantizeRecipe, check: Dataset | None) -> QuantizeRecipe:
+    """The recipe the guard works to. max_accuracy_drop needs labels on a classifier output; without
+    them (the usual calibration data) the drop cannot be measured, so the answer check holds the model
+    instead, and the guard searches on answers.min_agreement when the first output is class scores."""
+    if recipe.max_accuracy_drop is None or (check is not None and check.labels is not None):
+        return recipe
+    update: dict[str, Any] = {"max_accuracy_drop": None}
+    why = "no data" if check is None else f"{check.source} has no labels"
+    classes = check is not None and output_classes(open_runner(model), check)[0] is not None
+    if recipe.min_agreement is None and classes:
+        update["min_agreement"] = recipe.answers.min_agreement
+    console.warn(
+        f"max_accuracy_drop {recipe.max_accuracy_drop:g} cannot be measured ({why}): the answer check "
+        f"against the float model holds the model instead"
+        + (f" (the guard works to top-1 agreement >= {update['min_agreement']:g})" if "min_agreement" in update else "")
+    )
+    return recipe.model_copy(update=update)
 
 
 @contextlib.contextmanager
@@ -143,6 +153,7 @@ def quantize(
     _check_request(model, recipe, calib, check)
     check_finite_weights(model)
     check = _checked_labels(model, recipe, check)
+    recipe = _without_unmeasurable_drop(model, recipe, check)
     if recipe.format == "onnx" and model.format is Format.PT2:
         from edgecli.backends.onnx_export import checked_onnx_file
 
@@ -195,6 +206,11 @@ def _quantize(
     if check is not None:
         artifact.metrics["eval_data"] = check.name
     artifact.gate_failures.extend(target.failures(artifact.metrics))  # NaN/Inf outputs fail without a target too
+    answers = _answers(float_runner, artifact, check, recipe)
+    artifact.metrics.update(answers.metrics())
+    failure = answers.failure_line()
+    if failure:
+        artifact.gate_failures.append(f"{failure} ({answers.hint()})")
     if layers:
         console.show(_layer_table(layers))
     speed = None
@@ -203,7 +219,19 @@ def _quantize(
 
         speed = speed_check(model, artifact, recipe, calib if calib is not None else eval_data, len(result.float_nodes))
     artifact.report = _report(model, recipe, artifact, size, layers, result, target, speed)
+    artifact.report["answers"] = [record.to_json() for record in answers.records]
     return artifact
+
+
+def _answers(float_runner: Runner, artifact: Artifact, check: Dataset | None, recipe: QuantizeRecipe) -> Answers:
+    """Every output of the quantized model measured against the float model's (on synthesised inputs
+    when there is no data)."""
+    with staged(artifact) as candidate:
+        answers = answers_of(
+            float_runner, open_runner(candidate), check, recipe.answers, recipe.answers.samples, "quantize"
+        )
+    console.info(f"answers against the float model: {answers.summary()}")
+    return answers
 
 
 def _report(

@@ -242,3 +242,97 @@ def test_model_with_nothing_to_quantize_exits_4(tmp_path, recipe, suffix, says):
     assert result.code == 4, result.stderr
     assert len(result.lines) == 1 and says in result.lines[0]
     assert leftovers(out) == []
+
+
+def _lstm_encoder(folder, outlier: float = 30.0):
+    """An LSTM speaker-encoder shape (2-layer LSTM over 20 frames of 40 features, a projection to 32,
+    ReLU, L2-normalised), exported to ONNX. Hidden unit 0 of the top LSTM is dead (its output gate is
+    shut: h0 = 0) but carries an outlier weight into every projection output, as trained encoders can:
+    each output's INT8 weight scale is set by a weight that multiplies zero, so the weights that make
+    the embedding round to 0 and the INT8 embeddings collapse."""
+    import torch
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = torch.nn.LSTM(40, 64, num_layers=2, batch_first=True)
+            self.proj = torch.nn.Linear(64, 32)
+
+        def forward(self, x):
+            out, _ = self.lstm(x)
+            embedding = torch.relu(self.proj(out[:, -1]))
+            return embedding / (embedding.norm(dim=1, keepdim=True) + 1e-5)
+
+    torch.manual_seed(0)
+    model = Encoder().eval()
+    with torch.no_grad():
+        model.lstm.bias_ih_l1[3 * 64] = -30.0  # output gate of hidden unit 0 (PyTorch gate order i, f, g, o)
+        model.proj.weight[:, 0] = outlier
+        model.proj.bias.zero_()
+    data = folder / "frames.npz"
+    x = np.random.default_rng(0).normal(size=(64, 20, 40)).astype(np.float32)
+    np.savez(data, x=x)  # unlabelled, as speaker-encoder data is
+    path = folder / "encoder.onnx"
+    torch.onnx.export(
+        model,
+        (torch.from_numpy(x[:2]),),
+        str(path),
+        dynamo=True,
+        external_data=False,
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )
+    return path, data
+
+
+def test_collapsed_lstm_embeddings_exit_1_with_the_model_written(tmp_path):
+    """Issue 19 finding 1: int8-dynamic of an LSTM embedding model exited 0 with embeddings far from
+    the float model's. The answer check measures the embedding by cosine and fails the step (exit 1,
+    artifact kept); lowering the bar as the hint says gives exit 0."""
+    model, data = _lstm_encoder(tmp_path)
+    out = tmp_path / "encoder.int8.onnx"
+    result = run_cli(
+        "quantize", model, "-r", "int8-dynamic", "--data", data, "-o", out, "--report", tmp_path / "r.json"
+    )
+    assert result.code == 1, result.stderr
+    line = result.lines[-1]
+    assert (
+        line.startswith("gate failed: answers collapsed on 64 samples of frames.npz") and "artifact was written" in line
+    )
+    assert "output 'div' (embedding): cosine" in line and "< answers.min_cosine 0.95" in line
+    assert "--set answers.min_cosine=" in line
+    cosine = ModelFile.open(out).lineage["steps"][-1]["metrics"]["answers_div_cosine"]
+    assert 0.3 < cosine < 0.7, cosine  # measured 0.49: half the embedding gone
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["answers"][0] | {"value": 0} == {
+        "output": "div",
+        "kind": "embedding",
+        "measure": "cosine",
+        "value": 0,
+        "bar": 0.95,
+        "passed": False,
+    }
+    lowered = run_cli(
+        "quantize",
+        model,
+        "-r",
+        "int8-dynamic",
+        "--data",
+        data,
+        "-o",
+        tmp_path / "ok.onnx",
+        "--set",
+        "answers.min_cosine=0.4",
+        "-q",
+    )
+    assert lowered.code == 0, lowered.stderr
+
+
+def test_honest_lstm_int8_passes_the_answer_check(tmp_path):
+    """The same encoder without the outlier weights keeps its answers through INT8: exit 0."""
+    model, data = _lstm_encoder(tmp_path, outlier=0.05)
+    out = tmp_path / "encoder.int8.onnx"
+    result = run_cli("quantize", model, "-r", "int8-dynamic", "--data", data, "-o", out, "-q")
+    assert result.code == 0, result.stderr
+    assert ModelFile.open(out).lineage["steps"][-1]["metrics"]["answers_div_cosine"] > 0.99
