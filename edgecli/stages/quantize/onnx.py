@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgecli.backends.onnx_fold import default_opset, fold_constants, upgrade_opset
 from edgecli.core import console
 from edgecli.core.errors import TransformError, UsageError, last_line
 from edgecli.data.dataset import Dataset, split_batches
@@ -40,6 +41,7 @@ WEIGHTED_OPS = {
 }
 DEQUANTIZE_OPS = {"DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"}
 QUANT_TYPES = {"int8": "QInt8", "uint8": "QUInt8"}
+PER_CHANNEL_OPSET = 13  # DequantizeLinear's axis attribute
 
 
 INT8_DOT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # x86 int8 dot products without 16-bit saturation
@@ -179,6 +181,7 @@ class OnnxQuantizer:
         self, model: ModelFile, recipe: QuantizeRecipe, runner: Runner, calib: Dataset | None, folder: Path
     ) -> None:
         self.recipe, self.runner, self.calib, self.folder = recipe, runner, calib, folder
+        self.per_channel = recipe.per_channel and recipe.mode == "static"  # dynamic per-channel: MatMulInteger
         self.source = self._prepare(model.path)
         self.float_proto = onnx_file.load(self.source, check=False)
         self._check_quantizable()
@@ -187,13 +190,31 @@ class OnnxQuantizer:
 
     def _prepare(self, path: Path) -> Path:
         source = path
+        proto = onnx_file.load(path, check=False)
+        self.folded = fold_constants(proto)
+        changed = bool(self.folded.nodes)
+        if self.folded.nodes:  # before pre-processing: its shape inference does better on initializers too
+            console.info(f"{self.folded.describe()}, so the quantizer sees their weights")
+        if self.per_channel and default_opset(proto) < PER_CHANNEL_OPSET:
+            try:
+                proto, changed = upgrade_opset(proto, PER_CHANNEL_OPSET), True
+                console.info(f"opset raised to {PER_CHANNEL_OPSET}: per-channel DequantizeLinear needs it")
+            except Exception as exc:  # the converter lacks an adapter: quantize per tensor instead
+                self.per_channel = False
+                console.warn(
+                    f"the model is opset {default_opset(proto)} and onnx cannot convert it to "
+                    f"{PER_CHANNEL_OPSET} ({last_line(exc)[:100]}): weights quantized per tensor"
+                )
+        if changed:
+            source = self.folder / "folded.onnx"
+            source.write_bytes(onnx_file.to_bytes(proto, None))
         if self.recipe.preprocess and self.recipe.mode != "fp16":
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             prepared = self.folder / "prepared.onnx"
             try:
                 with console.muted():
-                    quant_pre_process(str(path), str(prepared), skip_symbolic_shape=False)
+                    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
                 source = prepared
             except Exception as exc:  # pre-processing is an optimisation; quantization works without it
                 console.warn(f"quant_pre_process failed ({last_line(exc)[:120]}); quantizing without it")
@@ -234,6 +255,8 @@ class OnnxQuantizer:
         ops = op_counts(proto)
         artifact = Artifact(Format.ONNX, proto)
         artifact.metrics["quantized_nodes"] = sum(ops.get(op, 0) for op in DEQUANTIZE_OPS)
+        if self.folded.nodes:
+            artifact.metrics["constants_folded"] = {"nodes": self.folded.nodes, "bytes": self.folded.bytes}
         return artifact
 
     def _fp16(self, float_nodes: Sequence[str]) -> Any:
@@ -296,7 +319,7 @@ class OnnxQuantizer:
                 reader,
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=sorted(present - excluded_ops) if excluded_ops else None,
-                per_channel=recipe.per_channel,
+                per_channel=self.per_channel,
                 reduce_range=reduce_range,
                 activation_type=types[recipe.activation_type],
                 weight_type=types[recipe.weight_type],
