@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import re
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from math import prod
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,7 @@ def param_count(model: ModelFile) -> int | None:
     if model.format is Format.ONNX:
         from edgecli.formats import onnx_file
 
-        proto = onnx_file.load(model.path, check=False)
-        return sum(prod(t.dims) for t in proto.graph.initializer)
+        return onnx_param_count(onnx_file.load(model.path, check=False))
     if model.format is Format.PT2:
         from edgecli.formats import pt2_file
 
@@ -53,13 +53,59 @@ def param_count(model: ModelFile) -> int | None:
     return None
 
 
+# ---------------------------------------------------------------- ONNX stored tensors
+# Weights sit in initializers, but also in Constant nodes (Paddle exports keep nearly all their weights
+# there) and inside the subgraphs of If / Loop / Scan nodes (silero-vad's whole network is in If
+# branches): every graph and every Constant node is read.
+
+# Constant-node tensors of these types are shape, index and mask constants, not weights.
+ONNX_INDEX_TYPES = (6, 7, 9, 12, 13)  # INT32, INT64, BOOL, UINT32, UINT64 (onnx.TensorProto codes)
+
+
+def onnx_graphs(graph: Any) -> Iterator[Any]:
+    """`graph` and, depth first, every subgraph held by a node attribute (If branches, Loop/Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                yield from onnx_graphs(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from onnx_graphs(subgraph)
+
+
+def onnx_constant_tensors(graph: Any) -> Iterator[Any]:
+    """The TensorProto of every Constant node (its `value` attribute) in `graph` and its subgraphs."""
+    for sub in onnx_graphs(graph):
+        for node in sub.node:
+            if node.op_type == "Constant" and not node.domain:
+                for attribute in node.attribute:
+                    if attribute.name == "value" and attribute.HasField("t"):
+                        yield attribute.t
+
+
+def onnx_stored_tensors(graph: Any) -> Iterator[Any]:
+    """Every initializer (of every graph) and every Constant node's tensor."""
+    for sub in onnx_graphs(graph):
+        yield from sub.initializer
+    yield from onnx_constant_tensors(graph)
+
+
+def onnx_param_count(proto: Any) -> int:
+    """Values stored in initializers (every graph, as before: all types) and in Constant nodes (not
+    shape/index constants: integer and bool Constant tensors are left out)."""
+    total = sum(prod(t.dims) for sub in onnx_graphs(proto.graph) for t in sub.initializer)
+    return int(
+        total + sum(prod(t.dims) for t in onnx_constant_tensors(proto.graph) if t.data_type not in ONNX_INDEX_TYPES)
+    )
+
+
 def op_histogram(model: ModelFile) -> dict[str, int]:
     """Operator type -> count (ONNX node types, TFLite builtin ops, aten ops of a .pt2 graph)."""
     if model.format is Format.ONNX:
         from edgecli.formats import onnx_file
 
-        proto = onnx_file.load(model.path, check=False)
-        return dict(Counter(n.op_type for n in proto.graph.node).most_common())
+        proto = onnx_file.load(model.path, check=False)  # subgraph nodes (If/Loop/Scan bodies) included
+        return dict(Counter(n.op_type for sub in onnx_graphs(proto.graph) for n in sub.node).most_common())
     if model.format is Format.PT2:
         from edgecli.formats import pt2_file
 
@@ -104,7 +150,7 @@ def _onnx_weights(model: ModelFile) -> list[np.ndarray]:
     from edgecli.formats import onnx_file
 
     proto = onnx_file.load(model.path, check=False)
-    return [numpy_helper.to_array(t) for t in proto.graph.initializer if len(t.dims) >= WEIGHT_MIN_RANK]
+    return [numpy_helper.to_array(t) for t in onnx_stored_tensors(proto.graph) if len(t.dims) >= WEIGHT_MIN_RANK]
 
 
 def _pt2_weights(model: ModelFile) -> list[np.ndarray]:
@@ -342,13 +388,18 @@ def macs(model: ModelFile, inputs: dict[str, np.ndarray]) -> int | None:
     """Multiply-accumulates of one run on `inputs` (feeds in the model's own layout, batch 1 for a
     per-sample figure), or None where they cannot be computed. Counted: convolutions (incl. grouped,
     depthwise, transposed), dense layers and matrix products; elementwise ops, pooling and norms are not.
-    ONNX: from shape inference; .pt2: torch's FlopCounterMode on a run (FLOPs / 2); TFLite: from the
-    tensor shapes stored in the file (dynamic dimensions as stored, i.e. 1)."""
+    Recurrent layers (LSTM, GRU, RNN) count every gate's input and hidden products at every step.
+    ONNX: from shape inference, else (shapes that only a run knows: Paddle exports, If subgraphs)
+    from the shapes of one profiled onnxruntime run; .pt2: torch's FlopCounterMode on a run
+    (FLOPs / 2) plus the recurrent ops it does not see; TFLite: from the tensor shapes stored in the
+    file (dynamic dimensions as stored, i.e. 1)."""
     try:
         if model.format is Format.ONNX:
             from edgecli.formats import onnx_file
 
-            return onnx_macs(onnx_file.load(model.path, check=False), {k: v.shape for k, v in inputs.items()})
+            proto = onnx_file.load(model.path, check=False)
+            found = onnx_macs(proto, {k: v.shape for k, v in inputs.items()})
+            return found if found is not None else onnx_run_macs(model.path, proto, inputs)
         if model.format is Format.PT2:
             return pt2_macs(model, inputs)
         if model.format is Format.TFLITE:
@@ -365,10 +416,10 @@ def macs(model: ModelFile, inputs: dict[str, np.ndarray]) -> int | None:
     return None
 
 
-def _onnx_shapes(proto: Any) -> dict[str, tuple[int, ...] | None]:
-    """Every tensor's shape after shape inference (None where any dimension is unknown)."""
+def _onnx_shapes(graph: Any) -> dict[str, tuple[int, ...] | None]:
+    """Every tensor's shape in `graph` (not its subgraphs) after shape inference (None where any
+    dimension is unknown)."""
     shapes: dict[str, tuple[int, ...] | None] = {}
-    graph = proto.graph
     for info in [*graph.input, *graph.value_info, *graph.output]:
         tensor = info.type.tensor_type
         if tensor.HasField("shape"):
@@ -412,7 +463,22 @@ def _onnx_node_macs(node: Any, shapes: dict[str, tuple[int, ...] | None]) -> int
         out, a = shape(0, outputs=True), shape(0)
         transposed = kind == "Gemm" and bool(_attribute(node, "transA", 0))
         return None if out is None or a is None else _matmul_macs(out, a, transposed)
+    if kind in RECURRENT_OPS:
+        x, w, r = shape(0), shape(1), shape(2)
+        return None if x is None or w is None or r is None else recurrent_macs(x[:2], [w, r])
     return 0
+
+
+# Recurrent layers: each step of each sequence multiplies the input by W and the hidden state by R
+# (every gate, every direction): ONNX W [dirs, gates x hidden, input], R [dirs, gates x hidden, hidden];
+# torch weight_ih_l{k} [gates x hidden, input_k], weight_hh_l{k} [gates x hidden, hidden] (and weight_hr).
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+
+
+def recurrent_macs(steps: tuple[int, ...], weights: list[tuple[int, ...]]) -> int:
+    """MACs of a recurrent layer: (sequence length x batch) steps, each one product with every weight
+    matrix (for an LSTM: 4 gates x (input + hidden) x hidden per direction and layer)."""
+    return prod(steps) * sum(prod(w) for w in weights)
 
 
 def topological_nodes(nodes: list[Any]) -> list[Any]:
@@ -449,19 +515,89 @@ def onnx_macs(proto: Any, input_shapes: dict[str, tuple[int, ...]]) -> int | Non
             for dim, value in zip(dims, input_shapes[graph_input.name]):
                 dim.Clear()
                 dim.dim_value = int(value)
-    del fixed.graph.value_info[:]  # stored shapes keep symbolic dimensions (and win over inferred ones)
-    ordered = topological_nodes(list(fixed.graph.node))
-    del fixed.graph.node[:]
-    fixed.graph.node.extend(ordered)
-    for graph_output in fixed.graph.output:
-        graph_output.type.tensor_type.ClearField("shape")
+    for index, sub in enumerate(onnx_graphs(fixed.graph)):
+        del sub.value_info[:]  # stored shapes keep symbolic dimensions (and win over inferred ones)
+        ordered = topological_nodes(list(sub.node))
+        del sub.node[:]
+        sub.node.extend(ordered)
+        if index == 0:
+            for graph_output in sub.output:
+                graph_output.type.tensor_type.ClearField("shape")
     try:
         inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
         return None
-    shapes = _onnx_shapes(inferred)
+    return _graph_macs(inferred.graph, {})
+
+
+INLINED_PREFIX = re.compile(r"^.*__Inline_\d+__")  # onnxruntime's name for a node of an inlined If branch
+
+
+def onnx_run_macs(path: Path, proto: Any, inputs: dict[str, np.ndarray]) -> int | None:
+    """MACs of one onnxruntime run on `inputs`, from the shapes every executed node saw (session
+    profiling, graph optimizations off so that nodes keep their kind): exact where static shape
+    inference gives up, and an If counts the branch that ran. None when the run fails."""
+    import json
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    named = proto
+    if any(not node.name for sub in onnx_graphs(proto.graph) for node in sub.node):
+        named = onnx.ModelProto()
+        named.CopyFrom(proto)
+        for index, node in enumerate(node for sub in onnx_graphs(named.graph) for node in sub.node):
+            node.name = node.name or f"edgecli_node_{index}_{node.op_type}"
+    nodes = {node.name: node for sub in onnx_graphs(named.graph) for node in sub.node}
+    stored = {t.name: tuple(t.dims) for sub in onnx_graphs(named.graph) for t in sub.initializer}
+    with tempfile.TemporaryDirectory(prefix="edgecli-macs-") as folder:
+        options = ort.SessionOptions()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "run")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        try:
+            source = str(path) if named is proto else named.SerializeToString()
+            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            session.run(None, inputs)
+        except Exception:  # onnxruntime's own error types: not computable
+            return None
+        events = json.loads(Path(session.end_profiling()).read_text())
     total = 0
-    for node in inferred.graph.node:
+    for event in events:
+        args = event.get("args") or {}
+        name = str(event.get("name", "")).removesuffix("_kernel_time")
+        node = nodes.get(name) or nodes.get(INLINED_PREFIX.sub("", name))
+        if event.get("cat") != "Node" or node is None:
+            continue
+        # the profile lists the shapes of the inputs that are not initializers, in order
+        fed = iter(tuple(next(iter(item.values()))) for item in args.get("input_type_shape", []))
+        shapes: dict[str, tuple[int, ...] | None] = {
+            name: stored[name] if name in stored else next(fed, None) for name in node.input if name
+        }
+        outs = [tuple(next(iter(item.values()))) for item in args.get("output_type_shape", [])]
+        shapes.update({name: shape for name, shape in zip([n for n in node.output if n], outs)})
+        total += _onnx_node_macs(node, shapes) or 0
+    return int(total)
+
+
+def _graph_macs(graph: Any, outer: dict[str, tuple[int, ...] | None]) -> int | None:
+    """MACs of one graph, its subgraphs included: an If counts its costlier branch (which one runs
+    depends on the data); a Loop or Scan whose body does counted work is not computable (None)."""
+    shapes = {**outer, **_onnx_shapes(graph)}
+    total = 0
+    for node in graph.node:
+        bodies = [a.g for a in node.attribute if a.HasField("g")]
+        if bodies:
+            counts = [_graph_macs(body, shapes) for body in bodies]
+            if any(count is None for count in counts):
+                return None
+            known = [int(count or 0) for count in counts]
+            if node.op_type != "If" and any(known):
+                return None  # the trip count is data: not computable
+            total += max(known)
+            continue
         count = _onnx_node_macs(node, shapes)
         if count is None:
             return None
@@ -478,9 +614,38 @@ def pt2_macs(model: ModelFile, inputs: dict[str, np.ndarray]) -> int:
 
     program = pt2_file.load(model.path)
     args = [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in program.graph_signature.user_inputs]
+    recurrent = _recurrent_counter(program.module())
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        program.module()(*args)
-    return int(counter.get_total_flops()) // 2
+        recurrent.run(*args)
+    return int(counter.get_total_flops()) // 2 + recurrent.macs
+
+
+# aten recurrent ops: (input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+PT2_RECURRENT_OPS = ("aten.lstm.input", "aten.gru.input", "aten.rnn_tanh.input", "aten.rnn_relu.input")
+
+
+def _recurrent_counter_class() -> type:
+    import torch.fx
+
+    class RecurrentCounter(torch.fx.Interpreter):
+        """Runs the graph node by node and adds the MACs of recurrent ops, which FlopCounterMode does
+        not see (the CPU kernels run below the dispatcher): steps x every weight matrix."""
+
+        macs = 0
+
+        def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+            if str(target) in PT2_RECURRENT_OPS and len(args) >= 3:
+                x, params = args[0], args[2]
+                steps = tuple(x.shape[:2]) if x.dim() == 3 else tuple(x.shape[:1])  # unbatched: [T, I]
+                matrices = [tuple(p.shape) for p in params if hasattr(p, "dim") and p.dim() == 2]
+                self.macs += recurrent_macs(steps, matrices)
+            return super().call_function(target, args, kwargs)
+
+    return RecurrentCounter
+
+
+def _recurrent_counter(module: Any) -> Any:  # a class built on first use: torch imported lazily
+    return _recurrent_counter_class()(module)
 
 
 TFLITE_MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV")
