@@ -37,12 +37,19 @@ EVAL_BATCH = 256
 
 
 def _copy(module: Any) -> Any:
-    """A deep copy of a (lifted) module; torch's pytree deprecation warnings on the copy are muted."""
+    """A deep copy of a (lifted) module with its parameters' gradients (a GraphModule's deepcopy rebuilds
+    it from its state and drops .grad, which Taylor importance reads: the search's trial copies need
+    them); torch's pytree deprecation warnings on the copy are muted."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return copy.deepcopy(module)
+        copied = copy.deepcopy(module)
+    grads = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
+    for name, param in copied.named_parameters():
+        if name in grads and param.grad is None:
+            param.grad = grads[name].detach().clone()
+    return copied
 
 
 def _prunable(module: Any) -> dict[str, Any]:
