@@ -531,3 +531,17 @@ def prove(lifted: Any, reference: Any, inputs: list[Any], atol: float = 1e-5) ->
 
 class _Differs(Exception):
     """Internal: the first lifted node whose value differs from the program's."""
+
+
+def recurrent_layers(gm: Any) -> list[str]:
+    """The recurrent layers (aten lstm / gru / rnn nodes) of a program or lifted module, as messages
+    name them. They are not lifted: Torch-Pruning 1.6 prunes only a single-layer nn.LSTM (its LSTMPruner
+    asserts num_layers == 1) and no GRU/RNN, so structured pruning keeps their widths."""
+    names = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        op = str(getattr(node.target, "__name__", node.target)).split(".")[0]
+        if op in ("lstm", "gru", "rnn_tanh", "rnn_relu"):
+            names.append(where(node))
+    return names

@@ -20,7 +20,7 @@ from edgecli.core.errors import BackendMissing, RecipeError, TransformError, Usa
 from edgecli.data.dataset import Dataset
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
-from edgecli.models.lift import failing_node, lift, lift_difference, prove, where
+from edgecli.models.lift import failing_node, lift, lift_difference, prove, recurrent_layers, where
 from edgecli.recipes import PruneRecipe
 from edgecli.stages.artifact import Artifact
 from edgecli.training.loop import batch_outputs, finetune, seed_everything
@@ -159,6 +159,32 @@ def _lifted(runner: Any, x: Any, example: Any) -> Any:
                 hint="export the model with a dynamic batch: torch.export.export(..., dynamic_shapes=...)",
             )
     return lifted
+
+
+def _check_something_to_prune(lifted: Any, outputs: set[str], kept: set[str], recurrent: list[str]) -> None:
+    """Refuse (TransformError: exit 4, before any work, nothing written) a model in which every conv and
+    dense layer is kept: the result would be the input, and the recipe's target cannot be met. Warn that
+    recurrent layers keep their width when other layers can still be pruned."""
+    why_recurrent = (
+        f"recurrent layers keep their width ({', '.join(recurrent)}): Torch-Pruning prunes neither GRU/RNN "
+        "nor a multi-layer nn.LSTM, and edgecli does not lift them out of a .pt2"
+    )
+    free = set(_prunable(lifted)) - outputs - kept
+    if free:
+        if recurrent:
+            console.warn(why_recurrent)
+        return
+    reasons = []
+    if outputs:
+        reasons.append(f"{', '.join(sorted(outputs))} {'produce' if len(outputs) > 1 else 'produces'} the output")
+    if kept - outputs:
+        reasons.append(f"channel.keep_layers keeps {', '.join(sorted(kept - outputs))}")
+    if recurrent:
+        reasons.append(why_recurrent)
+    raise TransformError(
+        f"structured pruning has nothing to remove: {'; '.join(reasons)}",
+        hint="zero weights instead (--set method=magnitude), distill a smaller student, or quantize",
+    )
 
 
 # ------------------------------------------------------------------ data
@@ -376,7 +402,10 @@ def structured_prune(
     if difference > LIFT_ATOL:
         raise TransformError(f"the lifted module differs from the program: max abs diff {difference:.3g}")
     outputs = _output_layers(lifted)
-    ignored = outputs | _kept(lifted, spec.keep_layers)
+    kept_by_recipe = _kept(lifted, spec.keep_layers)
+    ignored = outputs | kept_by_recipe
+    recurrent = recurrent_layers(lifted)
+    _check_something_to_prune(lifted, outputs, kept_by_recipe, recurrent)
     widths_before = {n: _width(m) for n, m in _prunable(lifted).items()}
     params_before, macs_before = _state_count(lifted), _macs(lifted, sample)
     accuracy_before = _accuracy(lifted, x_eval, y_eval) if x_eval is not None else None
@@ -434,6 +463,12 @@ def structured_prune(
 
     params_after, macs_after = _state_count(lifted), _macs(lifted, sample)
     widths_after = {n: _width(m) for n, m in _prunable(lifted).items()}
+    if widths_after == widths_before:
+        raise TransformError(
+            f"structured pruning removed no channel at ratio {ratio:.3g} (round_to {spec.round_to}, "
+            f"max_layer_ratio {spec.max_layer_ratio:g}): nothing was written",
+            hint="raise channel.ratio, or lower channel.round_to for layers this narrow",
+        )
     metrics: dict[str, Any] = {
         "method": "channel",
         "importance": spec.importance,
@@ -446,7 +481,10 @@ def structured_prune(
         "macs_ratio": macs_after / macs_before,
         "lift_max_abs_diff": difference,
         "layers": {n: f"{widths_before[n]} -> {w}" for n, w in widths_after.items() if w != widths_before.get(n)},
+        "kept_layers": sorted(ignored),
     }
+    if recurrent:
+        metrics["kept_recurrent"] = recurrent
     if not dynamic:
         metrics["export_batch"] = "1"
     if history["epochs"]:

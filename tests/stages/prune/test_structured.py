@@ -323,6 +323,65 @@ def test_mnist_cnn_exported_for_batch_1_prunes(tmp_path):
     assert program.module()(x).shape == (3, 10)  # the pruned program takes any batch
 
 
+# ------------------------------------------------------------------ recurrent layers
+
+
+class LstmEncoder(nn.Module):
+    """A speaker-encoder shape (Resemblyzer: 3-layer LSTM, last hidden state, Linear, ReLU, L2 norm);
+    with `classes` a hidden dense layer and a classifier instead of the normalised embedding."""
+
+    def __init__(self, classes: int = 0) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(8, 16, num_layers=3, batch_first=True)
+        self.linear = nn.Linear(16, 32)
+        self.head = nn.Linear(32, classes) if classes else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.lstm(x)
+        e = torch.relu(self.linear(h[-1]))
+        return self.head(e) if self.head is not None else e / (torch.norm(e, dim=1, keepdim=True) + 1e-5)
+
+
+def _export_sequence(module: nn.Module, folder: Path, name: str) -> tuple[Path, Path]:
+    torch.manual_seed(0)
+    module.eval()
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 12, 8), dtype=np.float32)
+    program = torch.export.export(
+        module, (torch.from_numpy(x[:2]),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
+    )
+    path, data = folder / f"{name}.pt2", folder / f"{name}.npz"
+    torch.export.save(program, str(path))
+    np.savez(data, x=x, y=rng.integers(0, 10, 32))
+    return path, data
+
+
+def test_an_lstm_encoder_with_nothing_to_prune_is_refused_saying_why(tmp_path):
+    """Issue 19 #6: the LSTM was kept silently and the only dense layer is the output: exit 0, nothing
+    removed. Now exit 4 before any work, naming the output layer and the recurrent layer it keeps."""
+    torch.manual_seed(0)
+    path, data = _export_sequence(LstmEncoder(), tmp_path, "lstm")
+    out = tmp_path / "x.pt2"
+    result = run_cli("prune", path, "-r", "channels-50", "--data", data, "--set", "finetune.epochs=0", "-o", out, "-q")
+    assert result.code == 4, result.stderr
+    assert "nothing to remove: linear produces the output" in result.stderr
+    assert "recurrent layers keep their width (lstm (node lstm))" in result.stderr
+    assert "method=magnitude" in result.stderr and not out.exists()
+
+
+def test_recurrent_layers_are_kept_with_a_warning_and_named_in_the_report(tmp_path):
+    torch.manual_seed(0)
+    path, data = _export_sequence(LstmEncoder(classes=10), tmp_path, "lstm-cls")
+    out, report = tmp_path / "x.pt2", tmp_path / "x.json"
+    args = ["--data", data, "--set", "finetune.epochs=0", "--set", "answers.min_agreement=0"]
+    result = run_cli("prune", path, "-r", "channels-50", *args, "--report", report, "-o", out)
+    assert result.code == 0, result.stderr
+    assert "recurrent layers keep their width (lstm (node lstm))" in result.stderr
+    metrics = _report(report)
+    assert metrics["layers"] == {"linear": "32 -> 16"} and metrics["kept_layers"] == ["head"]
+    assert metrics["kept_recurrent"] == ["lstm (node lstm)"]
+
+
 # ------------------------------------------------------------------ refusals
 
 
