@@ -111,12 +111,24 @@ def student_from_factory(spec: StudentSpec) -> Any:
     return build_module(source, load_state_dict(Path(spec.weights)), Path(spec.weights), "student.factory")
 
 
-def make_student(spec: StudentSpec, input_shape: tuple[int, ...], num_classes: int) -> tuple[Any, str]:
-    """The student module and a short description of where it came from."""
+def make_student(
+    spec: StudentSpec, input_shape: tuple[int, ...], num_classes: int, input_dtype: Any = "float32"
+) -> tuple[Any, str]:
+    """The student module and a short description of where it came from. Integer inputs (token ids)
+    need the user's student (a .pt2 or a factory, e.g. with an nn.Embedding): the built-in families
+    read float features."""
+    import numpy as np
+
     if spec.path is not None:
         return student_from_pt2(Path(spec.path)), Path(spec.path).name  # a name, not a path: the lineage stays portable
     if spec.factory is not None:
         return student_from_factory(spec), spec.factory
+    if np.issubdtype(np.dtype(input_dtype), np.integer):
+        raise RecipeError(
+            f"the data holds {np.dtype(input_dtype)} inputs (token ids?): a built-in {spec.family} student reads "
+            "float features",
+            hint="give student.path (a .pt2, e.g. with an nn.Embedding) or student.factory",
+        )
     if spec.family == "mlp":
         return build_student(spec, input_shape, num_classes), f"mlp {mlp_hidden(spec)}"
     return build_student(spec, input_shape, num_classes), f"cnn {cnn_stages(spec)} {spec.head}"

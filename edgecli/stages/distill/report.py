@@ -28,8 +28,9 @@ def eager_logits(module: Any, x: Any, batch_size: int = 256) -> np.ndarray:
 
     module.eval()
 
-    def as_float32(rows: Any) -> Any:
-        return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+    def as_float32(rows: Any) -> Any:  # integer ids (token inputs) stay integers
+        rows = np.asarray(rows)
+        return torch.from_numpy(np.ascontiguousarray(rows, dtype=None if rows.dtype.kind in "iu" else np.float32))
 
     return batch_outputs(module, x, batch_size, tensor=as_float32).numpy()
 

@@ -342,13 +342,13 @@ def distill(
             ),
             shard,
         )
-        student, source = make_student(recipe.student, tuple(x.shape[1:]), classes)
+        student, source = make_student(recipe.student, tuple(x.shape[1:]), classes, x.dtype)
         _check_student(student, x, classes, source)
         trained = train_phase(setup, student, "student", distil=True)
         baseline = None
         if recipe.baseline:
             seed_everything(recipe.seed)
-            baseline_student, _ = make_student(recipe.student, tuple(x.shape[1:]), classes)
+            baseline_student, _ = make_student(recipe.student, tuple(x.shape[1:]), classes, x.dtype)
             baseline = (baseline_student, train_phase(setup, baseline_student, "baseline", distil=False))
         program = export_student(student, x)
         metrics: dict[str, Any] = {

@@ -40,6 +40,32 @@ def cache_root() -> Path:
     return Path(base) / "edgecli"
 
 
+class IntegerRows(ViewRows):
+    """Integer samples (token ids) read when indexed, in the data's own dtype: a teacher with int32
+    or int64 inputs gets them as stored (ViewRows would cast them to float32). Never augmented
+    (augment refuses non-image data)."""
+
+    def __init__(self, base: Any, index: np.ndarray | None = None) -> None:
+        super().__init__(base, None, index)
+        self.dtype = np.dtype(base.dtype)
+
+    def subset(self, index: np.ndarray) -> IntegerRows:
+        return IntegerRows(self.base, index if self.index is None else self.index[index])
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self[np.asarray([key])][0]
+        if isinstance(key, slice) and self.index is None:
+            return np.asarray(self.base[key])
+        positions = np.arange(*key.indices(len(self))) if isinstance(key, slice) else np.asarray(key)
+        return np.asarray(self.base[positions if self.index is None else self.index[positions]])
+
+
+def training_rows(x: Any) -> ViewRows:
+    """The training inputs read when indexed: float32, or integer ids in their own dtype."""
+    return IntegerRows(x) if np.issubdtype(np.dtype(x.dtype), np.integer) else ViewRows(x)
+
+
 @dataclass
 class View:
     """One view of the training set (read batch by batch) and the teacher's targets on it."""
@@ -135,11 +161,12 @@ class TeacherTargets:
         cache: bool,
     ) -> None:
         self.teacher, self.runner, self.input_name = teacher, runner, input_name
-        self.x = ViewRows(x)  # float32 samples, read when indexed
+        self.x = training_rows(x)  # float32 samples (integer ids as stored), read when indexed
         self.augment, self.seed, self.hint_layer = augment, seed, hint_layer
         self.cache_folder = cache_root() / "teacher-outputs" if cache else None
         self.views = augment.views if augment is not None else 1
-        self.data_digest = array_digest(x, np.float32)  # one pass over the data, shared with the checkpoint
+        # one pass over the data, shared with the checkpoint
+        self.data_digest = array_digest(x, self.x.dtype)
         self._memory: dict[int, View] = {}
         self.computed = 0  # views whose teacher outputs were computed in this run
         self.read = 0  # views read from the disk cache
