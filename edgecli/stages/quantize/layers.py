@@ -84,3 +84,58 @@ def most_sensitive(layers: list[LayerError]) -> list[LayerError]:
     """Quantized layers ordered by the noise each adds itself, worst first (ties: lower SNR first)."""
     candidates = [layer for layer in layers if layer.quantized]
     return sorted(candidates, key=lambda l: (-l.sensitivity, l.snr_db))
+
+
+@dataclass
+class Unit:
+    """What the accuracy guard moves to float in one piece: a single layer, or a pattern of ops that
+    only works in float as a whole (a decomposed LayerNorm: E[x^2] - E[x]^2 cancels in INT8; a
+    decomposed softmax; an attention block), whose single layers each look harmless.
+
+    kind: 'layer', 'norm', 'softmax', 'attention' or 'block'.
+    nodes: the node names kept in float with it (topological order).
+    position: the topological index of its last node (the guard escalates from the output back).
+    sensitivity: the relative noise the unit adds itself (rel_mse at its output minus the largest
+            rel_mse of its inputs from outside).
+    """
+
+    name: str
+    kind: str
+    nodes: list[str]
+    position: int
+    sensitivity: float
+
+    def describe(self) -> str:
+        return self.name if self.kind == "layer" else f"{self.kind} {self.name} ({len(self.nodes)} ops)"
+
+
+def layer_units(layers: list[LayerError]) -> list[Unit]:
+    """One unit per quantized layer (no graph known: the layers' order stands for the topology)."""
+    return [
+        Unit(layer.node, "layer", [layer.node], index, layer.sensitivity)
+        for index, layer in enumerate(layers)
+        if layer.quantized
+    ]
+
+
+def ranked_units(units: list[Unit]) -> list[Unit]:
+    """Units by the noise they add, worst first. A pattern that holds a smaller unit adding at least
+    80% of its noise comes right after that smaller unit (the compact answer is tried first)."""
+    order = sorted(units, key=lambda u: (-u.sensitivity, len(u.nodes), u.position))
+    result: list[Unit] = []
+    for unit in order:
+        if unit in result:
+            continue
+        members = set(unit.nodes)
+        for inner in order:
+            if (
+                inner is not unit
+                and inner not in result
+                and len(inner.nodes) < len(unit.nodes)
+                and set(inner.nodes) <= members
+                and inner.sensitivity >= 0.8 * unit.sensitivity
+            ):
+                result.append(inner)
+                break
+        result.append(unit)
+    return result

@@ -21,7 +21,7 @@ from edgecli.recipes import QuantizeRecipe
 from edgecli.runtimes.base import Runner
 from edgecli.runtimes.onnx_runner import unoptimized_session
 from edgecli.stages.artifact import Artifact
-from edgecli.stages.quantize.layers import MASK_VALUE, ErrorAccumulator, LayerError
+from edgecli.stages.quantize.layers import MASK_VALUE, ErrorAccumulator, LayerError, Unit
 
 # Ops that onnxruntime's dynamic quantizer handles and that are fast on CPU. Conv is left out on
 # purpose: dynamic Conv becomes ConvInteger, measured 1.4-5.3x slower than float on CPU. Gemm is not
@@ -375,6 +375,32 @@ class OnnxQuantizer:
             )
         return layers
 
+    def units(self, layers: list[LayerError]) -> list[Unit]:
+        """What the accuracy guard can move to float: each quantized layer, and each op pattern
+        (op_patterns) with at least two quantized layers, with the noise it adds as a whole."""
+        nodes = list(self.float_proto.graph.node)
+        index = {n.name: k for k, n in enumerate(nodes)}
+        by_node = {layer.node: layer for layer in layers}
+        rel = {layer.output: layer.rel_mse for layer in layers}
+        units = [
+            Unit(layer.node, "layer", [layer.node], index.get(layer.node, k), layer.sensitivity)
+            for k, layer in enumerate(layers)
+            if layer.quantized
+        ]
+        for kind, region in op_patterns(self.float_proto):
+            members = [nodes[k].name for k in region]
+            quantized = [name for name in members if name in by_node and by_node[name].quantized]
+            if len(quantized) < 2:
+                continue
+            inside = {o for k in region for o in nodes[k].output}
+            external = {i for k in region for i in nodes[k].input if i and i not in inside}
+            last = nodes[region[-1]]
+            added = rel.get(last.output[0], 0.0) - max((rel.get(i, 0.0) for i in external), default=0.0)
+            units.append(
+                Unit(last.name.split("/")[-2] if "/" in last.name else last.name, kind, members, region[-1], added)
+            )
+        return units
+
     def _is_quantized(self, node: Any, kept: Any, dequantized: set[str], weights: set[str]) -> bool:
         """Whether float `node` computes in integers in the quantized graph, where it is `kept` (None:
         replaced by integer ops or folded away) and `dequantized` are the DequantizeLinear outputs."""
@@ -388,6 +414,116 @@ class OnnxQuantizer:
         if weight_slots:  # a layer with weights runs in INT8 when its weights are dequantized INT8
             return any(k < len(kept.input) and kept.input[k] in dequantized for k in weight_slots)
         return any(i in dequantized for i in kept.input)
+
+
+NORM_OPS = {"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2"}
+MAX_PATTERN_NODES = 64
+
+
+def _region(nodes: list[Any], start: int, tensor: str, entries: list[int], outputs: set[str]) -> list[int] | None:
+    """The node indices on the paths from `tensor` (read by the nodes `entries`) to the first node
+    that every one of those paths goes through (its post-dominator), that node included; None when
+    the paths never meet within MAX_PATTERN_NODES nodes. `nodes` are in topological order."""
+    reads: dict[str, int] = {}  # how many reads of each tensor from node `start` on
+    for node in nodes[start:]:
+        for name in node.input:
+            reads[name] = reads.get(name, 0) + 1
+    pending = {tensor: len(entries)}  # reached tensors -> reads not yet processed
+    region: list[int] = []
+    for k in range(start, len(nodes)):
+        node = nodes[k]
+        ins = {i for i in node.input if pending.get(i, 0) > 0 and (i != tensor or k in entries)}
+        if not ins:
+            continue
+        for name in ins:
+            pending[name] -= 1 if name == tensor else list(node.input).count(name)
+        region.append(k)
+        for out in node.output:
+            pending[out] = reads.get(out, 0) + (1 if out in outputs else 0)
+        if len(region) > MAX_PATTERN_NODES:
+            return None
+        if all(t in node.output for t, count in pending.items() if count > 0):
+            return region
+    return None
+
+
+def op_patterns(proto: Any) -> list[tuple[str, list[int]]]:
+    """(kind, node indices) of the graph's op patterns: every region from a tensor read by several
+    nodes to where those paths join (a decomposed LayerNorm or softmax, GELU, an attention block, a
+    residual block), also without each single reader (so a LayerNorm whose input also feeds a
+    residual Add is found on its own), extended by a following Mul/Add with a constant (a norm's
+    scale and shift). Regions that read shapes (a Shape reader) are left out."""
+    nodes = list(proto.graph.node)
+    constants = {t.name for t in proto.graph.initializer} | {
+        o for n in nodes if n.op_type == "Constant" for o in n.output
+    }
+    outputs = {o.name for o in proto.graph.output}
+    produced_at = {o: k for k, n in enumerate(nodes) for o in n.output}
+    readers: dict[str, list[int]] = {}
+    for k, n in enumerate(nodes):
+        for name in dict.fromkeys(n.input):
+            if name and name not in constants:
+                readers.setdefault(name, []).append(k)
+    shapes = set()  # tensors computed from shapes and constants only (Shape, Concat, Cast, Gather...)
+    for n in nodes:
+        ins = [i for i in n.input if i and i not in constants]
+        if n.op_type == "Shape" or (ins and all(i in shapes for i in ins)):
+            shapes.update(n.output)
+    found: dict[tuple[int, ...], str] = {}
+    regions: list[list[int]] = []
+    starts_at: dict[str, list[int]] = {}  # a fork -> the region from it to its join
+    for tensor, entries in readers.items():
+        if len(entries) < 2 or tensor in shapes or any(nodes[k].op_type == "Shape" for k in entries):
+            continue
+        start = produced_at.get(tensor, -1) + 1
+        subsets = [entries] + ([[e for e in entries if e != k] for k in entries] if len(entries) <= 4 else [])
+        for subset in subsets:
+            region = _region(nodes, start, tensor, subset, outputs) if len(subset) >= 2 else None
+            if region is None or len(region) < 3:
+                continue
+            if subset is entries:
+                starts_at[tensor] = region
+            regions.append(region)
+    for region in list(regions):  # a join that forks again (softmax: max-subtract, then exp-normalise)
+        for _ in range(2):
+            bridge: list[int] = []
+            tensor = nodes[region[-1]].output[0]
+            while tensor not in starts_at and len(readers.get(tensor, [])) == 1 and len(bridge) < 3:
+                bridge.append(readers[tensor][0])  # single-reader ops between the join and the next fork
+                tensor = nodes[bridge[-1]].output[0]
+            following = starts_at.get(tensor)
+            if not following or len(region) + len(bridge) + len(following) > MAX_PATTERN_NODES:
+                break
+            region = region + bridge + following
+            regions.append(region)
+    for region in regions:
+        region = _with_affine(nodes, region, constants)
+        found.setdefault(tuple(region), _kind([nodes[k] for k in region]))
+    return [(kind, list(region)) for region, kind in found.items()]
+
+
+def _with_affine(nodes: list[Any], region: list[int], constants: set[str]) -> list[int]:
+    region = list(region)
+    for _ in range(2):
+        last = nodes[region[-1]]
+        after = [k for k in range(region[-1] + 1, len(nodes)) if last.output[0] in nodes[k].input]
+        if len(after) != 1 or nodes[after[0]].op_type not in ("Mul", "Add"):
+            break
+        if not any(i in constants for i in nodes[after[0]].input):
+            break
+        region.append(after[0])
+    return region
+
+
+def _kind(nodes: list[Any]) -> str:
+    ops = Counter(n.op_type for n in nodes)
+    if ops["MatMul"] >= 2 and (ops["Softmax"] or ops["Exp"]):
+        return "attention"
+    if ops["Softmax"] or (ops["Exp"] and set(ops) & NORM_OPS):
+        return "softmax"
+    if set(ops) & NORM_OPS and (ops["Sqrt"] or ops["Reciprocal"] or ops["Div"] or ops["Pow"]):
+        return "norm"
+    return "block"
 
 
 def _layer_tensors(float_proto: Any, quant_proto: Any) -> dict[str, tuple[str, str, str]]:
