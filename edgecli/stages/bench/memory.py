@@ -7,12 +7,13 @@ the child hit (a corrupt model gives a ModelReadError, exit code 3).
 
 How the child measures (Linux):
   1. import edgecli, numpy and the runtime for the model's format (onnxruntime, torch + torch.export,
-     ai_edge_litert, TensorFlow/Keras), and read the first batch of the data, if any;
+     ai_edge_litert, TensorFlow/Keras), and read the inputs: prepared feeds (an .npz in the model's
+     own names, layout and dtypes, run as they are: what bench timed), or the first batch of the data;
   2. baseline: the resident set (VmRSS) now; then the high-water mark is reset
      (`/proc/self/clear_refs` <- 5), so the next peak belongs to the model alone;
   3. load: `open_runner(ModelFile.open(path), threads)`; load peak = VmHWM, then reset again;
-  4. run: `runs` batches of `batch_size` (the data's first batch, or inputs synthesised from the
-     signature); run peak = VmHWM over the runs only.
+  4. run: `runs` batches of `batch_size` (the feeds, the data's first batch, or inputs synthesised
+     from the signature); run peak = VmHWM over the runs only.
 
 VmHWM is read rather than `getrusage(RUSAGE_SELF).ru_maxrss` because on Linux ru_maxrss survives
 exec: a child started by a parent holding 500 MiB reports ru_maxrss >= 500 MiB before doing anything.
@@ -71,6 +72,7 @@ def measure_memory(
     data_path: Path | None = None,
     timeout_s: float = TIMEOUT_S,
     synthetic: dict[str, Any] | None = None,
+    feeds_path: Path | None = None,
 ) -> dict[str, Any]:
     """Peak resident memory of loading and running the model at `model_path`, measured in a child
     process of its own. Figures are MiB (2**20 bytes):
@@ -92,7 +94,9 @@ def measure_memory(
     .npz whose first batch is fed (unscaled: values do not change memory); without it, inputs are
     synthesised from the model's signature by edgecli.data.dataset.synthetic_dataset, with `synthetic` as its
     keyword arguments (JSON-able, e.g. {"dims": {"sequence": 128}}, as the bench recipe gives them:
-    dynamic dimensions change the activations' memory).
+    dynamic dimensions change the activations' memory). feeds_path: an .npz of prepared feeds (input
+    name -> array in the model's own layout and dtype, rank-0 scalars included), run as they are;
+    it wins over data_path and synthetic (bench passes the batch it timed, from --data or synthesised).
 
     Raises UsageError for a batch_size or runs below 1; the edgecli error the child hit
     (ModelReadError for a missing or corrupt model, DataError for unusable data, BackendMissing for
@@ -107,7 +111,9 @@ def measure_memory(
         sys.executable, "-m", "edgecli.stages.bench.memory",
         "--model", str(model_path), "--threads", str(threads), "--batch", str(batch_size), "--runs", str(runs),
     ]  # fmt: skip
-    if data_path is not None:
+    if feeds_path is not None:
+        command += ["--feeds", str(feeds_path)]
+    elif data_path is not None:
         command += ["--data", str(data_path)]
     if synthetic:
         command += ["--synthetic", json.dumps(synthetic)]
@@ -245,8 +251,26 @@ def _first_batch(data_path: Path, batch_size: int) -> dict[str, Any]:
     return {k: np.array(v) for k, v in dataset.batch(0, batch_size).items()}  # copies: the rest is freed
 
 
+def _read_feeds(path: Path) -> dict[str, Any]:
+    import numpy as np
+
+    from edgecli.core.errors import DataError
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: np.array(archive[name]) for name in archive.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the prepared inputs {path}: {last_line(exc)}") from None
+
+
 def _measure_here(
-    model_path: Path, threads: int, batch_size: int, runs: int, data_path: Path | None, synthetic: dict[str, Any]
+    model_path: Path,
+    threads: int,
+    batch_size: int,
+    runs: int,
+    data_path: Path | None,
+    synthetic: dict[str, Any],
+    feeds_path: Path | None = None,
 ) -> dict[str, Any]:
     """The measurement itself, in the current (child) process."""
     from edgecli.data.dataset import Dataset, synthetic_dataset
@@ -257,7 +281,8 @@ def _measure_here(
     model = ModelFile.open(model_path)
     model._lineage, model._lineage_read = None, True  # see the module docstring
     _import_runtime(model.format.value)
-    batch = _first_batch(data_path, batch_size) if data_path is not None else None
+    prepared = _read_feeds(feeds_path) if feeds_path is not None else None
+    batch = _first_batch(data_path, batch_size) if data_path is not None and prepared is None else None
 
     meter.start_phase()
     baseline = meter.current_mib()
@@ -268,11 +293,14 @@ def _measure_here(
 
         phase = "run"
         size = batch_size if runner.dynamic_batch else 1
-        if batch is not None:
-            source = Dataset(batch, None, str(data_path))
+        if prepared is not None:
+            feeds, size = prepared, batch_size
         else:
-            source = synthetic_dataset(runner.inputs, size, **synthetic)
-        feeds = runner.feeds(source.batch(0, size))
+            if batch is not None:
+                source = Dataset(batch, None, str(data_path))
+            else:
+                source = synthetic_dataset(runner.inputs, size, **synthetic)
+            feeds = runner.feeds(source.batch(0, size))
         meter.start_phase()
         for _ in range(runs):
             runner.run_feeds(feeds)
@@ -294,7 +322,7 @@ def _measure_here(
         "load_mib": round(load_peak - baseline, 2),
         "run_mib": round(run_peak - baseline, 2),
         "model_mib": round(peak - baseline, 2),
-        "batch": int(next(iter(feeds.values())).shape[0]),
+        "batch": int(size if prepared is not None else next(iter(feeds.values())).shape[0]),
         "runs": runs,
         "format": model.format.value,
         "method": meter.method,
@@ -308,13 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--feeds", type=Path, default=None, help="an .npz of prepared feeds, run as they are")
     parser.add_argument("--synthetic", type=json.loads, default={}, help="JSON keyword arguments of synthetic_dataset")
     args = parser.parse_args(argv)
     synthetic = dict(args.synthetic)
     if "int_range" in synthetic:
         synthetic["int_range"] = tuple(synthetic["int_range"])
     try:
-        report = _measure_here(args.model, args.threads, args.batch, args.runs, args.data, synthetic)
+        report = _measure_here(args.model, args.threads, args.batch, args.runs, args.data, synthetic, args.feeds)
     except EdgecliError as exc:
         if os.environ.get("EDGECLI_DEBUG"):
             import traceback

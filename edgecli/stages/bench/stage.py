@@ -25,6 +25,7 @@ from edgecli.analysis.latency import machine_info, measure_latency
 from edgecli.analysis.metrics import accuracy as top1_accuracy
 from edgecli.analysis.metrics import align, check_labels, compare, is_classifier_output, mean_cosine, non_finite_samples
 from edgecli.analysis.model_stats import gzip_size
+from edgecli.analysis.synth_inputs import InputPlan, plan_inputs
 from edgecli.core import console
 from edgecli.core.errors import UsageError
 from edgecli.data.dataset import Dataset, synthetic_dataset
@@ -69,11 +70,16 @@ def data_batch(data: Dataset, size: int) -> dict[str, np.ndarray]:
     return {name: array[index] for name, array in data.inputs.items()}
 
 
-def timing_feeds(runner: Runner, data: Dataset | None, recipe: BenchRecipe, size: int) -> dict[str, np.ndarray]:
+def timing_feeds(
+    runner: Runner, data: Dataset | None, recipe: BenchRecipe, size: int, plan: InputPlan | None = None
+) -> dict[str, np.ndarray]:
     """One batch of `size` samples in the model's own names, layout and dtypes: from the data, or
-    synthesised from the model's signature (recipe input_shapes, dynamic_dims, int_range)."""
+    synthesised by `plan` (see analysis.synth_inputs), or from the model's signature alone (recipe
+    input_shapes, dynamic_dims, int_range)."""
     if data is not None:
         return runner.feeds(data_batch(data, size))
+    if plan is not None:
+        return plan.feeds(size)
     source = synthetic_dataset(
         runner.inputs, size, shapes=recipe.input_shapes, dims=recipe.dynamic_dims, int_range=recipe.int_range
     )
@@ -101,18 +107,39 @@ def check_input_names(runners: list[Runner], recipe: BenchRecipe) -> None:
         )
 
 
+def synthesis_plan(runner: Runner, recipe: BenchRecipe) -> InputPlan:
+    """Inputs synthesised from the model's own constraints (rank-0 scalars, fixed first axes, sizes
+    the model accepts), the recipe's input_shapes and dynamic_dims first."""
+    return plan_inputs(runner, shapes=recipe.input_shapes, dims=recipe.dynamic_dims, int_range=recipe.int_range)
+
+
+def synthesis_warnings(models: list[ModelFile], plans: list[InputPlan | None]) -> list[str]:
+    """One line per model whose synthesised inputs go beyond its signature: what was chosen, and why."""
+    lines = []
+    for model, plan in zip(models, plans):
+        if plan is not None and plan.notes:
+            hint = "" if plan.accepted else "; give input_shapes or dynamic_dims in the recipe, or --data"
+            lines.append(f"{model.path.name}: synthesised {plan.describe()}: {'; '.join(plan.notes)}{hint}")
+    return lines
+
+
 # ---------------------------------------------------------------- timing
 
 
 def time_thread_group(
-    runners: list[Runner], threads: int, data: Dataset | None, recipe: BenchRecipe
+    runners: list[Runner],
+    threads: int,
+    data: Dataset | None,
+    recipe: BenchRecipe,
+    plans: list[InputPlan | None] | None = None,
 ) -> list[list[dict[str, Any]]]:
     """Every model (runners opened with `threads`) at every batch size, interleaved in one rotation;
     the latency points of each model."""
     tasks = [
         (index, size) for index, runner in enumerate(runners) for size in timed_batch_sizes(runner, recipe.batch_size)
     ]
-    feeds = [timing_feeds(runners[index], data, recipe, size) for index, size in tasks]
+    plans = plans or [None] * len(runners)
+    feeds = [timing_feeds(runners[index], data, recipe, size, plans[index]) for index, size in tasks]
     label = f"timing ({threads} thread{'s' if threads > 1 else ''})"
     timings = measure_latency([runners[index] for index, _ in tasks], feeds, recipe, label)
     points: list[list[dict[str, Any]]] = [[] for _ in runners]
@@ -215,20 +242,26 @@ def static_facts(model: ModelFile) -> dict[str, Any]:
 
 
 def first_group_facts(
-    models: list[ModelFile], runners: list[Runner], data: Dataset | None, recipe: BenchRecipe
+    models: list[ModelFile],
+    runners: list[Runner],
+    data: Dataset | None,
+    recipe: BenchRecipe,
+    plans: list[InputPlan | None] | None = None,
 ) -> list[dict[str, Any]]:
     """From the first threads setting's runners: MACs per sample (on one sample of the timing
-    inputs), the inputs the headline point is timed on, and whether the model fixes the batch."""
+    inputs), the inputs the headline point is timed on, whether the model fixes the batch, and what
+    was synthesised beyond the signature (None with data)."""
     from edgecli.analysis.model_stats import macs
 
     facts = []
-    for model, runner in zip(models, runners):
+    for model, runner, plan in zip(models, runners, plans or [None] * len(models)):
         first_batch = timed_batch_sizes(runner, recipe.batch_size)[0]
         facts.append(
             {
-                "macs": macs(model, timing_feeds(runner, data, recipe, 1)),
-                "inputs": describe_inputs(timing_feeds(runner, data, recipe, first_batch)),
+                "macs": macs(model, timing_feeds(runner, data, recipe, 1, plan)),
+                "inputs": describe_inputs(timing_feeds(runner, data, recipe, first_batch, plan)),
                 "batch_fixed": not runner.dynamic_batch,
+                "synthesised": None if plan is None else list(plan.notes),
             }
         )
         if not runner.dynamic_batch and recipe.batch_size != [1]:
@@ -302,15 +335,25 @@ def honesty_warnings(
     return warnings
 
 
-def measure_memories(models: list[ModelFile], recipe: BenchRecipe) -> list[dict[str, Any]]:
-    """Each model's peak memory, measured in a child process of its own (see bench_memory)."""
+def measure_memories(
+    models: list[ModelFile], recipe: BenchRecipe, feeds: list[tuple[dict[str, np.ndarray], int]]
+) -> list[dict[str, Any]]:
+    """Each model's peak memory, measured in a child process of its own (see bench_memory), on the
+    batch its headline latency was timed on (`feeds`: the data's, or the synthesised inputs)."""
+    import tempfile
+    from pathlib import Path
+
     from edgecli.stages.bench.memory import measure_memory
 
-    synthetic = {"shapes": recipe.input_shapes, "dims": recipe.dynamic_dims, "int_range": list(recipe.int_range)}
     results = []
-    with console.progress("peak memory", total=len(models)) as bar:
-        for model in models:
-            results.append(measure_memory(model.path, recipe.threads[0], recipe.batch_size[0], synthetic=synthetic))
+    with (
+        tempfile.TemporaryDirectory(prefix="edgecli-bench-") as folder,
+        console.progress("peak memory", total=len(models)) as bar,
+    ):
+        for index, (model, (batch, size)) in enumerate(zip(models, feeds)):
+            path = Path(folder) / f"feeds{index}.npz"
+            np.savez(path, **batch)
+            results.append(measure_memory(model.path, recipe.threads[0], size, feeds_path=path))
             bar.advance()
     return results
 
@@ -321,6 +364,8 @@ def bench(models: list[ModelFile], recipe: BenchRecipe, data: Dataset | None, re
     rows = [static_facts(model) for model in models]
     points: list[list[dict[str, Any]]] = [[] for _ in models]
     warnings: list[str] = []
+    plans: list[InputPlan | None] = [None] * len(models)
+    memory_feeds: list[tuple[dict[str, np.ndarray], int]] = []
     for group, threads in enumerate(recipe.threads):
         runners = [
             open_runner(model, threads=threads) for model in models
@@ -330,21 +375,28 @@ def bench(models: list[ModelFile], recipe: BenchRecipe, data: Dataset | None, re
             label_notes = label_warnings(runners, models, data) if data is not None else []
             if data is None:  # said once every model has opened, so that an unreadable model's error is the only line
                 console.warn("no --data given: latency only, on random inputs; no accuracy or agreement")
-            for row, facts in zip(rows, first_group_facts(models, runners, data, recipe)):
+                plans = [synthesis_plan(runner, recipe) for runner in runners]
+                warnings += synthesis_warnings(models, plans)
+            for row, facts in zip(rows, first_group_facts(models, runners, data, recipe, plans)):
                 row.update(facts)
+            sizes = [timed_batch_sizes(runner, recipe.batch_size)[0] for runner in runners]
+            memory_feeds = [
+                (timing_feeds(runner, data, recipe, size, plan), size)
+                for runner, plan, size in zip(runners, plans, sizes)
+            ]
             scores = [dict.fromkeys(QUALITY_KEYS) for _ in models]
             if data is not None:
                 scores, warnings = quality(runners, models, reference, data, recipe.eval_batch_size)
                 warnings = label_notes + warnings
             for row, score in zip(rows, scores):
                 row.update(score)
-        for index, found in enumerate(time_thread_group(runners, threads, data, recipe)):
+        for index, found in enumerate(time_thread_group(runners, threads, data, recipe, plans)):
             points[index].extend(found)
         del runners
     for row, found in zip(rows, points):
         row["latency"] = found
     if recipe.memory:
-        for row, memory in zip(rows, measure_memories(models, recipe)):
+        for row, memory in zip(rows, measure_memories(models, recipe, memory_feeds)):
             row["memory"] = memory
             row["peak_mib"], row["model_mib"] = memory["peak_mib"], memory["model_mib"]
     for row in rows:
