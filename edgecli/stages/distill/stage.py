@@ -19,6 +19,7 @@ import numpy as np
 
 from edgecli.analysis.metrics import check_labels, is_classifier_output
 from edgecli.analysis.model_stats import check_finite_weights
+from edgecli.core import console
 from edgecli.core.errors import DataError, RecipeError, TransformError, UsageError
 from edgecli.data.augment import ViewRows
 from edgecli.data.dataset import Dataset
@@ -29,6 +30,15 @@ from edgecli.formats.model_file import ModelFile
 from edgecli.models.students import check_student_file, count_params, make_student
 from edgecli.recipes import DistillRecipe
 from edgecli.stages.artifact import Artifact
+from edgecli.stages.distill.outputs import (
+    Kind,
+    OutputKind,
+    as_logits,
+    detect,
+    probability_head,
+    student_kind,
+    torch_logits,
+)
 from edgecli.stages.distill.teacher import TeacherTargets, teacher_runner
 from edgecli.training import distributed
 from edgecli.training.checkpoint import Checkpoint
@@ -104,6 +114,8 @@ class Setup:
     val_target: Any | None  # LongTensor: labels, else the teacher's top-1 on the held-out samples
     checkpoint: Checkpoint
     shard: tuple[int, int]
+    output: OutputKind  # the teacher's outputs: targets are as_logits of them
+    student_output: Kind = "logits"  # the student's own outputs (a .pt2 or factory student may end in Softmax)
 
 
 def train_phase(setup: Setup, student: Any, phase: str, distil: bool) -> Trained:
@@ -143,7 +155,11 @@ def train_phase(setup: Setup, student: Any, phase: str, distil: bool) -> Trained
         view = setup.targets.view(epoch) if (distil or recipe.augment is not None) else None
         current["x"] = view.inputs if view is not None else setup.targets.x  # read batch by batch
         # a view exists whenever distil; the hint features whenever hint (checked above)
-        current["logits"] = torch.from_numpy(view.logits)[train_idx] if view is not None and distil else None
+        current["logits"] = (
+            torch.from_numpy(as_logits(view.logits, setup.output.kind))[train_idx]
+            if view is not None and distil
+            else None
+        )
         features = view.features if view is not None and hint is not None else None
         current["features"] = torch.from_numpy(features)[train_idx] if features is not None else None
         current["labels"] = setup.labels[train_idx] if setup.labels is not None else None
@@ -151,11 +167,13 @@ def train_phase(setup: Setup, student: Any, phase: str, distil: bool) -> Trained
 
     def loss_fn(out: Any, idx: Any) -> Any:
         labels = None if current["labels"] is None else current["labels"][idx]
+        out = torch_logits(out, setup.student_output)
+        kind = "sigmoid" if setup.output.kind == "sigmoid" else "softmax"
         if not distil:
             if labels is None:  # distill refuses baseline: true without labels before training
                 raise RecipeError("training without the teacher needs labels ('y') in the training data")
-            return torch.nn.functional.cross_entropy(out, labels)
-        loss = kd_loss(out, current["logits"][idx], labels, recipe.temperature, recipe.soft_weight)
+            return kd_loss(out, out.detach(), labels, recipe.temperature, 0.0, kind)  # the label term alone
+        loss = kd_loss(out, current["logits"][idx], labels, recipe.temperature, recipe.soft_weight, kind)
         if hint is not None and tap is not None:  # the tap exists exactly when hint does
             term = hint_loss(adapter(tap.value), current["features"][idx])
             hint_sums[-1] += float(term.detach()) * len(idx)
@@ -214,9 +232,13 @@ def train_phase(setup: Setup, student: Any, phase: str, distil: bool) -> Trained
     return Trained(loss, keeper.scores, keeper.best_epoch, 0 if saved is None else int(saved["fit"]["epoch"]), hints)
 
 
-def export_student(student: Any, x: ViewRows) -> Any:
-    """The trained student as a .pt2 program with a dynamic batch dimension."""
+def export_student(student: Any, x: ViewRows, head: Any = None) -> Any:
+    """The trained student as a .pt2 program with a dynamic batch dimension; with `head` (a Softmax
+    or Sigmoid) its outputs are the teacher's kind of output."""
     import torch
+
+    if head is not None:
+        student = torch.nn.Sequential(student, head).eval()
 
     # A batch of 2 (Dim("batch") fails on 1), copied: the program stores its example inputs.
     example = torch.from_numpy(np.ascontiguousarray(x[np.array([0, 0])] if len(x) < 2 else x[:2])).clone()
@@ -255,7 +277,7 @@ def fingerprint(recipe: DistillRecipe, teacher: ModelFile, data_digest: str, lab
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _check_student(student: Any, x: ViewRows, classes: int, source: str) -> None:
+def _check_student(student: Any, x: ViewRows, classes: int, source: str) -> Any:
     import torch
 
     student.eval()
@@ -270,6 +292,7 @@ def _check_student(student: Any, x: ViewRows, classes: int, source: str) -> None
             f"the student ({source}) outputs {shape} but the teacher's logits are [N, {classes}]",
             hint="the student needs one output with as many classes as the teacher",
         )
+    return out
 
 
 def distill(
@@ -314,6 +337,13 @@ def distill(
                 f"the teacher's output has shape {list(first.logits.shape)}; distill needs [N, classes] logits"
             )
         classes = first.logits.shape[1]
+        output = detect(teacher, first.logits)
+        if output.kind != "logits":
+            console.info(
+                f"the teacher outputs {output.describe()}: soft targets are taken from its "
+                + ("log-probabilities" if output.kind == "softmax" else "logits log(p/(1-p)), with a binary KD loss")
+                + f" at temperature {recipe.temperature:g}"
+            )
         train_idx, val_idx = validation_split(len(x), recipe.val_split, recipe.seed)
         labels = torch.from_numpy(train.labels) if train.labels is not None else None
         val_x = x.subset(val_idx) if len(val_idx) else None
@@ -341,19 +371,23 @@ def distill(
                 distributed.is_writer(),
             ),
             shard,
+            output,
         )
         student, source = make_student(recipe.student, tuple(x.shape[1:]), classes, x.dtype)
-        _check_student(student, x, classes, source)
+        setup.student_output = student_kind(student, _check_student(student, x, classes, source))
+        # a student that outputs logits gets the teacher's head on export: the same kind of output
+        head = probability_head(output.kind) if setup.student_output == "logits" else None
         trained = train_phase(setup, student, "student", distil=True)
         baseline = None
         if recipe.baseline:
             seed_everything(recipe.seed)
             baseline_student, _ = make_student(recipe.student, tuple(x.shape[1:]), classes, x.dtype)
             baseline = (baseline_student, train_phase(setup, baseline_student, "baseline", distil=False))
-        program = export_student(student, x)
+        program = export_student(student, x, head)
         metrics: dict[str, Any] = {
             "student": source,
             "student_params": count_params(student),
+            "teacher_output": output.kind,
             "train_samples": len(train_idx),
             "val_samples": len(val_idx),
             **trained.metrics(),
@@ -367,6 +401,9 @@ def distill(
             "teacher_cache": {"views": targets.views, "computed": targets.computed, "read": targets.read},
             "resumed_from_epoch": trained.resumed_at,
             "processes": shard[1],
+            "teacher_output": {"kind": output.kind, "evidence": output.evidence},
+            "student_output": setup.student_output
+            + (f" (+ {type(head).__name__} on export)" if head is not None else ""),
         }
         if artifact.write:
             compare(teacher, artifact, student, x[:1], eval_data, baseline, recipe)

@@ -14,6 +14,8 @@ from edgecli.core.errors import RecipeError
 from edgecli.formats.model_file import ModelFile
 from edgecli.models.students import make_student
 from edgecli.recipes import StudentSpec
+from edgecli.stages.distill.outputs import as_logits, detect, value_kind
+from edgecli.training.losses import kd_loss, soft_targets
 from tests.conftest import run_cli_forked
 
 VOCAB, TOKENS = 50, 12
@@ -49,8 +51,9 @@ def _pt2(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     torch.export.save(program, str(path))
 
 
-def _recipe(path: Path, body: str) -> Path:
-    path.write_text("epochs: 2\nbatch_size: 32\nval_split: 0.1\nlatency_runs: 0\nteacher_cache: false\n" + body)
+def _recipe(path: Path, body: str, epochs: int = 2) -> Path:
+    head = f"epochs: {epochs}\nbatch_size: 32\nval_split: 0.1\nlatency_runs: 0\nteacher_cache: false\n"
+    path.write_text(head + body)
     return path
 
 
@@ -80,3 +83,134 @@ def test_a_built_in_student_is_refused_for_integer_inputs() -> None:
     with pytest.raises(RecipeError, match="int32 inputs") as caught:
         make_student(StudentSpec(family="mlp"), (TOKENS,), 4, np.int32)
     assert "student.path" in caught.value.hint
+
+
+# --- teachers whose outputs are probabilities ----------------------------------------------------
+
+FEATURES, CLASSES = 8, 3
+
+
+def _blobs(count: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, CLASSES, count)
+    centres = rng.normal(0, 3, (CLASSES, FEATURES))
+    return (centres[labels] + rng.normal(0, 1.5, (count, FEATURES))).astype(np.float32), labels.astype(np.int64)
+
+
+def _trained_head(head: nn.Module) -> nn.Module:
+    """A small MLP trained on the blobs (confident: far from flat), ending with `head`."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(FEATURES, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, CLASSES))
+    x, y = (torch.from_numpy(a) for a in _blobs())
+    optimizer = torch.optim.Adam(body.parameters(), 0.01)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is 15x faster on a loaded machine
+    try:
+        for _ in range(150):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(body(x), y).backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    return nn.Sequential(body, head).eval()
+
+
+def _entropy(p: np.ndarray) -> float:
+    """Mean entropy (nats) of the rows of class distributions `p`."""
+    return float(-(p * np.log(np.clip(p, 1e-12, 1))).sum(1).mean())
+
+
+@pytest.fixture(scope="module")
+def softmax_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("softmax") / "teacher.onnx"
+    example = torch.from_numpy(_blobs(2)[0])
+    torch.onnx.export(
+        _trained_head(nn.Softmax(dim=1)),
+        (example,),
+        str(path),
+        dynamic_axes={"input": {0: "n"}},
+        input_names=["input"],
+        dynamo=False,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def sigmoid_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sigmoid") / "teacher.pt2"
+    _pt2(_trained_head(nn.Sigmoid()), torch.from_numpy(_blobs(2)[0]), path)
+    return path
+
+
+def _teacher_outputs(path: Path) -> np.ndarray:
+    from edgecli.data.dataset import Dataset
+    from edgecli.runtimes import open_runner
+
+    runner = open_runner(ModelFile.open(path))
+    return runner.predict(Dataset({runner.inputs[0].name: _blobs()[0]}, None, "blobs"))[0]
+
+
+def test_softmax_teacher_soft_targets_are_its_tempered_distribution(softmax_teacher: Path) -> None:
+    p = _teacher_outputs(softmax_teacher)
+    found = detect(ModelFile.open(softmax_teacher), p)
+    assert (found.kind, found.evidence) == ("softmax", "the graph's last op is Softmax")
+    assert value_kind(p) == "softmax"
+    logits = torch.from_numpy(as_logits(p, "softmax"))
+    # T = 1 gives back the teacher's own probabilities
+    assert np.abs(soft_targets(logits, 1.0).numpy() - p).max() < 1e-5
+    flat, teacher, tempered = np.log(CLASSES), _entropy(p), _entropy(soft_targets(logits, 4.0).numpy())
+    old = _entropy(torch.softmax(torch.from_numpy(p) / 4.0, 1).numpy())  # before: softmax(p / T)
+    assert old > 0.98 * flat  # nearly uniform: the student learned almost nothing
+    assert teacher < tempered < 0.9 * flat, (teacher, tempered, flat)  # softened, not flat
+    # the soft targets still rank the classes as the teacher does
+    assert (soft_targets(logits, 4.0).numpy().argmax(1) == p.argmax(1)).all()
+
+
+def test_sigmoid_teacher_is_detected_and_softened_per_output(sigmoid_teacher: Path) -> None:
+    p = _teacher_outputs(sigmoid_teacher)
+    found = detect(ModelFile.open(sigmoid_teacher), p)
+    assert (found.kind, found.evidence) == ("sigmoid", "the graph's last op is sigmoid")
+    assert value_kind(p) == "sigmoid"
+    logits = torch.from_numpy(as_logits(p, "sigmoid"))
+    assert np.abs(soft_targets(logits, 1.0, "sigmoid").numpy() - p).max() < 1e-5
+    binary = lambda q: float(-(q * np.log(np.clip(q, 1e-12, 1)) + (1 - q) * np.log(np.clip(1 - q, 1e-12, 1))).mean())  # noqa: E731
+    tempered = soft_targets(logits, 4.0, "sigmoid").numpy()
+    old = 1 / (1 + np.exp(-p / 4.0))  # before: p / T pushed every target to about 0.5
+    assert binary(old) > 0.99 * np.log(2)
+    assert binary(p) < binary(tempered) < 0.9 * np.log(2)
+    # binary KD: zero for the teacher's own logits, positive for others
+    assert abs(float(kd_loss(logits, logits, None, 4.0, 1.0, "sigmoid"))) < 1e-4
+    assert float(kd_loss(torch.zeros_like(logits), logits, None, 4.0, 1.0, "sigmoid")) > 0.1
+
+
+def test_plain_logits_stay_logits() -> None:
+    rng = np.random.default_rng(0)
+    assert value_kind(rng.normal(0, 3, (50, 4))) == "logits"
+    assert value_kind(rng.random((50, 1))) == "sigmoid"
+
+
+@pytest.mark.parametrize("teacher_name", ["softmax_teacher", "sigmoid_teacher"])
+def test_distill_of_a_probability_teacher_says_so_and_learns_it(
+    teacher_name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    teacher = request.getfixturevalue(teacher_name)
+    kind = teacher_name.split("_")[0]
+    x, y = _blobs()
+    data = tmp_path / "train.npz"
+    np.savez(data, x=x, y=y)
+    recipe = _recipe(tmp_path / "r.yaml", "lr: 0.01\nstudent:\n  family: mlp\n  hidden: [16]\n", epochs=6)
+    out = tmp_path / "student.pt2"
+    result = run_cli_forked("distill", teacher, "-r", recipe, "--data", data, "-o", out)
+    assert result.code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"the teacher outputs {kind} probabilities (the graph's last op is" in said
+    assert ModelFile.open(out).lineage["steps"][-1]["metrics"]["teacher_output"] == kind
+    student = torch.export.load(str(out)).module()
+    with torch.no_grad():
+        q = student(torch.from_numpy(x)).numpy()
+    p = _teacher_outputs(teacher)
+    assert q.min() >= 0 and q.max() <= 1  # the student ends with the teacher's head
+    if kind == "softmax":
+        assert np.abs(q.sum(1) - 1).max() < 1e-5
+    agreement = float((q.argmax(1) == p.argmax(1)).mean())
+    assert agreement >= 0.9, agreement  # 6 epochs on 540 samples
