@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from edgecli.analysis.answers import Answers, answers_of
+from edgecli.analysis.answers import MANY_CLASSES, Answers, answers_of
 from edgecli.analysis.metrics import accuracy, agreement, check_labels, non_finite_samples, output_classes
 from edgecli.analysis.model_stats import check_finite_weights
 from edgecli.core import console
@@ -88,7 +88,7 @@ def _without_unmeasurable_drop(model: ModelFile, recipe: QuantizeRecipe, check: 
         return recipe
     update: dict[str, Any] = {"max_accuracy_drop": None}
     why = "no data" if check is None else f"{check.source} has no labels"
-    classes = check is not None and output_classes(open_runner(model), check)[0] is not None
+    classes = check is not None and (output_classes(open_runner(model), check)[0] or MANY_CLASSES) < MANY_CLASSES
     if recipe.min_agreement is None and classes:
         update["min_agreement"] = recipe.answers.min_agreement
     console.warn(
@@ -193,6 +193,9 @@ def _quantize(
                 )
             elif recipe.guard.max_steps and evaluate is not None:
                 result = search(quantizer, evaluate, first, layers, target, recipe.guard)
+        from edgecli.stages.quantize.speed import latency_fallback  # INT8 measured slower: keep slow ops float
+
+        result = latency_fallback(quantizer, model, result, evaluate, target, recipe, calib or eval_data)
     artifact = result.artifact
     _mark_guarded(layers, result)
     size = len(artifact.to_bytes(None))
