@@ -136,3 +136,49 @@ def make_student(
 
 def count_params(module: Any) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def stored_values(module: Any) -> int:
+    """Weights the student stores (parameters and buffers such as BatchNorm statistics), counted as a
+    teacher file's stored values are (analysis.model_stats.param_count)."""
+    return sum(t.numel() for t in module.state_dict().values())
+
+
+SMALLER_WIDTHS = (0.75, 0.5, 0.375, 0.25, 0.125, 0.0625)
+
+
+def check_smaller(
+    student: Any, spec: StudentSpec, teacher_values: int | None, input_shape: tuple[int, ...], num_classes: int
+) -> None:
+    """Refuse (RecipeError, exit 2) a student that stores as many weights as the teacher or more,
+    unless student.allow_larger; for a built-in family, name a width that fits."""
+    if spec.allow_larger or not teacher_values:
+        return
+    count = stored_values(student)
+    if count < teacher_values:
+        return
+    if spec.path is not None or spec.factory is not None:
+        hint = "give a smaller student, or set student.allow_larger: true"
+    else:
+        fits = next(
+            (
+                w
+                for w in SMALLER_WIDTHS
+                if stored_values(
+                    build_student(spec.model_copy(update={"width": spec.width * w}), input_shape, num_classes)
+                )
+                < teacher_values
+            ),
+            None,
+        )
+        hint = (
+            f"set student.width: {spec.width * fits:g}, smaller student.channels / hidden, "
+            "or student.allow_larger: true"
+            if fits is not None
+            else "give smaller student.channels / hidden, or set student.allow_larger: true"
+        )
+    raise RecipeError(
+        f"the student has {count:,} parameters, not fewer than the teacher's {teacher_values:,}: "
+        "distillation would not shrink the model",
+        hint=hint,
+    )

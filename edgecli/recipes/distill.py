@@ -60,6 +60,11 @@ class StudentSpec(Strict):
         default=None,
         description="factory: a state_dict (.pt/.pth) to start from, read with torch.load(weights_only=True).",
     )
+    allow_larger: bool = Field(
+        default=False,
+        description="Train a student with as many weights as the teacher or more (refused otherwise: "
+        "distillation is meant to shrink the model).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> StudentSpec:

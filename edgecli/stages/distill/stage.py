@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgecli.analysis.metrics import check_labels, is_classifier_output
-from edgecli.analysis.model_stats import check_finite_weights
+from edgecli.analysis.model_stats import check_finite_weights, param_count
 from edgecli.core import console
 from edgecli.core.errors import DataError, RecipeError, TransformError, UsageError
 from edgecli.data.augment import ViewRows
@@ -27,7 +27,7 @@ from edgecli.data.rows import array_digest
 from edgecli.data.split import validation_split
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
-from edgecli.models.students import check_student_file, count_params, make_student
+from edgecli.models.students import check_smaller, check_student_file, count_params, make_student
 from edgecli.recipes import DistillRecipe
 from edgecli.stages.artifact import Artifact
 from edgecli.stages.distill.outputs import (
@@ -374,6 +374,7 @@ def distill(
             output,
         )
         student, source = make_student(recipe.student, tuple(x.shape[1:]), classes, x.dtype)
+        check_smaller(student, recipe.student, param_count(teacher), tuple(x.shape[1:]), classes)
         setup.student_output = student_kind(student, _check_student(student, x, classes, source))
         # a student that outputs logits gets the teacher's head on export: the same kind of output
         head = probability_head(output.kind) if setup.student_output == "logits" else None

@@ -214,3 +214,44 @@ def test_distill_of_a_probability_teacher_says_so_and_learns_it(
         assert np.abs(q.sum(1) - 1).max() < 1e-5
     agreement = float((q.argmax(1) == p.argmax(1)).mean())
     assert agreement >= 0.9, agreement  # 6 epochs on 540 samples
+
+
+# --- a student that is not smaller ---------------------------------------------------------------
+
+
+def test_a_student_larger_than_a_small_teacher_is_refused_in_one_line(tmp_path: Path) -> None:
+    """The default cnn student (26k parameters) for a 650-parameter teacher: exit 2 before training,
+    naming both counts and a width that fits."""
+    teacher = tmp_path / "tiny.onnx"
+    torch.onnx.export(
+        nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval(),
+        (torch.zeros(2, 1, 8, 8),),
+        str(teacher),
+        input_names=["x"],
+        dynamic_axes={"x": {0: "n"}},
+        dynamo=False,
+    )
+    data = tmp_path / "img.npz"
+    np.savez(data, x=np.random.default_rng(0).normal(size=(64, 1, 8, 8)).astype(np.float32))
+    out = tmp_path / "student.pt2"
+    result = run_cli_forked("distill", teacher, "-r", _recipe(tmp_path / "r.yaml", ""), "--data", data, "-o", out, "-q")
+    assert result.code == 2, result.stderr
+    assert len(result.lines) == 1, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "the student has 26,205 parameters, not fewer than the teacher's 650" in said
+    assert "set student.width: 0.0625" in said and "student.allow_larger: true" in said
+    assert not out.exists()
+
+
+def test_allow_larger_lets_the_student_through_and_a_fitting_width_passes() -> None:
+    from edgecli.models.students import build_student, check_smaller, stored_values
+
+    spec = StudentSpec(family="cnn")
+    student = build_student(spec, (1, 8, 8), 10)
+    with pytest.raises(RecipeError, match="not fewer than the teacher's 650"):
+        check_smaller(student, spec, 650, (1, 8, 8), 10)
+    check_smaller(student, StudentSpec(family="cnn", allow_larger=True), 650, (1, 8, 8), 10)
+    narrow = StudentSpec(family="cnn", width=0.0625)
+    assert stored_values(build_student(narrow, (1, 8, 8), 10)) < 650
+    check_smaller(build_student(narrow, (1, 8, 8), 10), narrow, 650, (1, 8, 8), 10)
+    check_smaller(student, spec, None, (1, 8, 8), 10)  # a teacher whose weights cannot be counted: no check
