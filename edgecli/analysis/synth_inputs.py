@@ -146,7 +146,7 @@ def initial_plan(
 ) -> tuple[InputPlan, list[tuple[str, int]], list[str]]:
     """The plan from the signature, the (input, axis) dimensions a probe may change (dynamic, not
     set by the recipe) and the notes on what was decided without running the model."""
-    plan = InputPlan({}, {}, {}, {}, tuple(int_range))
+    plan = InputPlan({}, {}, {}, {}, (int(int_range[0]), int(int_range[1])))
     knobs: list[tuple[str, int]] = []
     notes: list[str] = []
     scalar_names = [spec.name for spec in runner.inputs if len(spec.shape) == 0]
@@ -277,10 +277,11 @@ def _trials(plan: InputPlan, knobs: list[tuple[str, int]], hints: dict[str, list
             yield with_dims(dict.fromkeys(group, value)), text(dict.fromkeys(group, value))
     scalar_trials = []
     for name, current in plan.scalars.items():
-        for value in [*hints.get(name, []), *SCALAR_CANDIDATES]:
-            if value != current:
+        candidates: list[float] = [*hints.get(name, []), *SCALAR_CANDIDATES]
+        for candidate in candidates:
+            if candidate != current:
                 trial = with_dims({})
-                trial.scalars[name] = _scalar_default(np.dtype(plan.dtypes[name]), [value])
+                trial.scalars[name] = _scalar_default(np.dtype(plan.dtypes[name]), [candidate])
                 scalar_trials.append((trial, f"{name} = {trial.scalars[name]}"))
     yield from scalar_trials
     for scalar_trial, scalar_text in scalar_trials:

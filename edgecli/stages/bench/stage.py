@@ -17,7 +17,7 @@ the row's speedup and `latency_ms` (the older single-point shape: p50, p90, ... 
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -352,7 +352,7 @@ def measure_memories(
     ):
         for index, (model, (batch, size)) in enumerate(zip(models, feeds)):
             path = Path(folder) / f"feeds{index}.npz"
-            np.savez(path, **batch)
+            np.savez(path, **cast(dict[str, Any], batch))  # numpy stubs type **kwds as allow_pickle
             results.append(measure_memory(model.path, recipe.threads[0], size, feeds_path=path))
             bar.advance()
     return results
