@@ -213,8 +213,10 @@ class OnnxQuantizer:
 
             prepared = self.folder / "prepared.onnx"
             try:
-                with console.muted():
-                    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+                # its symbolic shape inference, when it fails, saves sym_shape_infer_temp.onnx and a
+                # <uuid>.data file into the working folder: run it in the private folder
+                with console.muted(), contextlib.chdir(self.folder):
+                    quant_pre_process(str(source.resolve()), str(prepared.resolve()), skip_symbolic_shape=False)
                 source = prepared
             except Exception as exc:  # pre-processing is an optimisation; quantization works without it
                 console.warn(f"quant_pre_process failed ({last_line(exc)[:120]}); quantizing without it")
