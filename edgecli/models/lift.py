@@ -247,15 +247,39 @@ def _follows(in_val: Any, out_val: Any) -> bool:
 
 def _fixed_batch(shape: Any, in_val: Any, out_val: Any) -> bool:
     """Whether a reshape's first size is a literal batch ([1, 2, 8, H, W] of a program exported for a
-    fixed batch of 1) that the lifted module should take from its input instead."""
+    fixed batch of 1) or a -1 that stands for the batch ([-1, 256] where the input's first size is the
+    output's): the lifted module takes it from its input instead, so that a reshape that cannot follow
+    pruned channels fails (and names itself) rather than folding the batch into rows silently."""
     if in_val is None or out_val is None or not isinstance(shape, (list, tuple)) or not shape:
         return False
-    first, n_in, n_out = (
-        shape[0],
-        in_val.shape[0] if in_val.dim() else None,
-        out_val.shape[0] if out_val.dim() else None,
-    )
-    return isinstance(first, int) and isinstance(n_in, int) and first == n_in == n_out
+    if not in_val.dim() or not out_val.dim() or not isinstance(shape[0], int):
+        return False
+    first, n_in, n_out = shape[0], in_val.shape[0], out_val.shape[0]
+    if first == -1:
+        return str(n_in) == str(n_out)
+    return isinstance(n_in, int) and first == n_in == n_out
+
+
+def _permuted(node: Any) -> bool:
+    """Whether the tensor a reshape reads went through a permute/transpose since the last conv or dense
+    layer: a flatten of it is not channel-major (C, H, W), so Torch-Pruning's index mapping through
+    flatten would remove the wrong inputs of the next layer."""
+    import torch
+
+    aten = torch.ops.aten
+    moves = {aten.permute.default, aten.transpose.int, aten.t.default, aten.movedim.int, aten.swapaxes.default}
+    stops = set(_aten())
+    seen, todo = set(), [node.args[0]]
+    while todo:
+        arg = todo.pop()
+        if arg in seen or getattr(arg, "op", None) != "call_function":
+            continue
+        seen.add(arg)
+        if arg.target in moves:
+            return True
+        if arg.target not in stops:
+            todo.extend(a for a in arg.all_input_nodes if a.op == "call_function")
+    return False
 
 
 def lift(gm: Any) -> Any:
@@ -326,7 +350,12 @@ def lift(gm: Any) -> Any:
             env[node] = native_outputs[node.args[0]]
             origin[env[node].name] = node.name  # the batch norm's output is getitem 0 of the program's node
             continue
-        if node.op == "call_function" and node.target in reshapes and _follows(_val(node.args[0]), _val(node)):
+        if (
+            node.op == "call_function"
+            and node.target in reshapes
+            and _follows(_val(node.args[0]), _val(node))
+            and not _permuted(node)
+        ):
             new = graph.call_function(torch.ops.aten.flatten.using_ints, (env[node.args[0]], 1))
             new.meta = copy.copy(node.meta)
             env[node] = new

@@ -74,3 +74,38 @@ def test_prove_refuses_data_the_program_does_not_take(program):
     reference = program.module()
     with pytest.raises(TransformError, match="the program itself fails on the data"):
         prove(lift(reference), reference, [torch.rand(2, 1, 28, 28)])  # exported for a batch of 1
+
+
+class CrepeHead(nn.Module):
+    """torchcrepe's head: conv features [n, C, T, 1] permuted to [n, T, C, 1], reshaped (-1, T*C) into
+    the classifier. The flatten is time-major, not channel-major."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, (5, 1), stride=(4, 1), padding=(2, 0))
+        self.classifier = nn.Linear(8 * 4, 12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x[:, None, :, None]))
+        return torch.sigmoid(self.classifier(x.permute(0, 2, 1, 3).reshape(-1, 8 * 4)))
+
+
+def test_a_permuted_flatten_stays_a_reshape_that_fails_loudly_after_pruning():
+    """Not lifted to flatten(x, 1): Torch-Pruning maps pruned channels through flatten as channel-major
+    and would drop the classifier's wrong inputs. Its -1 becomes the input's batch, so that after a
+    channel is removed the reshape fails (and names itself) instead of folding samples into rows."""
+    torch.manual_seed(0)
+    program = torch.export.export(
+        CrepeHead().eval(), (torch.rand(2, 16),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
+    )
+    reference = program.module()
+    lifted = lift(reference)
+    ops = [n.target for n in lifted.graph.nodes if n.op == "call_function"]
+    assert torch.ops.aten.flatten.using_ints not in ops and torch.ops.aten.reshape.default in ops
+    x = torch.rand(3, 16)
+    assert prove(lifted, reference, [x]) == 0.0
+    with torch.no_grad():
+        lifted.conv.weight = nn.Parameter(lifted.conv.weight[:7].clone())  # one channel pruned
+        lifted.conv.bias = nn.Parameter(lifted.conv.bias[:7].clone())
+        with pytest.raises(RuntimeError, match="invalid for input of size"):
+            lifted(x)

@@ -131,6 +131,8 @@ def test_channels50_halves_every_layer_and_finetunes(sample, tmp_path):
         "data.limit=1000",
         "--set",
         "eval_data.limit=500",
+        "--set",
+        "answers.min_agreement=0.5",  # 1 epoch on 1000 images: agreement ~0.57 (the full recipe passes 0.9)
         "--report",
         report,
         "-o",
@@ -176,6 +178,8 @@ def test_macs_target_from_a_state_dict(sample, tmp_path):
         *data_args("prune"),
         "--set",
         "finetune.epochs=0",
+        "--set",
+        "answers.min_agreement=0",  # not fine-tuned: the MACs target is the point here
         "--set",
         "data.limit=200",
         "--set",
