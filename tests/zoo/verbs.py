@@ -294,7 +294,7 @@ def judge(entry: dict[str, Any], r: dict[str, Any]) -> tuple[str, str]:
         if score < bar:
             problems.append(f"answers collapsed: score {score:.3f} < {bar}")
         if r.get("params_ratio", 1.0) >= 0.95 or r["size_ratio"] >= 0.95:
-            problems.append(f"not smaller: params {r.get('params_ratio')}x, size {r['size_ratio']:.2f}x")
+            problems.append(f"not smaller: params {r.get('params_ratio', '?')}x, size {r['size_ratio']:.2f}x")
         said = " ".join(r.get("stderr_tail", []))
         if not re.search(r"kept|keeps|remov|params|MACs", said, re.IGNORECASE):
             problems.append("does not say what it kept")
