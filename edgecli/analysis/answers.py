@@ -5,9 +5,11 @@ Each output's kind is decided from the parent's (reference) outputs:
 
 - integer outputs (class ids, token ids): exact-match rate;
 - [N, C] class scores (logits, softmax or sigmoid probabilities) with C < MANY_CLASSES: top-1 agreement;
-- [N, C] class scores with C >= MANY_CLASSES (a 360-bin pitch model, ImageNet): top-1 agreement and
-  "near" agreement: the candidate's top-1 within one bin of the reference's, or the reference's top-1
-  among the candidate's top 5 (rounding flips neighbouring bins without changing the answer);
+- [N, C] class scores with C >= MANY_CLASSES (a 360-bin pitch model, ImageNet): "near" agreement, the
+  candidate's top-1 within one bin of the reference's or the reference's top-1 among the candidate's
+  top 5; top-1 agreement, within one bin and top-5 containment are reported. Top-1 alone is not
+  judged: rounding flips neighbouring bins without changing the answer (measured: an honest INT8 of a
+  small 1-D conv pitch model keeps 0.898 top-1 and 1.000 within one bin);
 - [N, D] embeddings (L2-normalised rows, or many unpeaked values: not class scores): mean per-sample
   cosine (relative error reported);
 - one value per sample: a probability in [0, 1] is a yes/no decision (agreement at 0.5); any other
@@ -260,8 +262,8 @@ def measure_output(name: str, ref: np.ndarray, cand: np.ndarray, bars: Bars) -> 
         rec.add("top-1 agreement", top1_agreement(ref, cand), bars.min_agreement, "min_agreement")
     elif kind == "many-classes":
         near, within, top5 = near_agreement(ref, cand)
-        rec.add("top-1 agreement", top1_agreement(ref, cand), bars.min_agreement, "min_agreement")
         rec.add("near agreement", near, bars.min_within_one, "min_within_one")
+        rec.add("top-1 agreement", top1_agreement(ref, cand))  # reported: rounding flips neighbouring bins
         rec.add("within one bin", within)
         rec.add("top-5 containment", top5)
     elif kind == "decision":

@@ -115,7 +115,8 @@ class AnswersSpec(Strict):
         ge=0,
         le=1,
         description="Outputs with 100 classes or more (pitch bins, ImageNet): smallest fraction of samples whose "
-        "top-1 is within one bin of the parent's, or has the parent's top-1 among its top 5.",
+        "top-1 is within one bin of the parent's, or has the parent's top-1 among its top 5 (their top-1 "
+        "agreement is reported, not judged: rounding flips neighbouring bins).",
     )
     min_cosine: float = Field(
         default=0.95,

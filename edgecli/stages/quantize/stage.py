@@ -87,7 +87,7 @@ def _without_unmeasurable_drop(model: ModelFile, recipe: QuantizeRecipe, check: 
     if recipe.max_accuracy_drop is None or (check is not None and check.labels is not None):
         return recipe
     update: dict[str, Any] = {"max_accuracy_drop": None}
-    why = "no data" if check is None else f"{check.source} has no labels"
+    why = "no data" if check is None else f"{check.name} has no labels"
     classes = check is not None and (output_classes(open_runner(model), check)[0] or MANY_CLASSES) < MANY_CLASSES
     if recipe.min_agreement is None and classes:
         update["min_agreement"] = recipe.answers.min_agreement
