@@ -131,7 +131,7 @@ def test_unknown_key_inside_optional_section(tmp_path: Path) -> None:
 def test_unknown_key_without_close_match_lists_valid_keys(tmp_path: Path) -> None:
     exc = recipe_error("convert", "target: onnx\nparity:\n  zzzzzz: 1\n", tmp_path)
     assert "unknown key 'parity.zzzzzz'" in exc.message
-    assert exc.hint == "valid keys: atol, min_agreement, samples, max_relative_error"
+    assert exc.hint == "valid keys: atol, rtol, min_agreement, samples, max_relative_error"
 
 
 def test_several_errors_are_counted(tmp_path: Path) -> None:

@@ -6,22 +6,41 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from edgecli.recipes.base import DataSpec, ReadsPyTorch, Strict
+from edgecli.recipes.base import AnswersSpec, DataSpec, ReadsPyTorch, Strict
 
 
 class ParitySpec(Strict):
     """How a converted model is compared with its parent."""
 
-    atol: float = Field(default=1e-4, ge=0, description="Largest allowed max abs difference of outputs.")
+    atol: float = Field(
+        default=1e-4,
+        ge=0,
+        description="Float conversions: largest allowed max abs difference of an output is atol + rtol * max|ref| "
+        "(ref: the parent's output), so outputs of any scale are held to float32 rounding.",
+    )
+    rtol: float = Field(
+        default=1e-4,
+        ge=0,
+        le=1,
+        description="Float conversions: the part of the allowed max abs difference relative to the output's "
+        "largest magnitude (see atol).",
+    )
     min_agreement: float = Field(
-        default=0.99, ge=0, le=1, description="Smallest allowed top-1 agreement for classifiers."
+        default=0.99,
+        ge=0,
+        le=1,
+        description="Smallest allowed top-1 agreement for classifiers with fewer than 100 classes; outputs with "
+        "more classes (pitch bins, ImageNet) are judged at reduced precision by answers.min_agreement and "
+        "answers.min_within_one, as quantize judges them.",
     )
     samples: int = Field(default=256, ge=1, description="Samples of the data used for the check.")
     max_relative_error: float = Field(
         default=0.1,
         ge=0,
-        description="Reduced-precision targets (TFLite float16, dynamic, int8, tflite-micro) are judged by top-1 "
-        "agreement and this relative error ||out - ref|| / ||ref|| instead of atol.",
+        description="Reduced-precision targets (TFLite float16, dynamic, int8, tflite-micro) are judged by the "
+        "answer check (answers: the measure that fits each output, as quantize does), top-1 agreement of "
+        "classifiers, and this relative error ||out - ref|| / ||ref|| of outputs that are not class scores "
+        "with 100 or more classes, instead of atol.",
     )
 
 
@@ -69,6 +88,11 @@ class ConvertRecipe(ReadsPyTorch):
         "(phones); all adds x86 layout transforms (NCHWc) that only suit the converting machine's kind of CPU.",
     )
     parity: ParitySpec = Field(default_factory=ParitySpec, description="Parity check against the parent model.")
+    answers: AnswersSpec = Field(
+        default_factory=AnswersSpec,
+        description="Reduced-precision targets: every output measured against the parent the way it is read, "
+        "with quantize's bars, so that convert and quantize pass and refuse the same models.",
+    )
     data: DataSpec = Field(
         default_factory=DataSpec, description="Real inputs for the parity check (and int8 calibration)."
     )

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from edgecli.recipes.base import DataSpec, FinetuneSpec, ReadsPyTorch, Strict
+from edgecli.recipes.base import AnswersSpec, DataSpec, FinetuneSpec, ReadsPyTorch, Strict
 
 
 class ChannelSpec(Strict):
@@ -89,6 +89,11 @@ class PruneRecipe(ReadsPyTorch):
     data: DataSpec = Field(default_factory=DataSpec, description="Labelled training data for fine-tuning.")
     eval_data: DataSpec | None = Field(
         default=None, description="Labelled data on which accuracy before/after is reported."
+    )
+    answers: AnswersSpec = Field(
+        default_factory=AnswersSpec,
+        description="The answer check: every output of the pruned model measured against the unpruned one on the "
+        "eval data (else the training data, else synthesised inputs); collapsed answers write the model, then exit 1.",
     )
     seed: int = Field(default=0, description="Random seed; the same seed gives the same output bytes.")
 

@@ -152,7 +152,7 @@ def convert(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None) -> Ar
             f" {recipe.precision}" if recipe.target == "tflite" else ""
         )
         reduced = target.reduced(recipe, artifact)
-        artifact.metrics.update(check_parity(parent, child, data, recipe.parity, what, reduced))
+        artifact.metrics.update(check_parity(parent, child, data, recipe.parity, what, reduced, recipe.answers))
     artifact.metrics["size_bytes_parent"] = model.size_bytes
     artifact.metrics["parity_data"] = data.name
     return artifact

@@ -28,6 +28,12 @@ def prune(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval_dat
         )
     check_finite_weights(model)
     train, eval_data = _checked_labels(model, recipe, train, eval_data)
+    artifact = _pruned(model, recipe, train, eval_data)
+    _check_answers(model, recipe, artifact, eval_data if eval_data is not None else train)
+    return artifact
+
+
+def _pruned(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval_data: Dataset | None) -> Artifact:
     if recipe.method == "channel":
         from edgecli.stages.prune.structured import structured_prune
 
@@ -39,6 +45,27 @@ def prune(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval_dat
     from edgecli.stages.prune.onnx import prune_onnx
 
     return prune_onnx(model, recipe, train, eval_data)
+
+
+def _check_answers(model: ModelFile, recipe: PruneRecipe, artifact: Artifact, data: Dataset | None) -> None:
+    """Every output of the pruned model against the unpruned one's (on synthesised inputs without
+    data, saying so): collapsed answers are a gate failure (the model is written, then exit 1)."""
+    from edgecli.analysis.answers import answers_of
+    from edgecli.core import console
+    from edgecli.runtimes import open_runner
+    from edgecli.stages.artifact import staged
+
+    with staged(artifact) as candidate:
+        answers = answers_of(
+            open_runner(model), open_runner(candidate), data, recipe.answers, recipe.answers.samples, "prune"
+        )
+    console.info(f"answers against the unpruned model: {answers.summary()}")
+    artifact.metrics.update(answers.metrics())
+    if artifact.report is not None:
+        artifact.report["answers"] = [record.to_json() for record in answers.records]
+    failure = answers.failure_line()
+    if failure:
+        artifact.gate_failures.append(f"{failure} ({answers.hint()})")
 
 
 def _checked_labels(
