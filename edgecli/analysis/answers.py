@@ -217,7 +217,7 @@ def sample_cosine(ref: np.ndarray, cand: np.ndarray) -> float:
     samples 1, one all-zero sample 0."""
     r = ref.reshape(len(ref), -1).astype(np.float64)
     c = cand.reshape(len(cand), -1).astype(np.float64)
-    finite = np.isfinite(r).all(axis=1) & np.isfinite(c).all(axis=1)
+    finite = np.asarray(np.isfinite(r).all(axis=1) & np.isfinite(c).all(axis=1), dtype=bool)
     r, c = np.where(finite[:, None], r, 0.0), np.where(finite[:, None], c, 0.0)
     nr, nc = np.linalg.norm(r, axis=1), np.linalg.norm(c, axis=1)
     dots = np.einsum("ij,ij->i", r, c)
