@@ -32,7 +32,12 @@ def results(cache: Path, manifest: list[dict[str, Any]]) -> list[dict[str, Any]]
         for verb in entry["verbs"]:
             path = cache / "runs" / entry["name"] / f"{verb.replace(':', '-')}.json"
             if path.exists():
-                out.append(json.loads(path.read_text()))
+                r = json.loads(path.read_text())
+                if r.get("stderr_tail") and isinstance(r.get("exit"), int):
+                    r["message"] = verbs.message("\n".join(r["stderr_tail"]), r["exit"]) or r["message"]
+                if isinstance(r.get("exit"), int):
+                    r["verdict"], r["why"] = verbs.judge(entry, r)  # today's bar on the stored figures
+                out.append(r)
             else:
                 out.append(
                     {"model": entry["name"], "verb": verb, "exit": None, "verdict": "not run", "why": "", "message": ""}
@@ -88,7 +93,8 @@ def figures_table(rows: list[dict[str, Any]]) -> list[str]:
         lat_text = fmt_ratio(lat) + ("" if lat is None or r.get("same_runtime", True) else " (other runtime)")
         size = r.get("size_ratio")
         if r["verb"].startswith("inspect") and "params_reported" in r:
-            size_text = f"params {r['params_reported']:,} (counted {r.get('params_counted') or 0:,})"
+            reported, counted = r["params_reported"], r.get("params_counted")
+            size_text = f"params {reported if reported is None else f'{reported:,}'} (counted {counted if counted is None else f'{counted:,}'})"
         else:
             size_text = fmt_ratio(size)
             if r.get("params_ratio") is not None:
