@@ -301,10 +301,8 @@ NEEDS_LABELS = {
         "fine-tuning needs labelled training data",
     ),  # on the .pt2
     "distill": (["--set", "baseline=true", "--data", "unlabelled"], "baseline: true needs labels ('y')"),
-    "quantize": (
-        ["-r", "int8-static", "--set", "max_accuracy_drop=0.01", "--data", "good", "--eval-data", "unlabelled"],
-        "max_accuracy_drop needs labelled data",
-    ),
+    # quantize is not here: since issue 19 (finding 9) unlabelled data is the usual case and the answer check
+    # against the float model holds the model instead (tests/stages/quantize/test_guard.py, test_stage.py)
     "bench": (
         ["--set", "gates=['accuracy_drop <= 0.01']", "--data", "unlabelled", ONNX],
         "accuracy_drop was not measured",

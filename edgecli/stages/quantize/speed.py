@@ -110,7 +110,8 @@ def latency_fallback(
     it with each weighted op type present kept float (Conv, MatMul...), all measured interleaved
     with float and the current INT8 model; keep the fastest that beats the current INT8 model by
     more than the measured spread and still meets the recipe's target. The decision and every
-    measured ratio go to artifact.metrics['latency_fallback']. Returns the (possibly new) result."""
+    measured ratio are printed; a decision that changed the model goes to artifact.metrics['latency_fallback']
+    (no timings: they would make the bytes differ run to run). Returns the (possibly new) result."""
     import contextlib
 
     from edgecli.analysis.latency import p50_spread
@@ -171,5 +172,16 @@ def latency_fallback(
             )
         else:
             decision["refused"] = f"with {fastest} float the target is missed"
-    result.artifact.metrics["latency_fallback"] = decision
+    # measured timings stay out of the artifact's lineage (the same input and recipe give the same bytes);
+    # the decision is recorded only when it changed the model, the ratios are printed
+    console.info(
+        "latency fallback: INT8 "
+        f"{decision['int8_vs_float']:.2f}x float, "
+        + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+        + f" (spread {decision['spread']:.2f})"
+    )
+    if decision["kept_float_op_types"] or "refused" in decision:
+        result.artifact.metrics["latency_fallback"] = {
+            k: decision[k] for k in ("kept_float_op_types", "refused") if k in decision
+        }
     return result
