@@ -105,6 +105,19 @@ def figures_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def per_verb(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per verb: how many models pass, refuse, fail."""
+    out = ["| verb | models | pass | of which refused | fail |", "|---|---|---|---|---|"]
+    for verb in sorted({r["verb"] for r in rows}):
+        mine = [r for r in rows if r["verb"] == verb]
+        passed = [r for r in mine if r["verdict"] == "pass"]
+        refused = [r for r in passed if str(r.get("why", "")).startswith("refused")]
+        out.append(
+            f"| {verb} | {len(mine)} | {len(passed)} | {len(refused)} | {sum(r['verdict'] == 'fail' for r in mine)} |"
+        )
+    return out
+
+
 def findings(cache: Path, manifest: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
     failing = [r for r in rows if r["verdict"] == "fail"]
     refused = [r for r in rows if r["verdict"] == "pass" and str(r.get("why", "")).startswith("refused")]
@@ -122,6 +135,8 @@ def findings(cache: Path, manifest: list[dict[str, Any]], rows: list[dict[str, A
         f"{len(rows)} runs: {sum(r['verdict'] == 'pass' for r in rows)} pass "
         f"({len(refused)} of them refusals, exit 1/4), {len(failing)} fail, "
         f"{sum(r['verdict'] == 'not run' for r in rows)} not run.",
+        "",
+        *per_verb(rows),
         "",
         "## Matrix",
         "",

@@ -13,6 +13,7 @@ The bar (`judge`):
 - convert: exit 0 only with score >= 0.98 (a float conversion keeps the answers), else exit 1/4.
 - prune, distill: exit 0 only with a smaller model (params and bytes) whose answers did not collapse
   (score >= 0.5; cosine >= 0.8) and a message that says what was kept; else exit 1/4.
+- exit 4 from an "internal error" (a crash, not a decision) is a failure too.
 - inspect: exit 0 with a params count within 10% of the zoo's own count (weights in initializers,
   Constant nodes and subgraphs); bench: exit 0.
 Exit 2 (usage), 3 (unreadable) or 5 (missing backend) on a zoo model with its data and a shipped
@@ -269,6 +270,8 @@ def judge(entry: dict[str, Any], r: dict[str, Any]) -> tuple[str, str]:
         if counted and abs(reported - counted) > 0.1 * counted:
             return "fail", f"params {reported:,} reported, {counted:,} counted"
         return "pass", "params within 10%" if counted else "ran"
+    if code == 4 and r.get("message", "").lower().startswith("internal error"):
+        return "fail", "exit 4 from a crash (internal error), not a refusal"
     if code in (1, 4):
         return "pass", f"refused (exit {code})"
     if "artifact" not in r:
