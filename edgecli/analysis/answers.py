@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from edgecli.analysis.metrics import align, finite_rows
+from edgecli.analysis.metrics import agreement, align, finite_rows, sample_cosines
 
 if TYPE_CHECKING:
     from edgecli.data.dataset import Dataset
@@ -194,11 +194,6 @@ def _peaked(values: np.ndarray) -> bool:
 # ---------------------------------------------------------------- measures
 
 
-def top1_agreement(ref: np.ndarray, cand: np.ndarray) -> float:
-    same = np.argmax(ref, axis=1) == np.argmax(cand, axis=1)
-    return float(np.mean(same & finite_rows(ref) & finite_rows(cand)))
-
-
 def near_agreement(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float, float]:
     """(near, within one bin, top-5 containment): per sample, whether the candidate's top-1 is within
     one bin of the reference's, whether the reference's top-1 is among the candidate's top 5, and
@@ -217,13 +212,8 @@ def sample_cosine(ref: np.ndarray, cand: np.ndarray) -> float:
     samples 1, one all-zero sample 0."""
     r = ref.reshape(len(ref), -1).astype(np.float64)
     c = cand.reshape(len(cand), -1).astype(np.float64)
-    finite = np.asarray(np.isfinite(r).all(axis=1) & np.isfinite(c).all(axis=1), dtype=bool)
-    r, c = np.where(finite[:, None], r, 0.0), np.where(finite[:, None], c, 0.0)
-    nr, nc = np.linalg.norm(r, axis=1), np.linalg.norm(c, axis=1)
-    dots = np.einsum("ij,ij->i", r, c)
-    denom = nr * nc
-    cos = np.where(denom > 0, dots / np.where(denom > 0, denom, 1.0), np.where((nr == 0) & (nc == 0), 1.0, 0.0))
-    return float(np.mean(np.where(finite, np.clip(cos, -1.0, 1.0), 0.0)))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # NaN/Inf samples: NaN, then 0
+        return float(np.nan_to_num(sample_cosines(r, c), nan=0.0).mean())
 
 
 def relative_error(ref: np.ndarray, cand: np.ndarray) -> float:
@@ -259,11 +249,11 @@ def measure_output(name: str, ref: np.ndarray, cand: np.ndarray, bars: Bars) -> 
     if kind == "integer":
         rec.add("exact match", exact_match(ref, cand), bars.min_agreement, "min_agreement")
     elif kind == "classes":
-        rec.add("top-1 agreement", top1_agreement(ref, cand), bars.min_agreement, "min_agreement")
+        rec.add("top-1 agreement", agreement(ref, cand), bars.min_agreement, "min_agreement")
     elif kind == "many-classes":
         near, within, top5 = near_agreement(ref, cand)
         rec.add("near agreement", near, bars.min_within_one, "min_within_one")
-        rec.add("top-1 agreement", top1_agreement(ref, cand))  # reported: rounding flips neighbouring bins
+        rec.add("top-1 agreement", agreement(ref, cand))  # reported: rounding flips neighbouring bins
         rec.add("within one bin", within)
         rec.add("top-5 containment", top5)
     elif kind == "decision":

@@ -124,14 +124,16 @@ def mean_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
     ref = reference.reshape(len(reference), -1).astype(np.float64)
     cand = align(reference, candidate).reshape(len(reference), -1).astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # NaN/Inf samples: NaN, on purpose
-        return _mean_cosine(ref, cand)
+        return float(sample_cosines(ref, cand).mean())
 
 
-def _mean_cosine(ref: np.ndarray, cand: np.ndarray) -> float:
+def sample_cosines(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Per sample (rows of two [N, D] arrays): the cosine of the two rows, clipped to [-1, 1]; 1 for two
+    all-zero rows, 0 for one; NaN where either row holds NaN/Inf. Call under np.errstate (NaN on purpose)."""
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
     both_zero = (np.linalg.norm(ref, axis=1) == 0) & (np.linalg.norm(cand, axis=1) == 0)
     dots = np.einsum("ij,ij->i", ref, cand)
     cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
     finite = np.isfinite(ref).all(axis=1) & np.isfinite(cand).all(axis=1)
     cosines = np.where(finite, cosines, np.nan)
-    return float(np.clip(cosines, -1.0, 1.0).mean())
+    return np.clip(cosines, -1.0, 1.0)
