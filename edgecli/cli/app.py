@@ -15,6 +15,7 @@ from edgecli.cli.errors import INTERRUPTED
 from edgecli.cli.inspect_cmd import inspect
 from edgecli.cli.recipe_cmd import recipe_app
 from edgecli.cli.run_cmd import run
+from edgecli.core import interrupts
 from edgecli.formats.io_guard import startup
 from edgecli.verbs import VERBS
 
@@ -75,15 +76,11 @@ def root(
         allow_code()  # an environment variable: torchrun workers and `edgecli run` steps see it
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")  # unwinds like Ctrl-C: temporary files are removed
-
-
 def main() -> None:
     startup()  # closed stdin/stdout/stderr kept off fds 0-2; dead runs' temporary folders removed
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    signal.signal(signal.SIGTERM, _terminate)
+    interrupts.install()  # SIGINT and SIGTERM unwind like Ctrl-C and are remembered (see core.interrupts)
     try:
         app(
             prog_name="edgecli"

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from edgecli.core import console
+from edgecli.core import console, interrupts
 from edgecli.core.errors import EdgecliError, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -57,6 +57,9 @@ def handle_errors(func: F) -> F:
             console.error_line("interrupted: no output was written")
             raise typer.Exit(INTERRUPTED) from None
         except Exception as exc:
+            if interrupts.interrupted():  # a library swallowed the interrupt and then failed for it
+                console.error_line("interrupted: no output was written")
+                raise typer.Exit(INTERRUPTED) from None
             if os.environ.get("EDGECLI_DEBUG"):
                 traceback.print_exc()
             code, line = describe(exc)

@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from edgecli.core import interrupts
 from edgecli.core.errors import ModelReadError, ModelTooLarge, OutputError, UsageError
 from edgecli.core.resources import MEMORY_LIMIT_ENV, available_memory, check_fits
 
@@ -204,6 +205,7 @@ def is_write_through(dest: Path) -> bool:
 
 
 def _write_through(dest: Path, data: bytes) -> None:
+    interrupts.check()
     fd = os.open(dest, os.O_WRONLY | os.O_CLOEXEC)  # a FIFO blocks here until a reader opens it
     try:
         _write_all(fd, data)
@@ -235,6 +237,7 @@ def _write_unnamed(folder: Path, dest: Path, data: bytes) -> bool:
         # follow the /proc link) unless a dir_fd is given, hence the folder's descriptor
         where = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         source = f"/proc/self/fd/{fd}"
+        interrupts.check()  # a signal a library swallowed: the output must not appear
         try:
             os.link(source, dest.name, dst_dir_fd=where, follow_symlinks=True)  # no such name yet: it appears complete
             return True
@@ -270,6 +273,7 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))  # umask applies
     try:
         yield tmp
+        interrupts.check()  # a signal a library swallowed: the output must not appear
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -362,6 +366,7 @@ def write_stdout(data: bytes) -> None:
     """Every byte to stdout, or an OutputError (exit 6) saying how many got there."""
     if stdout_closed():
         raise OutputError("stdout is closed", hint="run without >&-, or write to a file")
+    interrupts.check()  # a signal a library swallowed: nothing goes out
     stream = sys.stdout
     try:
         fd = stream.fileno()
