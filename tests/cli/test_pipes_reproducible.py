@@ -29,6 +29,9 @@ from tests.conftest import SAMPLE, data_args, run_cli
 PRUNE = ["--set", "data.limit=128", "--set", "eval_data.limit=64"]
 CONVERT = ["--set", "parity.samples=32"]
 CALIBRATE = ["--set", "calibration_samples=64"]
+# Half the channels and one epoch on 128 images collapse the answers (exit 1, the model written): the
+# bytes are the subject here, the answer check has its own tests (tests/analysis/test_answers.py).
+UNJUDGED = ["--set", "answers.min_agreement=0"]
 
 # Slowest first, so that pytest-xdist's workers finish together. The other shipped recipes (fp16,
 # int8-dynamic, tflite-dynamic/fp16/int16, onnx-simplify, sparse-2of4, magnitude-80, macs-2x,
@@ -46,7 +49,9 @@ CASES = [
     ),
     pytest.param("convert", "tflite", "onnx", ".tflite", CONVERT, id="convert-onnx-tflite"),
     pytest.param("convert", "onnx", "pt2", ".onnx", CONVERT, id="convert-pt2-onnx"),
-    pytest.param("prune", "channels-50", "pt2", ".pt2", [*PRUNE, "--set", "finetune.epochs=1"], id="prune-pt2-channel"),
+    pytest.param(
+        "prune", "channels-50", "pt2", ".pt2", [*PRUNE, "--set", "finetune.epochs=1", *UNJUDGED], id="prune-pt2-channel"
+    ),
     pytest.param(
         "distill",
         "kd",

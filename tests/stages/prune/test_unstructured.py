@@ -173,6 +173,10 @@ def test_gradual_magnitude_reaches_the_target_exactly(sample, tmp_path):
         *FAST,
         "--set",
         "finetune.epochs=2",
+        # 400 images and two epochs win back ~45% accuracy at 80% zeros (the shipped recipe on all 5,000
+        # images: 0.888, agreement 0.93, which passes the default bar); the subject here is the target
+        "--set",
+        "answers.min_agreement=0.3",
         "-o",
         out,
     )
