@@ -50,7 +50,38 @@ def param_count(model: ModelFile) -> int | None:
             if buffer is not None and (buffer.DataLength() or buffer.Size()):
                 total += prod(tensor.ShapeAsNumpy()) if tensor.ShapeLength() else 1
         return int(total)
+    if model.format is Format.KERAS:
+        return keras_param_count(model.path)
     return None
+
+
+# Top-level groups of a .keras archive's model.weights.h5 that are training state, not the model's.
+KERAS_TRAINING_GROUPS = ("optimizer", "metrics", "compile_metrics")
+
+
+def keras_param_count(path: Path) -> int | None:
+    """Every variable of a Keras 3 .keras archive (trainable and not: Keras's count_params), read from
+    its model.weights.h5 with h5py, without building the model (no layer code runs); the optimizer's
+    slots are not counted. None when the archive has no weights file."""
+    import io
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(path) as archive:
+        if "model.weights.h5" not in archive.namelist():
+            return None
+        weights = archive.read("model.weights.h5")
+    total = 0
+
+    def count(name: str, item: Any) -> None:
+        nonlocal total
+        if isinstance(item, h5py.Dataset) and name.split("/", 1)[0] not in KERAS_TRAINING_GROUPS:
+            total += int(item.size)
+
+    with h5py.File(io.BytesIO(weights), "r") as stored:
+        stored.visititems(count)
+    return total
 
 
 # ---------------------------------------------------------------- ONNX stored tensors

@@ -166,3 +166,26 @@ def test_silero_vad_from_its_package() -> None:
     by_hand = 4 * 258 * 256 + (4 * 128 * 129 * 3 + 2 * 64 * 128 * 3 + 1 * 64 * 64 * 3 + 1 * 128 * 64 * 3)
     by_hand += 4 * 128 * (128 + 128) + 128
     assert found == by_hand
+
+
+def test_keras_params_are_counted_without_the_optimizer(tmp_path: Path) -> None:
+    """A compiled and trained .keras archive: its weights file also holds the optimizer's slots (Adam's
+    two moments per variable); the count is Keras's own count_params (batch-norm statistics included)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3),
+            keras.layers.BatchNormalization(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(5),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    model.fit(rng.random((16, 8, 8, 3)), rng.integers(0, 5, 16), verbose=0)
+    model.save(tmp_path / "m.keras")
+    assert model.count_params() == 3 * 3 * 3 * 4 + 4 + 4 * 4 + 144 * 5 + 5
+    assert model_stats.param_count(ModelFile.open(tmp_path / "m.keras")) == model.count_params()
