@@ -205,7 +205,6 @@ def is_write_through(dest: Path) -> bool:
 
 
 def _write_through(dest: Path, data: bytes) -> None:
-    interrupts.check()
     fd = os.open(dest, os.O_WRONLY | os.O_CLOEXEC)  # a FIFO blocks here until a reader opens it
     try:
         _write_all(fd, data)
@@ -237,7 +236,6 @@ def _write_unnamed(folder: Path, dest: Path, data: bytes) -> bool:
         # follow the /proc link) unless a dir_fd is given, hence the folder's descriptor
         where = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         source = f"/proc/self/fd/{fd}"
-        interrupts.check()  # a signal a library swallowed: the output must not appear
         try:
             os.link(source, dest.name, dst_dir_fd=where, follow_symlinks=True)  # no such name yet: it appears complete
             return True
@@ -293,6 +291,7 @@ def write_bytes_atomic(dest: Path, data: bytes) -> None:
     if not folder.is_dir():
         raise UsageError(f"output folder {folder} does not exist")
     through = is_write_through(dest)
+    interrupts.check()  # a signal a library swallowed: the output must not appear (no library runs below)
     try:
         if through:
             _write_through(dest, data)
