@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 from typing import Annotated
 
 import typer
@@ -81,6 +82,12 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     interrupts.install()  # SIGINT and SIGTERM unwind like Ctrl-C and are remembered (see core.interrupts)
+    if not (sys.warnoptions or os.environ.get("EDGECLI_DEBUG")):
+        # The libraries' deprecation notices (torch.export's LeafSpec, ...) speak to their callers,
+        # which is edgecli, not its user: without this, whether one reaches stderr (even under -q)
+        # depended on which earlier muted call had already shown it once.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         app(
             prog_name="edgecli"
