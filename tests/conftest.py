@@ -104,7 +104,7 @@ SLOW_TESTS = (
     "tests/stages/convert/test_ort.py::test_ort_format_matches_its_parent_and_keeps_lineage[pt2]",  # 38
     "tests/stages/prune/test_unstructured.py::test_two_four_report",  # 36: `two_four` fine-tunes
     "tests/stages/quantize/test_guard.py::test_fp16_on_cpu_is_reported_not_faster_with_the_reason",  # 26
-    # tests/robustness, measured with run_cli_forked
+    # tests/robustness, measured with run_cli forked off the zygote
     "tests/robustness/test_untrusted_pt2.py::test_a_genuine_edgecli_pt2_still_loads_and_converts",  # 194 (313 before)
     "tests/robustness/test_concurrency.py::test_four_processes_in_one_folder",  # 91
     "tests/robustness/test_bad_recipes_data.py::test_data_larger_than_memory_streams_and_is_refused_only_where_it",
@@ -117,7 +117,7 @@ SLOW_TESTS = (
 # (models built by the CLI or by onnx2tf/Keras), or is in E2E_TESTS (measured over a second in
 # process: conversions, plots, child-process probes). Everything else runs library functions on small
 # inputs (the tiny torch CNN of unit_helpers.torch_models included: exported once, in seconds).
-E2E_NAMES = {"run_cli", "run_cli_forked", "subprocess", "Popen", "tflite_cnn", "keras_models"}
+E2E_NAMES = {"run_cli", "run_cli_process", "subprocess", "Popen", "tflite_cnn", "keras_models"}
 E2E_FIXTURES = {"sample_tflite", "sample_int8", "tiny_transformer", "real_models"}
 E2E_TESTS = (
     "tests/stages/quantize/test_tflite_layers.py",
@@ -228,10 +228,12 @@ class CliResult:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
 
-def run_cli(
+def run_cli_process(
     *args: object, stdin: bytes | None = None, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> CliResult:
-    """Run `python -m edgecli ARGS` as a user would; stdout is kept as bytes (it may carry a model)."""
+    """Run `python -m edgecli ARGS` in a fresh interpreter, stdin and stdout pipes, as a shell does;
+    stdout is kept as bytes (it may carry a model). For the cases where the start-up, the pipes or
+    signals are the subject; every other test uses run_cli (below)."""
     full_env = {k: v for k, v in os.environ.items() if k != "EDGECLI_DEBUG"}
     full_env.update(env or {})
     proc = subprocess.run(
@@ -245,7 +247,7 @@ def run_cli(
     return CliResult(proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace"))
 
 
-# ---- run_cli_forked: a real process per case, forked from a warm interpreter ----------------------
+# ---- run_cli: a real process per case, forked from a warm interpreter ---------------------------
 #
 # Starting `python -m edgecli` costs more than most refusal cases: the interpreter, then torch,
 # onnxruntime, TensorFlow. A zygote (one per test process, started on first use) imports those once
@@ -253,11 +255,11 @@ def run_cli(
 # working folder and argv, and calls edgecli's entry point (edgecli.cli.app.main, what
 # edgecli/__main__.py calls), then exits as the interpreter would. Each case is still its own process:
 # nothing it does (a crafted payload that runs, a native crash, module state, signal handlers) reaches
-# the test process or the next case. What differs from run_cli: the interpreter start-up itself, the
+# the test process or the next case. What differs from run_cli_process: the interpreter start-up itself, the
 # frameworks already imported, and stdin/stdout/stderr being files, not pipes. Cases where those
 # matter (closed descriptors, pipes and terminals, signals, start-up, import-time behaviour) use
-# run_cli or their own subprocess. EDGECLI_TESTS_SUBPROCESS=1 sends every run_cli_forked call through
-# run_cli (the slow, fully real way).
+# run_cli_process or their own subprocess. EDGECLI_TESTS_SUBPROCESS=1 sends every run_cli call through
+# run_cli_process (the slow, fully real way).
 
 SUBPROCESS_ENV = "EDGECLI_TESTS_SUBPROCESS"
 ZYGOTE_PRELOAD = (  # what the commands import lazily and would import again in every case (measured: -X importtime)
@@ -445,13 +447,14 @@ class _Zygote:
 _zygote: _Zygote | None = None
 
 
-def run_cli_forked(
+def run_cli(
     *args: object, stdin: bytes | None = None, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> CliResult:
-    """What run_cli returns, from a process forked off a warm interpreter (see above)."""
+    """`edgecli ARGS` in a process of its own, forked off a warm interpreter (see above): what
+    run_cli_process returns, without the interpreter start and the framework imports."""
     global _zygote
     if os.environ.get(SUBPROCESS_ENV) == "1":
-        return run_cli(*args, stdin=stdin, env=env, cwd=cwd)
+        return run_cli_process(*args, stdin=stdin, env=env, cwd=cwd)
     import atexit
     import tempfile
 

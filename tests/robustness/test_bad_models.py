@@ -6,7 +6,7 @@ hold NaN/Inf, and a model larger than the memory available. Each failure asserts
 code, exactly one stderr line with the key phrase, no traceback, nothing on stdout and nothing left
 in the output folder. Bad files fail before any real work; the TFLite fixture (onnx2tf) and the
 Keras model (TensorFlow, in a subprocess) are built once per worker. The cases run edgecli's entry
-point in the test process (tests/conftest.py, run_cli_forked), except one real process per verb (the
+point in the test process (tests/conftest.py, run_cli), except one real process per verb (the
 random-bytes case) and random bytes behind a format's header (a native parser that crashed would
 take the process with it).
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE, data_args, leftovers, run_cli, run_cli_forked
+from tests.conftest import SAMPLE, data_args, leftovers, run_cli, run_cli_process
 from tests.robustness.conftest import assert_refused
 
 SUFFIX = {"pt2": ".pt2", "onnx": ".onnx", "pt": ".pt", "tflite": ".tflite", "keras": ".keras", "ort": ".ort"}
@@ -123,7 +123,7 @@ def test_truncated_model(
     # one byte tells no format; longer cuts lose the zip directory (.pt2, .pt, .keras) or end a protobuf
     # or flatbuffer short, and every reader says "truncated"
     phrase = NOT_A_MODEL if CUTS[damage] is None else "truncated"
-    assert_refused(run_cli_forked(*command(verb, model, fmt, out)), 3, phrase, out)
+    assert_refused(run_cli(*command(verb, model, fmt, out)), 3, phrase, out)
 
 
 def make_empty(path: Path) -> None:
@@ -153,7 +153,7 @@ def test_not_a_model(verb: str, kind: str, tmp_path: Path, out: Path) -> None:
     make, phrase = WHOLE_FILE[kind]
     model = tmp_path / f"model{SUFFIX[fmt]}"
     make(model)
-    run = run_cli if kind == "random-bytes" else run_cli_forked  # one real process per verb
+    run = run_cli_process if kind == "random-bytes" else run_cli  # one real process per verb
     assert_refused(run(*command(verb, model, fmt, out)), 3, phrase, out)
 
 
@@ -167,7 +167,7 @@ HEADER_CASES = [(verb, fmt) for verb in ("bench", "inspect", "distill") for fmt 
 def test_random_bytes_behind_a_valid_header(verb: str, fmt: str, tmp_path: Path, out: Path) -> None:
     model = tmp_path / f"model{SUFFIX[fmt]}"
     model.write_bytes(HEADERS[fmt] + np.random.default_rng(1).bytes(64 * 1024))
-    assert_refused(run_cli(*command(verb, model, fmt, out)), 3, "corrupt", out)
+    assert_refused(run_cli_process(*command(verb, model, fmt, out)), 3, "corrupt", out)
 
 
 def test_damaged_keras_archive_is_3(keras_model: Path, tmp_path: Path, out: Path) -> None:
@@ -176,14 +176,14 @@ def test_damaged_keras_archive_is_3(keras_model: Path, tmp_path: Path, out: Path
     with zipfile.ZipFile(keras_model) as source_zip, zipfile.ZipFile(model, "w") as damaged:
         for info in source_zip.infolist():
             damaged.writestr(info, b"{not json" if info.filename == "config.json" else source_zip.read(info))
-    assert_refused(run_cli_forked(*command("inspect", model, "keras", out)), 3, "is not a loadable Keras model", out)
+    assert_refused(run_cli(*command("inspect", model, "keras", out)), 3, "is not a loadable Keras model", out)
 
 
 def test_bench_stops_at_the_first_bad_model(sample: dict[str, Path], tmp_path: Path, out: Path) -> None:
     """Every model is read before anything else is said (here the no --data warning)."""
     bad = tmp_path / "cut.onnx"
     bad.write_bytes(sample["onnx"].read_bytes()[:1000])
-    result = run_cli_forked("bench", sample["onnx"], bad, sample["pt2"], "-r", "default", "--json", out / "report.json")
+    result = run_cli("bench", sample["onnx"], bad, sample["pt2"], "-r", "default", "--json", out / "report.json")
     assert str(bad) in assert_refused(result, 3, "truncated", out)
 
 
@@ -211,7 +211,7 @@ def test_model_under_another_extension(
 ) -> None:
     model = tmp_path / f"model{suffix}"
     model.write_bytes(source(fmt, request).read_bytes())
-    result = run_cli_forked(*command(verb, model, fmt, out))
+    result = run_cli(*command(verb, model, fmt, out))
     if code:
         assert_refused(result, code, phrase, out)
     else:
@@ -222,7 +222,7 @@ def test_model_under_another_extension(
 def test_inspect_reads_the_format_from_the_bytes(sample_tflite: Path, tmp_path: Path) -> None:
     model = tmp_path / "model.onnx"
     model.write_bytes(sample_tflite.read_bytes())
-    result = run_cli_forked("inspect", model, "--json", "-")
+    result = run_cli("inspect", model, "--json", "-")
     assert result.code == 0, result.stderr
     assert b'"format": "tflite"' in result.stdout
 
@@ -310,7 +310,7 @@ def test_non_finite_weights_are_refused(
 ) -> None:
     model, tensor = non_finite_model(fmt, request, tmp_path)
     line = assert_refused(
-        run_cli_forked(*command(verb, model, fmt, out)),
+        run_cli(*command(verb, model, fmt, out)),
         3,
         f"has non-finite weights: tensor '{tensor}' holds 2 NaN and 1 Inf values",
         out,
@@ -322,7 +322,7 @@ def test_bench_measures_non_finite_weights_with_a_warning(
     request: pytest.FixtureRequest, tmp_path: Path, out: Path
 ) -> None:
     model, _ = non_finite_model("onnx", request, tmp_path)
-    result = run_cli_forked(
+    result = run_cli(
         "bench",
         model,
         "-r",
@@ -344,7 +344,7 @@ def test_bench_measures_non_finite_weights_with_a_warning(
 
 def test_inspect_shows_a_model_with_non_finite_weights(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     model, _ = non_finite_model("pt2", request, tmp_path)  # also proves the edited archive is a loadable .pt2
-    result = run_cli_forked("inspect", model, "--json", "-")
+    result = run_cli("inspect", model, "--json", "-")
     assert result.code == 0, result.stderr
     assert b'"format": "pt2"' in result.stdout
 
@@ -355,7 +355,7 @@ def test_inspect_shows_a_model_with_non_finite_weights(request: pytest.FixtureRe
 @pytest.mark.parametrize("verb", ["quantize", "inspect"])
 def test_model_larger_than_memory_is_refused_before_loading(verb: str, sample: dict[str, Path], out: Path) -> None:
     """The sample ONNX model (1.4 MB) needs ~3x its size; a machine with 2 MB available is simulated."""
-    result = run_cli_forked(*command(verb, sample["onnx"], "onnx", out), env={"EDGECLI_MEMORY_LIMIT_BYTES": "2000000"})
+    result = run_cli(*command(verb, sample["onnx"], "onnx", out), env={"EDGECLI_MEMORY_LIMIT_BYTES": "2000000"})
     line = assert_refused(result, 3, "MiB of memory, 1.91 MiB available", out)
     size = sample["onnx"].stat().st_size
     assert line.startswith(

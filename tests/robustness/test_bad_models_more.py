@@ -8,9 +8,9 @@ layer; SavedModels whose graph reads or writes files (refused before TensorFlow 
 --trust-pickle), a SavedModel the TFLite converter fails on (no MLIR text in the line), a damaged
 saved_model.pb. Every refusal is checked with assert_refused, and every input file is byte-identical
 afterwards. The TensorFlow models are built once per session, in a subprocess. Each case is its own
-process, forked from a warm interpreter (tests/conftest.py, run_cli_forked; the SavedModels that
+process, forked from a warm interpreter (tests/conftest.py, run_cli; the SavedModels that
 would write or read files never load in the test process); ONNX data outside the folder meets a real
-process (run_cli).
+process (run_cli_process).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE, data_args, leftovers, run_cli, run_cli_forked
+from tests.conftest import SAMPLE, data_args, leftovers, run_cli, run_cli_process
 from tests.robustness.conftest import assert_refused
 
 
@@ -44,7 +44,7 @@ def refused_untouched(
     """Run the CLI (in a real process if `real`); assert the refusal contract and that every input is
     byte-identical afterwards."""
     before = [digest(p) for p in inputs]
-    line = assert_refused((run_cli if real else run_cli_forked)(*args), code, phrase, out)
+    line = assert_refused((run_cli_process if real else run_cli)(*args), code, phrase, out)
     assert [digest(p) for p in inputs] == before
     return line
 
@@ -88,7 +88,7 @@ def external_model(folder: Path, location: str, write_data: bool = True) -> Path
 
 def test_external_data_in_the_models_folder_is_read(tmp_path: Path, out: Path) -> None:
     model = external_model(tmp_path / "m", "weights.bin")
-    result = run_cli_forked(*convert(model, out))
+    result = run_cli(*convert(model, out))
     assert result.code == 0, result.stderr
     assert leftovers(out) == ["out.onnx"]
 
@@ -221,10 +221,10 @@ def test_a_file_name_that_is_not_utf8_is_read(sample: dict[str, Path], tmp_path:
     with open(name, "wb") as handle:
         handle.write(sample["onnx"].read_bytes())
     model = Path(os.fsdecode(name))
-    result = run_cli_forked("inspect", model, "--json", "-")
+    result = run_cli("inspect", model, "--json", "-")
     assert result.code == 0, result.stderr
     assert b'"format": "onnx"' in result.stdout
-    result = run_cli_forked(*bench(model, out), "--set", "runs=3", "--set", "min_time_s=0", "--set", "warmup=1")
+    result = run_cli(*bench(model, out), "--set", "runs=3", "--set", "min_time_s=0", "--set", "warmup=1")
     assert result.code == 0, result.stderr
     assert leftovers(out) == ["report.json"]
 
@@ -245,7 +245,7 @@ def test_a_newline_in_a_path_stays_on_one_line(sample: dict[str, Path], tmp_path
     line = refused_untouched(convert(empty, out), [empty], 3, "is empty", out)
     assert "two\\nlines" in line
     missing = folder / "none.onnx"
-    assert "two\\nlines" in assert_refused(run_cli_forked(*inspect(missing, out)), 3, "does not exist", out)
+    assert "two\\nlines" in assert_refused(run_cli(*inspect(missing, out)), 3, "does not exist", out)
 
 
 # --- TensorFlow: Keras Lambda, SavedModels -----------------------------------------------------------
@@ -337,7 +337,7 @@ def test_a_saved_model_with_file_ops_is_refused(
 
 
 def test_trust_pickle_reads_a_saved_model_with_file_ops(tf_models: dict[str, Path]) -> None:
-    result = run_cli_forked("--trust-pickle", "inspect", tf_models["read"], "--json", "-")
+    result = run_cli("--trust-pickle", "inspect", tf_models["read"], "--json", "-")
     assert result.code == 0, result.stderr
     assert b'"format": "saved_model"' in result.stdout
 
@@ -347,9 +347,7 @@ def test_genuine_saved_models_still_convert(key: str, tf_models: dict[str, Path]
     """Their saver functions hold SaveV2/RestoreV2/MergeV2Checkpoints: allowed there, and only there."""
     np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).uniform(0, 1, (16, 28, 28, 1)).astype(np.float32))
     before = digest(tf_models[key])
-    result = run_cli_forked(
-        "convert", tf_models[key], "-r", "tflite", "--data", tmp_path / "x.npz", "-o", out / "out.tflite"
-    )
+    result = run_cli("convert", tf_models[key], "-r", "tflite", "--data", tmp_path / "x.npz", "-o", out / "out.tflite")
     assert result.code == 0, result.stderr
     assert leftovers(out) == ["out.tflite"] and digest(tf_models[key]) == before
 

@@ -5,7 +5,7 @@ does not fit the model), exactly one stderr line with the key phrase, no traceba
 stdout and nothing left in the output folder. Recipe and data-file cases fail before any work; the
 cases where the data does not fit the model load the model first and run with -q: without it, the
 progress bar of the step that found the problem is on stderr too. The cases run edgecli's entry
-point in the test process (tests/conftest.py, run_cli_forked: a process start and the torch import
+point in the test process (tests/conftest.py, run_cli: a process start and the torch import
 cost more than the case); the first case of each kind and verb (REAL) starts a real process.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from edgecli.pipeline.runner import LOCK_FILE
-from tests.conftest import SAMPLE, CliResult, leftovers, run_cli, run_cli_forked
+from tests.conftest import SAMPLE, CliResult, leftovers, run_cli, run_cli_process
 from tests.robustness.conftest import assert_refused
 
 PT2, ONNX = SAMPLE / "fashion_cnn.pt2", SAMPLE / "fashion_cnn.onnx"
@@ -49,7 +49,7 @@ def run_verb(verb: str, out: Path, *args: object, model: Path | None = None, rea
         spec.output if model is None or verb != "prune" else f"out{model.suffix}"
     )  # prune writes its input's format
     target = ["--json", out / output] if verb == "bench" else ["-o", out / output]
-    return (run_cli if real else run_cli_forked)(verb, model or spec.model, *args, *target)
+    return (run_cli_process if real else run_cli)(verb, model or spec.model, *args, *target)
 
 
 # --- recipes ---------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def write_pipeline(folder: Path, text: str) -> Path:
 @pytest.mark.parametrize("problem", list(PIPELINES))
 def test_bad_pipeline_file(problem: str, tmp_path: Path, out: Path) -> None:
     text, phrase, detail = PIPELINES[problem]
-    run = run_cli if problem == "unknown-key" else run_cli_forked
+    run = run_cli_process if problem == "unknown-key" else run_cli
     line = assert_refused(run("run", write_pipeline(tmp_path, text), "--out", out), 2, phrase, out)
     assert detail in line
 
@@ -165,21 +165,19 @@ def test_bad_pipeline_file(problem: str, tmp_path: Path, out: Path) -> None:
 def test_pipeline_with_a_missing_dataset(tmp_path: Path, out: Path) -> None:
     """A missing data file is exit 3 in a pipeline as for a verb, before any step runs."""
     pipeline = write_pipeline(tmp_path, f"model: M\n{STEP}    data: nope.npz\n")
-    assert_refused(run_cli_forked("run", pipeline, "--out", out), 3, "data nope.npz does not exist", out)
+    assert_refused(run_cli("run", pipeline, "--out", out), 3, "data nope.npz does not exist", out)
 
 
 def test_pipeline_set_without_equals(tmp_path: Path, out: Path) -> None:
     pipeline = write_pipeline(tmp_path, f"model: M\n{STEP}")
-    assert_refused(
-        run_cli_forked("run", pipeline, "--out", out, "--set", "small"), 2, "--set expects key.sub=value", out
-    )
+    assert_refused(run_cli("run", pipeline, "--out", out, "--set", "small"), 2, "--set expects key.sub=value", out)
 
 
 def test_pipeline_step_with_unreadable_data(tmp_path: Path, out: Path) -> None:
     """A step's own failure: its one line, then the line that names the step; its exit code."""
     (tmp_path / "bad.npz").write_text("x,y\n1,2\n")
     pipeline = write_pipeline(tmp_path, f"model: M\n{STEP}    data: bad.npz\nbench: null\n")
-    result = run_cli_forked("run", pipeline, "--out", out, "-q")
+    result = run_cli("run", pipeline, "--out", out, "-q")
     assert result.code == 3, result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.lines) == 2, result.stderr
@@ -323,15 +321,13 @@ def test_data_larger_than_memory_streams_and_is_refused_only_where_it_would_be_r
     # eval.npz / train.npz hold 6.3 / 15.7 MB of float32 images; 6 MB are "available", the model (1.4 MB) fits.
     env = {"EDGECLI_MEMORY_LIMIT_BYTES": "6000000"}
     # quantize calibrates and evaluates a batch at a time: it runs.
-    result = run_cli_forked(
+    result = run_cli(
         "quantize", ONNX, "-r", "int8-static", "--data", SAMPLE / "eval.npz", "-o", tmp_path / "q.onnx", "-q", env=env
     )
     assert result.code == 0, result.stderr
     assert (tmp_path / "q.onnx").stat().st_size > 100_000
     # prune's fine-tuning holds the training set in memory: refused before it reads it.
-    result = run_cli_forked(
-        "prune", PT2, "-r", "channels-50", "--data", SAMPLE / "train.npz", "-o", out / "p.pt2", env=env
-    )
+    result = run_cli("prune", PT2, "-r", "channels-50", "--data", SAMPLE / "train.npz", "-o", out / "p.pt2", env=env)
     line = assert_refused(result, 3, "reading 5000 samples of ", out)
     assert (
         line.startswith("cannot read data: reading 5000 samples of ")

@@ -7,8 +7,8 @@ and the number of classes) before any work: no calibration, no timing, no fine-t
 output is NaN on some inputs (a real ONNX graph: Sqrt of a negative intermediate) fails convert's
 parity check (exit 4) and quantize's guard (exit 1), and bench reports it and fails gates on its
 quality. An extra `meta` array of another length is ignored with a warning. Each command is its own
-process, forked from a warm interpreter (tests/conftest.py, run_cli_forked); one label case starts a
-real one (run_cli).
+process, forked from a warm interpreter (tests/conftest.py, run_cli); one label case starts a
+real one (run_cli_process).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE, run_cli, run_cli_forked
+from tests.conftest import SAMPLE, run_cli, run_cli_process
 from tests.robustness.conftest import assert_refused
 
 PT2, ONNX = SAMPLE / "fashion_cnn.pt2", SAMPLE / "fashion_cnn.onnx"
@@ -137,7 +137,7 @@ def test_labels_outside_the_classes_are_refused_before_any_work(
 ) -> None:
     args, inputs = _label_case(verb, label, files, out)
     before = digest(*inputs)
-    run = run_cli if (verb, label) == ("quantize", 99) else run_cli_forked  # one real process
+    run = run_cli_process if (verb, label) == ("quantize", 99) else run_cli  # one real process
     result = run(*args)  # not quiet: a progress bar (calibration, timing, fine-tuning) would be a second line
     row = 3 if label == 99 else 5
     line = assert_refused(
@@ -148,7 +148,7 @@ def test_labels_outside_the_classes_are_refused_before_any_work(
 
 
 def test_valid_labels_still_pass(files: dict[str, Path], tmp_path: Path) -> None:
-    result = run_cli_forked(
+    result = run_cli(
         "quantize",
         ONNX,
         "-r",
@@ -164,7 +164,7 @@ def test_valid_labels_still_pass(files: dict[str, Path], tmp_path: Path) -> None
         "-q",
     )
     assert result.code == 0, result.stderr
-    result = run_cli_forked(
+    result = run_cli(
         "bench",
         ONNX,
         tmp_path / "q.onnx",
@@ -180,7 +180,7 @@ def test_valid_labels_still_pass(files: dict[str, Path], tmp_path: Path) -> None
     assert result.code == 0, result.stderr
     rows = json.loads((tmp_path / "b.json").read_text())["models"]
     assert rows[0]["accuracy"] > 0.8 and rows[1]["non_finite_samples"] == 0
-    result = run_cli_forked(
+    result = run_cli(
         "prune",
         PT2,
         "-r",
@@ -203,9 +203,7 @@ def test_valid_labels_still_pass(files: dict[str, Path], tmp_path: Path) -> None
 
 def test_parity_check_fails_on_nan_outputs(files: dict[str, Path], out: Path) -> None:
     before = digest(files["nan"], files["eval"])
-    result = run_cli_forked(
-        "convert", files["nan"], "-r", "ort-mobile", "--data", files["eval"], "-o", out / "nan.ort", "-q"
-    )
+    result = run_cli("convert", files["nan"], "-r", "ort-mobile", "--data", files["eval"], "-o", out / "nan.ort", "-q")
     line = assert_refused(result, 4, "the parent model computes NaN/Inf on 32 of 64 samples", out)
     assert line.startswith("parity check failed: ")
     assert "first non-finite tensor: 'root' (Sqrt node 'sqrt')" in line
@@ -214,7 +212,7 @@ def test_parity_check_fails_on_nan_outputs(files: dict[str, Path], out: Path) ->
 
 @pytest.mark.parametrize("target", [[], ["--set", "min_agreement=0.5"]], ids=["no-target", "min-agreement"])
 def test_quantize_guard_never_passes_nan_outputs(target: list[str], files: dict[str, Path], tmp_path: Path) -> None:
-    result = run_cli_forked(
+    result = run_cli(
         "quantize",
         files["nan"],
         "-r",
@@ -242,7 +240,7 @@ def test_quantize_guard_never_passes_nan_outputs(target: list[str], files: dict[
 
 def test_bench_reports_nan_outputs_and_fails_gates_on_them(files: dict[str, Path], tmp_path: Path) -> None:
     report = tmp_path / "b.json"
-    result = run_cli_forked(
+    result = run_cli(
         "bench",
         ONNX,
         files["nan"],
@@ -275,7 +273,7 @@ def test_bench_reports_nan_outputs_and_fails_gates_on_them(files: dict[str, Path
 
 
 def test_an_extra_array_of_another_length_is_ignored(files: dict[str, Path], tmp_path: Path) -> None:
-    result = run_cli_forked(
+    result = run_cli(
         "quantize",
         ONNX,
         "-r",
@@ -289,7 +287,7 @@ def test_an_extra_array_of_another_length_is_ignored(files: dict[str, Path], tmp
     )  # not quiet: -q silences warnings
     assert result.code == 0, result.stderr
     assert "ignoring 'meta' [3]: not 64 samples like the inputs ('x')" in result.stderr
-    result = run_cli_forked("bench", ONNX, *FAST_BENCH, "--data", files["meta"], "--json", tmp_path / "b.json", "-q")
+    result = run_cli("bench", ONNX, *FAST_BENCH, "--data", files["meta"], "--json", tmp_path / "b.json", "-q")
     assert result.code == 0, result.stderr
     assert json.loads((tmp_path / "b.json").read_text())["models"][0]["accuracy"] > 0.8
 

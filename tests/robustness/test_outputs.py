@@ -2,7 +2,7 @@
 any work (exit 2), devices and FIFOs are written through, a write that fails after the work names the
 user's path (exit 6), and what a SIGKILL leaves (temporary files beside the output, folders in
 TMPDIR) is removed by the next run. Every case runs the real CLI, each command in a process of its own:
-forked from a warm interpreter (tests/conftest.py, run_cli_forked), or started for real (run_cli: the
+forked from a warm interpreter (tests/conftest.py, run_cli), or started for real (run_cli_process: the
 -o = --data clash, the SIGKILL case); inputs are hashed before and after."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SAMPLE, leftovers, run_cli, run_cli_forked
+from tests.conftest import ROOT, SAMPLE, leftovers, run_cli, run_cli_process
 from tests.robustness.conftest import assert_refused
 
 QUICK = ["-r", "int8-dynamic", "-q"]  # quantize: MatMul/Gemm only, about a second on the sample model
@@ -100,7 +100,7 @@ def test_an_output_that_is_an_input_is_refused_before_work(case, inputs):
     args, phrase = clash_cases(inputs)[case]
     names = tuple(leftovers(inputs["folder"]))
     with unchanged(inputs["onnx"], inputs["calib"], inputs["eval"], inputs["recipe"]):
-        run = run_cli if case == "-o = --data" else run_cli_forked  # one real process
+        run = run_cli_process if case == "-o = --data" else run_cli  # one real process
         line = assert_refused(run(*args), 2, phrase, inputs["folder"], ignore=names)
     assert ".tmp" not in line and "Traceback" not in line
 
@@ -111,7 +111,7 @@ def test_a_link_to_the_input_is_the_input(link, inputs, out):
     (os.link if link == "hard" else os.symlink)(inputs["onnx"], alias)
     with unchanged(inputs["onnx"]):
         assert_refused(
-            run_cli_forked("quantize", inputs["onnx"], *QUICK, "-o", alias),
+            run_cli("quantize", inputs["onnx"], *QUICK, "-o", alias),
             2,
             "is the input model",
             out,
@@ -128,9 +128,7 @@ def test_a_pipeline_json_onto_its_source_model_is_refused(inputs, out):
         )
     )
     with unchanged(inputs["onnx"], pipeline):
-        assert_refused(
-            run_cli_forked("run", pipeline, "--out", out, "--json", inputs["onnx"]), 2, "is the source model", out
-        )
+        assert_refused(run_cli("run", pipeline, "--out", out, "--json", inputs["onnx"]), 2, "is the source model", out)
 
 
 # ---------------------------------------------------------------- finding 4: devices and FIFOs
@@ -139,10 +137,10 @@ def test_a_pipeline_json_onto_its_source_model_is_refused(inputs, out):
 def test_a_character_device_is_written_through_and_stays_a_device(inputs, out):
     null = out / "null"
     os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a second /dev/null (root only, which the tests run as)
-    result = run_cli_forked("quantize", inputs["onnx"], *QUICK, "-o", null)
+    result = run_cli("quantize", inputs["onnx"], *QUICK, "-o", null)
     assert result.code == 0, result.stderr
     assert stat.S_ISCHR(os.stat(null).st_mode) and leftovers(out) == ["null"]
-    result = run_cli_forked(
+    result = run_cli(
         "quantize", inputs["onnx"], *QUICK, "-o", "/dev/null", "--report", "/dev/null"
     )  # two outputs, one device
     assert result.code == 0, result.stderr
@@ -151,13 +149,13 @@ def test_a_character_device_is_written_through_and_stays_a_device(inputs, out):
 
 def test_a_fifo_output_gives_its_reader_every_byte(inputs, out, tmp_path):
     reference = tmp_path / "file.onnx"
-    assert run_cli_forked("quantize", inputs["onnx"], *QUICK, "-o", reference).code == 0
+    assert run_cli("quantize", inputs["onnx"], *QUICK, "-o", reference).code == 0
     fifo = out / "model.fifo"
     os.mkfifo(fifo)
     got: list[bytes] = []
     reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
     reader.start()
-    result = run_cli_forked("quantize", inputs["onnx"], *QUICK, "-o", fifo)
+    result = run_cli("quantize", inputs["onnx"], *QUICK, "-o", fifo)
     reader.join(60)
     assert result.code == 0, result.stderr
     assert got == [reference.read_bytes()]
@@ -168,12 +166,12 @@ def test_block_devices_and_sockets_are_refused(inputs, out):
     block = out / "blk"
     os.mknod(block, stat.S_IFBLK | 0o600, os.makedev(7, 200))  # a loop device number nothing uses
     assert_refused(
-        run_cli_forked("quantize", inputs["onnx"], *QUICK, "-o", block), 2, "is a block device", out, ignore=("blk",)
+        run_cli("quantize", inputs["onnx"], *QUICK, "-o", block), 2, "is a block device", out, ignore=("blk",)
     )
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(out / "sock"))
         assert_refused(
-            run_cli_forked("quantize", inputs["onnx"], *QUICK, "-o", out / "sock"),
+            run_cli("quantize", inputs["onnx"], *QUICK, "-o", out / "sock"),
             2,
             "is a socket",
             out,
@@ -196,7 +194,7 @@ def test_block_devices_and_sockets_are_refused(inputs, out):
 def test_an_unusable_output_path_is_refused_before_work(where, phrase, inputs, out):
     target = "" if where == "EMPTY" else out / where
     with unchanged(inputs["onnx"]):
-        line = assert_refused(run_cli_forked("quantize", inputs["onnx"], *QUICK, "-o", target), 2, phrase, out)
+        line = assert_refused(run_cli("quantize", inputs["onnx"], *QUICK, "-o", target), 2, phrase, out)
     assert ".edgecli-" not in line
 
 
@@ -209,13 +207,13 @@ def test_other_outputs_are_checked_too(option, folder_phrase, inputs, out):
         if option == "--checkpoint"
         else ["quantize", inputs["onnx"], *QUICK]
     )
-    assert_refused(run_cli_forked(*args, option, out, "-o", out / "m.out"), 2, folder_phrase, out)
-    assert_refused(run_cli_forked(*args, option, out / "no" / "r", "-o", out / "m.out"), 2, "does not exist", out)
+    assert_refused(run_cli(*args, option, out, "-o", out / "m.out"), 2, folder_phrase, out)
+    assert_refused(run_cli(*args, option, out / "no" / "r", "-o", out / "m.out"), 2, "does not exist", out)
 
 
 def test_a_250_byte_name_is_written(inputs, out):
     name = "m" * 245 + ".onnx"  # legal; the old temporary name beside it passed 255 bytes
-    result = run_cli_forked("quantize", inputs["onnx"], *QUICK, "-o", out / name)
+    result = run_cli("quantize", inputs["onnx"], *QUICK, "-o", out / name)
     assert result.code == 0, result.stderr
     assert leftovers(out) == [name]
 
@@ -235,7 +233,7 @@ def tmpfs(folder: Path, options: str):
 def test_a_read_only_folder_is_refused_before_work(inputs, tmp_path):
     with tmpfs(tmp_path / "ro", "ro,size=1m") as folder:
         line = assert_refused(
-            run_cli_forked("quantize", inputs["onnx"], *QUICK, "-o", folder / "m.onnx"), 2, "read-only", folder
+            run_cli("quantize", inputs["onnx"], *QUICK, "-o", folder / "m.onnx"), 2, "read-only", folder
         )
     assert "cannot create a file in" in line
 
@@ -243,13 +241,13 @@ def test_a_read_only_folder_is_refused_before_work(inputs, tmp_path):
 def test_a_full_disk_fails_after_the_work_naming_the_users_path(inputs, tmp_path):
     with tmpfs(tmp_path / "full", "size=64k") as folder, unchanged(inputs["onnx"]):
         line = assert_refused(
-            run_cli_forked("quantize", inputs["onnx"], *QUICK, "-o", folder / "m.onnx"), 6, "no space left", folder
+            run_cli("quantize", inputs["onnx"], *QUICK, "-o", folder / "m.onnx"), 6, "no space left", folder
         )
     assert f"{folder / 'm.onnx'}" in line and ".tmp" not in line and line.startswith("cannot write output:")
 
 
 def test_a_device_that_fails_the_write_is_exit_6(inputs):
-    result = run_cli_forked("quantize", inputs["onnx"], *QUICK, "-o", "/dev/full")
+    result = run_cli("quantize", inputs["onnx"], *QUICK, "-o", "/dev/full")
     assert result.code == 6 and result.lines == ["cannot write output: /dev/full: no space left on the device"], (
         result.stderr
     )
@@ -297,6 +295,9 @@ def test_sigkill_leaves_nothing_the_next_run_does_not_remove(inputs, out, tmp_pa
 
     stale = out / f".edgecli-{proc.pid}-{NAMESPACE}-0badf00d.tmp"
     stale.write_bytes(b"half a model")
-    assert run_cli("quantize", inputs["onnx"], *QUICK, "-o", out / "next.onnx", env={"TMPDIR": str(scratch)}).code == 0
+    assert (
+        run_cli_process("quantize", inputs["onnx"], *QUICK, "-o", out / "next.onnx", env={"TMPDIR": str(scratch)}).code
+        == 0
+    )
     assert leftovers(out) == ["next.onnx"]  # no m.tflite, no temporary file
     assert [name for name in os.listdir(scratch) if name.startswith("edgecli-")] == []

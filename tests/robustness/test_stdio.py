@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SAMPLE, CliResult, leftovers, run_cli
+from tests.conftest import ROOT, SAMPLE, CliResult, leftovers, run_cli_process
 from tests.robustness.conftest import assert_refused
 
 MODEL = SAMPLE / "fashion_cnn.onnx"
@@ -58,14 +58,14 @@ def test_a_named_fifo_model_is_read_once(out, tmp_path):
     os.mkfifo(fifo)
     writer = threading.Thread(target=lambda: fifo.write_bytes(MODEL.read_bytes()))
     writer.start()
-    result = run_cli("inspect", fifo, "--json", "-")
+    result = run_cli_process("inspect", fifo, "--json", "-")
     writer.join(60)
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["sha256"] == sha256(MODEL)
 
 
 def test_stdin_is_bounded_by_the_memory_a_model_may_use(out):
-    result = run_cli(
+    result = run_cli_process(
         "quantize",
         "-",
         "-r",
@@ -106,7 +106,7 @@ def test_closed_stdout(args, out):
 
 def test_closed_stdout_does_not_matter_to_a_file_output(out, tmp_path):
     expected = tmp_path / "q.onnx"
-    assert run_cli("quantize", MODEL, "-r", "int8-dynamic", "-q", "-o", expected).code == 0
+    assert run_cli_process("quantize", MODEL, "-r", "int8-dynamic", "-q", "-o", expected).code == 0
     result = bash(f"edgecli quantize {MODEL} -r int8-dynamic -q -o {out / 'q.onnx'} >&-")
     assert result.code == 0, result.stderr
     assert (out / "q.onnx").read_bytes() == expected.read_bytes()  # no file opened on fd 1 got the bytes

@@ -6,8 +6,8 @@ imported and before any work: the payload never runs, nothing is written, the in
 With it, a factory of the user's own code works; Python's own callables (builtins, os, subprocess,
 re-exported or not) are refused even then. Also recipe-file hygiene: a size bound, shipped-recipe
 names that cannot leave the shipped folder, and errors of a `--set` value blamed on that `--set`.
-Each case is its own process, forked from a warm interpreter (tests/conftest.py, run_cli_forked);
-convert's os:system factory meets a real one (run_cli).
+Each case is its own process, forked from a warm interpreter (tests/conftest.py, run_cli);
+convert's os:system factory meets a real one (run_cli_process).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from edgecli.recipes import MAX_RECIPE_BYTES, SHIPPED_DIR
-from tests.conftest import ROOT, SAMPLE, data_args, leftovers, run_cli, run_cli_forked
+from tests.conftest import ROOT, SAMPLE, data_args, leftovers, run_cli, run_cli_process
 from tests.robustness.conftest import assert_refused
 
 STATE_DICT, ONNX = SAMPLE / "fashion_cnn.pt", SAMPLE / "fashion_cnn.onnx"
@@ -80,7 +80,7 @@ def assert_untouched(inputs: dict[Path, str], *markers: Path) -> None:
 def test_os_system_model_factory_is_refused_without_trust(verb: str, tmp_path: Path, out: Path, inputs) -> None:
     marker = tmp_path / "marker"
     args, output = VERBS[verb]
-    run = run_cli if verb == "convert" else run_cli_forked  # one real process
+    run = run_cli_process if verb == "convert" else run_cli  # one real process
     result = run(verb, STATE_DICT, *args, *data_args(verb), "--set", f"model={system_call(marker)}", "-o", out / output)
     line = assert_refused(result, 2, "model.factory os:system", out)
     assert GATE in line and line.startswith("recipe error: ")
@@ -92,7 +92,7 @@ def test_factory_in_a_recipe_file_is_refused_and_the_file_named(tmp_path: Path, 
     recipe = tmp_path / "shared.yaml"
     recipe.write_text(f"target: onnx\nmodel:\n  factory: os:system\n  kwargs: {{command: touch {marker}}}\n")
     before = recipe.read_bytes()
-    result = run_cli_forked("convert", STATE_DICT, "-r", recipe, "--data", SAMPLE / "eval.npz", "-o", out / "out.onnx")
+    result = run_cli("convert", STATE_DICT, "-r", recipe, "--data", SAMPLE / "eval.npz", "-o", out / "out.onnx")
     line = assert_refused(result, 2, f"model.factory os:system in {recipe} names code to run", out)
     assert GATE in line
     assert recipe.read_bytes() == before
@@ -105,7 +105,7 @@ def test_own_module_is_never_imported_without_trust(field: str, tmp_path: Path, 
     marker = tmp_path / "imported"
     evil_module(tmp_path, marker)
     model = STATE_DICT if field == "model" else ONNX
-    result = run_cli_forked(
+    result = run_cli(
         "distill",
         model,
         *VERBS["distill"][0],
@@ -124,7 +124,7 @@ def test_own_module_is_never_imported_without_trust(field: str, tmp_path: Path, 
 
 def test_os_system_student_factory_is_refused_in_distill(tmp_path: Path, out: Path, inputs) -> None:
     marker = tmp_path / "marker"
-    result = run_cli_forked(
+    result = run_cli(
         "distill",
         ONNX,
         *VERBS["distill"][0],
@@ -172,7 +172,7 @@ def test_pipeline_step_naming_code_is_refused_before_the_first_step(tmp_path: Pa
     path = pipeline(tmp_path, steps, SAMPLE / "fashion_cnn.pt2")
     before = path.read_bytes()
     for extra in ([], ["--dry-run"]):
-        result = run_cli_forked("run", path, "--out", out, *extra)
+        result = run_cli("run", path, "--out", out, *extra)
         assert_refused(result, 2, "student.factory os:system", out)
     assert path.read_bytes() == before
     assert_untouched(inputs, marker)
@@ -189,7 +189,7 @@ def test_pipeline_model_factory_is_refused(tmp_path: Path, out: Path, inputs) ->
             "set": {"model.factory": "os:system", "model.kwargs": {"command": f"touch {marker}"}},
         }
     ]
-    assert_refused(run_cli_forked("run", pipeline(tmp_path, steps), "--out", out), 2, "model.factory os:system", out)
+    assert_refused(run_cli("run", pipeline(tmp_path, steps), "--out", out), 2, "model.factory os:system", out)
     assert_untouched(inputs, marker)
 
 
@@ -208,7 +208,7 @@ def _predictions(path: Path) -> np.ndarray:
 
 def test_trust_code_flag_builds_the_state_dict(tmp_path: Path) -> None:
     out = tmp_path / "cnn.onnx"
-    result = run_cli_forked(
+    result = run_cli(
         "--trust-code",
         "convert",
         STATE_DICT,
@@ -243,7 +243,7 @@ def test_environment_variable_reaches_the_steps_of_edgecli_run(tmp_path: Path) -
         }
     ]
     out = tmp_path / "out"
-    result = run_cli_forked("run", pipeline(tmp_path, steps), "--out", out, "--json", "-", "-q", env=TRUSTED)
+    result = run_cli("run", pipeline(tmp_path, steps), "--out", out, "--json", "-", "-q", env=TRUSTED)
     assert result.code == 0, result.stderr
     assert [step["status"] for step in json.loads(result.stdout)["steps"]] == ["ran"]
     predicted, labels = _predictions(out / "cnn.pt2")
@@ -256,7 +256,7 @@ def test_trusted_student_factory_trains(tmp_path: Path) -> None:
         "    return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))\n"
     )
     out = tmp_path / "student.pt2"
-    result = run_cli_forked(
+    result = run_cli(
         "--trust-code",
         "distill",
         ONNX,
@@ -270,6 +270,8 @@ def test_trusted_student_factory_trains(tmp_path: Path) -> None:
         "latency_runs=0",
         "--set",
         "val_split=0",
+        "--set",
+        "answers.min_agreement=0",  # one epoch on 128 images: the subject is the factory, not the answers
         "--set",
         "student={factory: 'my_students:tiny', kwargs: {hidden: 16}}",
         "-o",
@@ -291,7 +293,7 @@ def test_trusted_student_factory_trains(tmp_path: Path) -> None:
 def test_pythons_own_callables_are_refused_even_when_trusted(factory: str, tmp_path: Path, out: Path, inputs) -> None:
     marker = tmp_path / "marker"
     for env, flag in ((TRUSTED, []), ({}, ["--trust-code"])):
-        result = run_cli_forked(
+        result = run_cli(
             *flag,
             "convert",
             STATE_DICT,
@@ -323,7 +325,7 @@ def test_a_user_module_reexporting_python_is_refused_when_trusted(
 ) -> None:
     """The module is the user's (trusted, so it is imported), but the object is no model factory: refused, nothing called."""
     evil_module(tmp_path, tmp_path / "imported")
-    result = run_cli_forked(
+    result = run_cli(
         "--trust-code",
         "convert",
         STATE_DICT,
@@ -349,17 +351,13 @@ def test_a_user_module_reexporting_python_is_refused_when_trusted(
 def test_recipe_over_the_size_bound_is_refused_before_parsing(tmp_path: Path, out: Path) -> None:
     big = tmp_path / "big.yaml"
     big.write_bytes(b"target: onnx\n" + b"# padding\n" * (MAX_RECIPE_BYTES // 10))  # 1 MiB + 13 bytes
-    line = assert_refused(
-        run_cli_forked("convert", ONNX, "-r", big, "-o", out / "out.onnx"), 2, "is larger than 1 MiB", out
-    )
+    line = assert_refused(run_cli("convert", ONNX, "-r", big, "-o", out / "out.onnx"), 2, "is larger than 1 MiB", out)
     assert str(big) in line
     sparse = tmp_path / "huge.yaml"  # 8 GiB of zeros, no disk: only bound + 1 bytes are read
     with sparse.open("wb") as handle:
         handle.truncate(8 << 30)
-    assert_refused(
-        run_cli_forked("quantize", ONNX, "-r", sparse, "-o", out / "out.onnx"), 2, "is larger than 1 MiB", out
-    )
-    assert_refused(run_cli_forked("run", sparse, "--out", out), 2, f"pipeline {sparse} is larger than 1 MiB", out)
+    assert_refused(run_cli("quantize", ONNX, "-r", sparse, "-o", out / "out.onnx"), 2, "is larger than 1 MiB", out)
+    assert_refused(run_cli("run", sparse, "--out", out), 2, f"pipeline {sparse} is larger than 1 MiB", out)
 
 
 def test_recipe_at_the_size_bound_is_read(tmp_path: Path) -> None:
@@ -384,7 +382,7 @@ def test_shipped_recipe_names_never_leave_configs(name: str, tmp_path: Path, out
     work = tmp_path / "elsewhere"  # a working folder where the name is no file either
     work.mkdir()
     line = assert_refused(
-        run_cli_forked("convert", ONNX, "-r", name, "-o", out / "out.onnx", cwd=work),
+        run_cli("convert", ONNX, "-r", name, "-o", out / "out.onnx", cwd=work),
         2,
         "is not a shipped convert recipe name",
         out,
@@ -396,13 +394,13 @@ def test_pipeline_and_recipe_show_names_never_leave_configs(tmp_path: Path, out:
     work = tmp_path / "elsewhere"
     work.mkdir()
     assert_refused(
-        run_cli_forked("run", "../pipelines/edge-cnn", "--out", out, cwd=work),
+        run_cli("run", "../pipelines/edge-cnn", "--out", out, cwd=work),
         2,
         "no pipeline file '../pipelines/edge-cnn'",
         out,
     )
     for name in ("quantize/../fp16", "../fp16", "quantize/..", "a/b/fp16"):
-        assert_refused(run_cli_forked("recipe", "show", name), 2, f"'{name}' is not a shipped recipe name", out)
+        assert_refused(run_cli("recipe", "show", name), 2, f"'{name}' is not a shipped recipe name", out)
 
 
 def test_a_recipe_path_that_exists_is_read_as_a_path(tmp_path: Path, out: Path) -> None:
@@ -411,7 +409,7 @@ def test_a_recipe_path_that_exists_is_read_as_a_path(tmp_path: Path, out: Path) 
     work = tmp_path / "elsewhere"
     work.mkdir()
     assert_refused(
-        run_cli_forked("convert", ONNX, "-r", "../r.yaml", "-o", out / "out.onnx", cwd=work),
+        run_cli("convert", ONNX, "-r", "../r.yaml", "-o", out / "out.onnx", cwd=work),
         2,
         "'opset' in ../r.yaml",
         out,
@@ -428,13 +426,13 @@ def test_a_recipe_path_that_exists_is_read_as_a_path(tmp_path: Path, out: Path) 
 )
 def test_errors_of_a_set_value_name_the_set_not_the_shipped_file(sets: list[str], phrase: str, out: Path) -> None:
     args = [arg for item in sets for arg in ("--set", item)]
-    line = assert_refused(run_cli_forked("convert", ONNX, "-r", "onnx", *args, "-o", out / "out.onnx"), 2, phrase, out)
+    line = assert_refused(run_cli("convert", ONNX, "-r", "onnx", *args, "-o", out / "out.onnx"), 2, phrase, out)
     assert "recipes/shipped/convert/onnx.yaml" not in line
 
 
 def test_errors_of_the_file_still_name_the_file(tmp_path: Path, out: Path) -> None:
     recipe = tmp_path / "mine.yaml"
     recipe.write_text("target: onnx\nopset: 9\n")
-    result = run_cli_forked("convert", ONNX, "-r", recipe, "--set", "parity.samples=8", "-o", out / "out.onnx")
+    result = run_cli("convert", ONNX, "-r", recipe, "--set", "parity.samples=8", "-o", out / "out.onnx")
     line = assert_refused(result, 2, f"'opset' in {recipe}", out)
     assert "--set" not in line

@@ -1,7 +1,7 @@
 """Untrusted files never run code: a pickle is refused (and its payload never executes) unless the
 user passes --trust-pickle; with it, a whole pickled nn.Module is read and converted. The malicious
-pickle meets a real process (run_cli); the other cases a process forked from a warm interpreter
-(tests/conftest.py, run_cli_forked)."""
+pickle meets a real process (run_cli_process); the other cases a process forked from a warm interpreter
+(tests/conftest.py, run_cli)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tests.conftest import leftovers, run_cli, run_cli_forked
+from tests.conftest import leftovers, run_cli, run_cli_process
 
 
 class Payload:
@@ -42,7 +42,7 @@ def test_a_malicious_pickle_is_refused_and_its_code_never_runs(sample, tmp_path)
         ("inspect", evil),
         ("convert", evil, "-r", "onnx", "--data", sample["eval"], "-o", tmp_path / "out.onnx"),
     ):
-        result = run_cli(*args)
+        result = run_cli_process(*args)
         assert result.code == 3, result.stderr
         assert (
             len(result.lines) == 1
@@ -57,9 +57,9 @@ def test_a_malicious_pickle_is_refused_and_its_code_never_runs(sample, tmp_path)
 def test_a_whole_pickled_module_needs_trust_pickle_then_converts(sequential, sample, tmp_path):
     module, path = sequential
     out = tmp_path / "m.onnx"
-    refused = run_cli_forked("convert", path, "-r", "onnx", "--data", sample["eval"], "-o", out)
+    refused = run_cli("convert", path, "-r", "onnx", "--data", sample["eval"], "-o", out)
     assert refused.code == 3 and "torch.nn.modules.container.Sequential" in refused.lines[0] and not out.exists()
-    result = run_cli_forked("--trust-pickle", "convert", path, "-r", "onnx", "--data", sample["eval"], "-o", out)
+    result = run_cli("--trust-pickle", "convert", path, "-r", "onnx", "--data", sample["eval"], "-o", out)
     assert result.code == 0, result.stderr
     x = np.load(sample["eval"])["x"][:32].astype(np.float32)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -67,13 +67,13 @@ def test_a_whole_pickled_module_needs_trust_pickle_then_converts(sequential, sam
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
-    env_trusted = run_cli_forked("inspect", path, env={"EDGECLI_TRUST_PICKLE": "1"})
+    env_trusted = run_cli("inspect", path, env={"EDGECLI_TRUST_PICKLE": "1"})
     assert env_trusted.code == 0 and "7,850" in env_trusted.stderr  # 784*10 + 10 parameters
 
 
 def test_npz_with_pickled_objects_is_refused(sample, tmp_path):
     data = tmp_path / "objects.npz"
     np.savez(data, x=np.array([{"a": 1}, None], dtype=object))
-    result = run_cli_forked("convert", sample["onnx"], "-r", "onnx", "--data", data, "-o", tmp_path / "m.onnx")
+    result = run_cli("convert", sample["onnx"], "-r", "onnx", "--data", data, "-o", tmp_path / "m.onnx")
     assert result.code == 3 and len(result.lines) == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "m.onnx").exists()

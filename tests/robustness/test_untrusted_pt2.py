@@ -3,7 +3,7 @@ execute (pickled weights and constants, sample inputs, symbolic expressions, gua
 AOTInductor code) is refused, naming the part, unless the user passes --trust-pickle; a tampered
 archive is one line, exit 3. Archives are crafted for real from the sample .pt2 and read by the
 real CLI (edgecli/formats/pt2_archive.py lists the parts). Each case is its own process: forked from
-a warm interpreter (tests/conftest.py, run_cli_forked), or started for real (run_cli) for the pickled
+a warm interpreter (tests/conftest.py, run_cli), or started for real (run_cli_process) for the pickled
 weight under every verb; a payload never runs in the test process."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import data_args, run_cli, run_cli_forked
+from tests.conftest import data_args, run_cli, run_cli_process
 from tests.robustness.conftest import assert_refused
 
 REFUSED = "pass --trust-pickle if you trust this file"
@@ -183,7 +183,7 @@ def test_the_crafted_archives_are_real_attacks_on_torch(evil_archives, marker):
 def test_inspect_refuses_every_part_torch_would_unpickle_or_run(evil_archives, name, marker, tmp_path, out):
     archive = evil_archives[name]
     before = _snapshot([archive])
-    run = run_cli if name == "weight" else run_cli_forked  # one real process
+    run = run_cli_process if name == "weight" else run_cli  # one real process
     line = assert_refused(run("inspect", archive), 3, REFUSED, out)
     assert PARTS[name] in line and "cannot read model" in line, line
     assert not marker.exists()
@@ -221,7 +221,7 @@ def test_every_verb_refuses_a_pickled_weight_and_never_runs_it(sample, evil_arch
     args = dict(_evil_runs(sample, archive, out))[verb]
     inputs = [archive, sample["onnx"], sample["train"], sample["eval"]]
     before = _snapshot(inputs)
-    result = run_cli(*args)
+    result = run_cli_process(*args)
     line = assert_refused(result, 3, REFUSED, out)
     assert "data/weights/weight_0" in line and "use_pickle" in line, line
     assert not marker.exists()
@@ -231,7 +231,7 @@ def test_every_verb_refuses_a_pickled_weight_and_never_runs_it(sample, evil_arch
 @pytest.mark.parametrize("name", ["sample_inputs", "opaque_obj_0", "expr_str"])
 def test_convert_refuses_sample_inputs_constants_and_expressions(sample, evil_archives, name, marker, out):
     line = assert_refused(
-        run_cli_forked("convert", evil_archives[name], "-r", "onnx", *data_args("convert"), "-o", out / "m.onnx"),
+        run_cli("convert", evil_archives[name], "-r", "onnx", *data_args("convert"), "-o", out / "m.onnx"),
         3,
         REFUSED,
         out,
@@ -246,14 +246,12 @@ def test_a_harmless_pickled_weight_loads_with_trust_pickle(sample, tmp_path, out
         raw = archive.read(f"{prefix}/data/weights/weight_0")
     weight = torch.nn.Parameter(torch.frombuffer(bytearray(raw), dtype=torch.float32).reshape(32, 1, 3, 3).clone())
     archive = pickled_weight(sample, tmp_path, pickled(weight))
-    refused = run_cli_forked("inspect", archive)
+    refused = run_cli("inspect", archive)
     assert refused.code == 3 and REFUSED in refused.lines[0]
-    result = run_cli_forked(
-        "--trust-pickle", "convert", archive, "-r", "onnx", *data_args("convert"), "-o", out / "m.onnx"
-    )
+    result = run_cli("--trust-pickle", "convert", archive, "-r", "onnx", *data_args("convert"), "-o", out / "m.onnx")
     assert result.code == 0, result.stderr
     assert (out / "m.onnx").exists()
-    assert run_cli_forked("inspect", archive, env={"EDGECLI_TRUST_PICKLE": "1"}).code == 0
+    assert run_cli("inspect", archive, env={"EDGECLI_TRUST_PICKLE": "1"}).code == 0
 
 
 def test_a_genuine_edgecli_pt2_still_loads_and_converts(sample, tmp_path):
@@ -261,20 +259,20 @@ def test_a_genuine_edgecli_pt2_still_loads_and_converts(sample, tmp_path):
     lineage in extra/) pass the inspection and convert; with --trust-pickle the sample converts to
     the very same ONNX bytes (the guard changes nothing in what a genuine archive loads to)."""
     direct, trusted, via = tmp_path / "direct.onnx", tmp_path / "trusted.onnx", tmp_path / "via.onnx"
-    assert run_cli_forked("convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "-o", direct, "-q").code == 0
+    assert run_cli("convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "-o", direct, "-q").code == 0
     assert (
-        run_cli_forked(
+        run_cli(
             "--trust-pickle", "convert", sample["pt2"], "-r", "onnx", *data_args("convert"), "-o", trusted, "-q"
         ).code
         == 0
     )
     assert direct.read_bytes() == trusted.read_bytes()
     pruned = tmp_path / "pruned.pt2"
-    made = run_cli_forked("prune", sample["pt2"], *data_args("prune"), "--set", "data.limit=64", "-o", pruned, "-q")
+    made = run_cli("prune", sample["pt2"], *data_args("prune"), "--set", "data.limit=64", "-o", pruned, "-q")
     assert made.code in (0, 1), made.stderr  # 1: an accuracy gate; the artifact is still written
-    result = run_cli_forked("convert", pruned, "-r", "onnx", *data_args("convert"), "-o", via, "-q")
+    result = run_cli("convert", pruned, "-r", "onnx", *data_args("convert"), "-o", via, "-q")
     assert result.code == 0, result.stderr
-    assert run_cli_forked("inspect", pruned).code == 0
+    assert run_cli("inspect", pruned).code == 0
 
 
 def _flip_json(name: str, data: bytes) -> bytes:
@@ -318,7 +316,7 @@ def test_a_tampered_archive_is_one_line_exit_3(sample, tmp_path, case, out):
     change, drop, part = TAMPERED[case]
     archive = craft(sample["pt2"], tmp_path / "tampered.pt2", change, drop=drop)
     for args in (("inspect", archive), ("convert", archive, "-r", "onnx", *data_args("convert"), "-o", out / "m.onnx")):
-        line = assert_refused(run_cli_forked(*args), 3, "cannot read model", out)
+        line = assert_refused(run_cli(*args), 3, "cannot read model", out)
         assert part in line, line
 
 
@@ -328,5 +326,5 @@ def test_a_flipped_byte_in_the_zip_is_one_line_exit_3(sample, tmp_path, out):
     data[start + 3] ^= 0x20
     archive = tmp_path / "flipped.pt2"
     archive.write_bytes(bytes(data))
-    line = assert_refused(run_cli_forked("inspect", archive), 3, "damaged", out)
+    line = assert_refused(run_cli("inspect", archive), 3, "damaged", out)
     assert "models/model.json" in line, line
