@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from edgecli.recipes.base import DataSpec, ReadsPyTorch, Strict
+from edgecli.recipes.base import AnswersSpec, DataSpec, ReadsPyTorch, Strict
 
 
 def _default_channels() -> list[int | list[int]]:
@@ -111,6 +111,27 @@ class HintSpec(Strict):
     weight: float = Field(default=1.0, gt=0, le=1000, description="Weight of the mean-squared feature loss.")
 
 
+class DistillAnswersSpec(AnswersSpec):
+    """distill's answer check: the student (as written, with the teacher's kind of head) against the
+    teacher. A student is another, smaller network, expected to disagree more than a quantized copy:
+    the defaults catch a student that learned nothing (fer's mini-Xception distilled on 128 faces:
+    agreement 0.26 on 7 classes), not one a few points less accurate."""
+
+    min_agreement: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Smallest top-1 (or yes/no decision) agreement of the student with the teacher.",
+    )
+    min_within_one: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Teachers with 100 classes or more: smallest fraction of samples whose top-1 is within one "
+        "class of the teacher's, or has the teacher's top-1 among its top 5.",
+    )
+
+
 class DistillRecipe(ReadsPyTorch):
     """`edgecli distill`: train a student .pt2 from a teacher of any supported format."""
 
@@ -162,6 +183,11 @@ class DistillRecipe(ReadsPyTorch):
     )
     data: DataSpec = Field(default_factory=DataSpec, description="Training data; labels under `y` are optional.")
     eval_data: DataSpec | None = Field(default=None, description="Labelled data for the accuracy report.")
+    answers: DistillAnswersSpec = Field(
+        default_factory=DistillAnswersSpec,
+        description="The answer check: the student measured against the teacher on the eval data (else the "
+        "training data); a student whose answers collapsed is written, then exit 1.",
+    )
     seed: int = Field(default=0, ge=0, description="Random seed; the same seed gives the same student bytes.")
 
     @model_validator(mode="after")

@@ -6,11 +6,16 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgecli.formats.detect import Format
 from edgecli.formats.files import TempFolder
 from edgecli.formats.model_file import ModelFile
+
+if TYPE_CHECKING:
+    from edgecli.analysis.answers import Answers, Bars
+    from edgecli.data.dataset import Dataset
+    from edgecli.runtimes.base import Runner
 
 
 @dataclass
@@ -76,3 +81,23 @@ def staged(artifact: Artifact) -> Iterator[ModelFile]:
         path = Path(folder) / f"candidate{artifact.format.suffix}"
         path.write_bytes(artifact.to_bytes({"edgecli": 1, "steps": [{"io": artifact.io}]} if artifact.io else None))
         yield ModelFile.open(path)
+
+
+def check_answers(
+    artifact: Artifact, parent: Runner, data: Dataset | None, bars: Bars, samples: int, what: str, against: str
+) -> Answers:
+    """Every output of the artifact (as written) measured against its parent's on `data` (synthesised
+    inputs when None, saying so): collapsed answers become a gate failure, so the model is written,
+    then exit 1. The figures join the artifact's metrics; the caller puts the records in its report."""
+    from edgecli.analysis.answers import answers_of
+    from edgecli.core import console
+    from edgecli.runtimes import open_runner
+
+    with staged(artifact) as candidate:
+        answers = answers_of(parent, open_runner(candidate), data, bars, samples, what)
+    console.info(f"answers against {against}: {answers.summary()}")
+    artifact.metrics.update(answers.metrics())
+    failure = answers.failure_line()
+    if failure:
+        artifact.gate_failures.append(f"{failure} ({answers.hint()})")
+    return answers

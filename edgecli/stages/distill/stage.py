@@ -408,4 +408,17 @@ def distill(
         }
         if artifact.write:
             compare(teacher, artifact, student, x[:1], eval_data, baseline, recipe)
+            _check_answers(teacher, artifact, eval_data if eval_data is not None else train, recipe)
     return artifact
+
+
+def _check_answers(teacher: ModelFile, artifact: Artifact, data: Dataset, recipe: DistillRecipe) -> None:
+    """The written student against the teacher, output by output (stages.artifact.check_answers)."""
+    from edgecli.runtimes import open_runner
+    from edgecli.stages.artifact import check_answers
+
+    answers = check_answers(
+        artifact, open_runner(teacher), data, recipe.answers, recipe.answers.samples, "distill", "the teacher"
+    )
+    if artifact.report is not None:
+        artifact.report["answers"] = [record.to_json() for record in answers.records]

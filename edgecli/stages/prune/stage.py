@@ -48,24 +48,15 @@ def _pruned(model: ModelFile, recipe: PruneRecipe, train: Dataset | None, eval_d
 
 
 def _check_answers(model: ModelFile, recipe: PruneRecipe, artifact: Artifact, data: Dataset | None) -> None:
-    """Every output of the pruned model against the unpruned one's (on synthesised inputs without
-    data, saying so): collapsed answers are a gate failure (the model is written, then exit 1)."""
-    from edgecli.analysis.answers import answers_of
-    from edgecli.core import console
+    """Every output of the pruned model against the unpruned one's (stages.artifact.check_answers)."""
     from edgecli.runtimes import open_runner
-    from edgecli.stages.artifact import staged
+    from edgecli.stages.artifact import check_answers
 
-    with staged(artifact) as candidate:
-        answers = answers_of(
-            open_runner(model), open_runner(candidate), data, recipe.answers, recipe.answers.samples, "prune"
-        )
-    console.info(f"answers against the unpruned model: {answers.summary()}")
-    artifact.metrics.update(answers.metrics())
+    answers = check_answers(
+        artifact, open_runner(model), data, recipe.answers, recipe.answers.samples, "prune", "the unpruned model"
+    )
     if artifact.report is not None:
         artifact.report["answers"] = [record.to_json() for record in answers.records]
-    failure = answers.failure_line()
-    if failure:
-        artifact.gate_failures.append(f"{failure} ({answers.hint()})")
 
 
 def _checked_labels(

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from edgecli.analysis.answers import MANY_CLASSES, Answers, answers_of
+from edgecli.analysis.answers import MANY_CLASSES
 from edgecli.analysis.metrics import accuracy, agreement, check_labels, non_finite_samples, output_classes
 from edgecli.analysis.model_stats import check_finite_weights
 from edgecli.core import console
@@ -20,7 +20,7 @@ from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import QuantizeRecipe
 from edgecli.runtimes import open_runner
 from edgecli.runtimes.base import Runner
-from edgecli.stages.artifact import Artifact, staged
+from edgecli.stages.artifact import Artifact, check_answers, staged
 from edgecli.stages.quantize.guard import GuardResult, Quantizer, Target, search
 from edgecli.stages.quantize.layers import LayerError, most_sensitive
 
@@ -209,11 +209,9 @@ def _quantize(
     if check is not None:
         artifact.metrics["eval_data"] = check.name
     artifact.gate_failures.extend(target.failures(artifact.metrics))  # NaN/Inf outputs fail without a target too
-    answers = _answers(float_runner, artifact, check, recipe)
-    artifact.metrics.update(answers.metrics())
-    failure = answers.failure_line()
-    if failure:
-        artifact.gate_failures.append(f"{failure} ({answers.hint()})")
+    answers = check_answers(
+        artifact, float_runner, check, recipe.answers, recipe.answers.samples, "quantize", "the float model"
+    )
     if layers:
         console.show(_layer_table(layers))
     speed = None
@@ -224,17 +222,6 @@ def _quantize(
     artifact.report = _report(model, recipe, artifact, size, layers, result, target, speed)
     artifact.report["answers"] = [record.to_json() for record in answers.records]
     return artifact
-
-
-def _answers(float_runner: Runner, artifact: Artifact, check: Dataset | None, recipe: QuantizeRecipe) -> Answers:
-    """Every output of the quantized model measured against the float model's (on synthesised inputs
-    when there is no data)."""
-    with staged(artifact) as candidate:
-        answers = answers_of(
-            float_runner, open_runner(candidate), check, recipe.answers, recipe.answers.samples, "quantize"
-        )
-    console.info(f"answers against the float model: {answers.summary()}")
-    return answers
 
 
 def _report(
