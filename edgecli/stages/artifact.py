@@ -83,6 +83,23 @@ def staged(artifact: Artifact) -> Iterator[ModelFile]:
         yield ModelFile.open(path)
 
 
+def open_candidate(candidate: ModelFile, what: str) -> Runner:
+    """A runner on a model this verb just made. A model the runtime cannot load is the
+    transformation's failure (exit 4, nothing written), not a bad input (exit 3): basic-pitch's
+    jax2tf graph came out of onnxruntime's QDQ quantizer with a Transpose onnxruntime then rejects."""
+    from edgecli.core.errors import ModelReadError, TransformError
+    from edgecli.runtimes import open_runner
+
+    try:
+        return open_runner(candidate)
+    except ModelReadError as exc:
+        raise TransformError(
+            f"{what} made a model its runtime cannot load: {exc.message}",
+            hint="the converter or quantizer mishandled this graph: try another recipe (fp16, int8-dynamic), "
+            "or keep layers float (exclude_op_types)",
+        ) from None
+
+
 def check_answers(
     artifact: Artifact, parent: Runner, data: Dataset | None, bars: Bars, samples: int, what: str, against: str
 ) -> Answers:
@@ -91,10 +108,9 @@ def check_answers(
     then exit 1. The figures join the artifact's metrics; the caller puts the records in its report."""
     from edgecli.analysis.answers import answers_of
     from edgecli.core import console
-    from edgecli.runtimes import open_runner
 
     with staged(artifact) as candidate:
-        answers = answers_of(parent, open_runner(candidate), data, bars, samples, what)
+        answers = answers_of(parent, open_candidate(candidate, what), data, bars, samples, what)
     console.info(f"answers against {against}: {answers.summary()}")
     artifact.metrics.update(answers.metrics())
     failure = answers.failure_line()

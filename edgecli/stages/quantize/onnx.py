@@ -212,11 +212,14 @@ class OnnxQuantizer:
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             prepared = self.folder / "prepared.onnx"
+            # absolute before the chdir: a relative model path (zoo/model.onnx) resolved inside the
+            # private folder named a file that is not there, and pre-processing was silently skipped
+            source_path, prepared_path = str(source.resolve()), str(prepared.resolve())
             try:
                 # its symbolic shape inference, when it fails, saves sym_shape_infer_temp.onnx and a
                 # <uuid>.data file into the working folder: run it in the private folder
                 with console.muted(), contextlib.chdir(self.folder):
-                    quant_pre_process(str(source.resolve()), str(prepared.resolve()), skip_symbolic_shape=False)
+                    quant_pre_process(source_path, prepared_path, skip_symbolic_shape=False)
                 source = prepared
             except Exception as exc:  # pre-processing is an optimisation; quantization works without it
                 console.warn(f"quant_pre_process failed ({last_line(exc)[:120]}); quantizing without it")

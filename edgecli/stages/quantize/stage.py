@@ -10,17 +10,24 @@ from typing import Any
 from rich.table import Table
 
 from edgecli.analysis.answers import MANY_CLASSES
-from edgecli.analysis.metrics import accuracy, agreement, check_labels, non_finite_samples, output_classes
+from edgecli.analysis.metrics import (
+    accuracy,
+    agreement,
+    check_labels,
+    is_classifier_output,
+    non_finite_samples,
+    output_classes,
+)
 from edgecli.analysis.model_stats import check_finite_weights
 from edgecli.core import console
-from edgecli.core.errors import UsageError
+from edgecli.core.errors import RecipeError, UsageError
 from edgecli.data.dataset import Dataset
 from edgecli.formats.detect import Format
 from edgecli.formats.model_file import ModelFile
 from edgecli.recipes import QuantizeRecipe
 from edgecli.runtimes import open_runner
 from edgecli.runtimes.base import Runner
-from edgecli.stages.artifact import Artifact, check_answers, staged
+from edgecli.stages.artifact import Artifact, check_answers, open_candidate, staged
 from edgecli.stages.quantize.guard import GuardResult, Quantizer, Target, search
 from edgecli.stages.quantize.layers import LayerError, most_sensitive
 
@@ -38,8 +45,10 @@ class Evaluator:
 
     def __call__(self, artifact: Artifact) -> dict[str, Any]:
         with staged(artifact) as candidate:
-            output = open_runner(candidate).predict(self.data, description="evaluating quantized")[0]
-        metrics: dict[str, Any] = {"eval_samples": len(self.data), "agreement": agreement(self.reference, output)}
+            output = open_candidate(candidate, "quantize").predict(self.data, description="evaluating quantized")[0]
+        metrics: dict[str, Any] = {"eval_samples": len(self.data)}
+        if is_classifier_output(self.reference):  # top-1 of [N, classes]; other outputs: the answer check
+            metrics["agreement"] = agreement(self.reference, output)
         # NaN/Inf outputs fail the guard (quant_guard.non_finite_failures); recorded only when found
         if non_finite_samples(output):
             metrics["non_finite_samples"] = non_finite_samples(output)
@@ -66,6 +75,13 @@ def _check_request(model: ModelFile, recipe: QuantizeRecipe, calib: Dataset | No
         raise UsageError(
             "min_agreement needs data to compare float and quantized outputs", hint="pass --data or --eval-data"
         )
+    if recipe.min_agreement is not None and check is not None:
+        classes, described = output_classes(open_runner(model), check)
+        if classes is None:
+            raise RecipeError(
+                f"min_agreement is top-1 agreement of class scores [N, classes]; the model's first output is {described}",
+                hint="unset min_agreement: the answer check (answers.min_cosine, min_iou, ...) judges this output",
+            )
 
 
 def _checked_labels(model: ModelFile, recipe: QuantizeRecipe, check: Dataset | None) -> Dataset | None:
