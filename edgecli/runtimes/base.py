@@ -39,9 +39,28 @@ class TensorSpec:
 
 
 def _fits(shape: tuple[int, ...], spec: TensorSpec) -> bool:
-    return len(shape) == len(spec.shape) and all(
+    """Whether an array of `shape` (batch first) can feed `spec`. The first axis is the batch (a fixed
+    batch of 1 is fed one sample at a time), unless the model fixes it to another size: silero's
+    `state` is [2, batch, 128]."""
+    if len(shape) != len(spec.shape):
+        return False
+    first = spec.shape[0] if spec.shape else None
+    return (first in (None, 1) or first == shape[0]) and all(
         want is None or want == got for got, want in zip(shape[1:], spec.shape[1:])
     )
+
+
+def _batch_moved(array: np.ndarray, spec: TensorSpec) -> np.ndarray | None:
+    """A batch of one sample fed to an input whose batch axis is not the first ([2, None, 128]): the
+    sample with its batch axis put where the input's only free axis is; None when there is none."""
+    if array.ndim != len(spec.shape) or array.shape[0] != 1:
+        return None
+    free = [axis for axis, size in enumerate(spec.shape) if size is None and axis > 0]
+    if len(free) != 1:
+        return None
+    moved = np.moveaxis(array, 0, free[0])
+    fixed = all(want is None or want == got for got, want in zip(moved.shape, spec.shape))
+    return moved if fixed else None
 
 
 class Runner(ABC):
@@ -85,6 +104,8 @@ class Runner(ABC):
         return {spec.name: self._cast(self._layout(array, spec, key), spec, key) for spec, array, key in pairs}
 
     def _layout(self, array: np.ndarray, spec: TensorSpec, key: str) -> np.ndarray:
+        if not spec.shape and array.shape == (1,):  # a scalar input (silero's `sr`): one row of data is the value
+            return np.ascontiguousarray(array.reshape(()))
         options = [array]
         if array.ndim == 4:
             transposed = array.transpose(NCHW_TO_NHWC)
@@ -92,6 +113,9 @@ class Runner(ABC):
         for candidate in options:
             if _fits(candidate.shape, spec):
                 return np.ascontiguousarray(candidate)
+        moved = _batch_moved(array, spec)
+        if moved is not None:
+            return np.ascontiguousarray(moved)
         raise DataError(
             f"data '{key}' has shape {list(array.shape)} but the model input is {spec.describe()}",
             hint="check the dataset matches this model",
@@ -122,4 +146,15 @@ class Runner(ABC):
                     bar.advance()
         else:
             chunks = [self.run_feeds(self.feeds(dataset.batch(start, stop))) for start, stop in spans]
-        return [np.concatenate([chunk[i] for chunk in chunks]) for i in range(len(chunks[0]))]
+        axes = [self._batch_axis(i) for i in range(len(chunks[0]))]
+        # batch first, as the data rows are: an output whose batch axis is another ([2, batch, 128]) too
+        return [np.concatenate([np.moveaxis(chunk[i], axes[i], 0) for chunk in chunks]) for i in range(len(axes))]
+
+    def _batch_axis(self, index: int) -> int:
+        """The batch axis of output `index`: the first, unless the model fixes it to a size other than
+        1 and leaves exactly one other axis free (silero's state [2, batch, 128])."""
+        spec = self.outputs[index] if index < len(self.outputs) else None
+        if spec is None or not spec.shape or spec.shape[0] in (None, 1):
+            return 0
+        free = [axis for axis, size in enumerate(spec.shape) if size is None and axis > 0]
+        return free[0] if len(free) == 1 else 0

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecli.core.errors import ModelReadError, damaged_hint, one_line
+from edgecli.core.errors import DataError, ModelReadError, damaged_hint, one_line
 from edgecli.formats.detect import Format
 from edgecli.formats.files import utf8_path
 from edgecli.formats.model_file import ModelFile
@@ -125,4 +125,13 @@ class OnnxRunner(Runner):
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
 
     def run_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, feeds)
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+        try:
+            return self.session.run(None, feeds)
+        except InvalidArgument as exc:  # shapes or values the signature let through but the graph refuses
+            shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in feeds.items())
+            raise DataError(
+                f"onnxruntime refused the data ({shapes}): {one_line(str(exc))[:200]}",
+                hint="check the dataset matches this model's inputs (edgecli inspect shows them)",
+            ) from None
