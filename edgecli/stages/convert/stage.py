@@ -48,7 +48,12 @@ def _simplified(artifact: Artifact, recipe: ConvertRecipe) -> Artifact:
 
 
 def _to_onnx(model: ModelFile, recipe: ConvertRecipe, _calibration: Dataset | None) -> Artifact:
-    """target onnx: exported from .pt2 or re-targeted to the recipe's opset, then simplified if asked."""
+    """target onnx: exported from .pt2, re-targeted to the recipe's opset, or converted from TFLite
+    with tf2onnx; then simplified if asked."""
+    if model.format is Format.TFLITE:
+        from edgecli.backends.tflite_to_onnx import tflite_to_onnx
+
+        return _simplified(Artifact(Format.ONNX, tflite_to_onnx(model, recipe.opset)), recipe)
     if model.format not in (Format.PT2, Format.ONNX):
         raise TransformError(
             f"converting {model.format.value} to ONNX is not supported",
@@ -99,8 +104,14 @@ class Target:
     child: Callable[[ModelFile, Artifact], Runner] = _open
 
 
+def _from_quantized_tflite(recipe: ConvertRecipe, artifact: Artifact) -> bool:
+    """An ONNX model converted from a TFLite model with int8 tensors: LiteRT's kernels (dynamic-range
+    activations quantized on the fly) round differently from onnxruntime's, as INT8 kernels do."""
+    return bool(artifact.metrics.get("parent_quantized"))
+
+
 TARGETS: dict[str, Target] = {
-    "onnx": Target(_to_onnx, reduced=lambda recipe, artifact: False),
+    "onnx": Target(_to_onnx, reduced=_from_quantized_tflite),
     # int8 rounding differs by kernel
     "ort": Target(_to_ort, reduced=lambda recipe, artifact: is_quantized_onnx(artifact.payload)),
     "pt2": Target(_to_pt2, reduced=lambda recipe, artifact: False),
@@ -128,16 +139,22 @@ def split_calibration(recipe: ConvertRecipe, data: Dataset | None) -> tuple[Data
 
 def convert(model: ModelFile, recipe: ConvertRecipe, data: Dataset | None) -> Artifact:
     """Convert `model` to recipe.target and prove parity on `data` (random inputs if None)."""
-    if model.format in (Format.TFLITE, Format.ORT):
+    if model.format is Format.ORT or (model.format is Format.TFLITE and recipe.target != "onnx"):
         raise UsageError(
-            f"convert reads .pt2, ONNX, Keras, SavedModel or a state_dict; {model.path} is {model.format.value}",
-            hint="convert the model it was made from",
+            f"convert reads .pt2, ONNX, Keras, SavedModel or a state_dict (and TFLite to ONNX); {model.path} is "
+            f"{model.format.value}",
+            hint="convert the model it was made from"
+            + (", or convert it to ONNX first (-r onnx)" if model.format is Format.TFLITE else ""),
         )
     check_finite_weights(model)
     preflight(model, recipe)
     calibration, data = split_calibration(recipe, data)
     target = TARGETS[recipe.target]
     artifact = target.build(model, recipe, calibration)
+    if model.format is Format.TFLITE:
+        from edgecli.backends.tflite_to_onnx import tflite_tensors
+
+        artifact.metrics["parent_quantized"] = tflite_tensors(model)[2]
     parent = open_runner(model)
     with staged(artifact) as candidate:
         child = target.child(candidate, artifact)
