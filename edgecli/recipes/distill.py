@@ -159,7 +159,9 @@ class DistillRecipe(ReadsPyTorch):
         "or cosine decay from lr.",
     )
     augment: AugmentSpec | None = Field(
-        default=None, description="Image augmentation (flips, crops); none when absent."
+        default=None,
+        description="Image augmentation (flips, crops); none when absent, and dropped with a warning when the data "
+        "is not float images [N,C,H,W].",
     )
     val_split: float = Field(
         default=0.1,

@@ -295,6 +295,19 @@ def _check_student(student: Any, x: ViewRows, classes: int, source: str) -> Any:
     return out
 
 
+def _augment_only_images(recipe: DistillRecipe, x: Any) -> DistillRecipe:
+    """The recipe without its augment section when the data is not float images [N, C, H, W] (the
+    shipped kd recipes flip and crop: meaningless for audio frames, byte histograms or token ids),
+    with a warning; before, such data was refused (exit 2) under a shipped recipe."""
+    if recipe.augment is None or (x.ndim == 4 and np.issubdtype(x.dtype, np.floating)):
+        return recipe
+    console.warn(
+        f"augment flips and crops images [N,C,H,W]; the data is {x.dtype}{list(x.shape)}: "
+        "the student trains on it unaugmented"
+    )
+    return recipe.model_copy(update={"augment": None})
+
+
 def distill(
     teacher: ModelFile,
     recipe: DistillRecipe,
@@ -324,6 +337,7 @@ def distill(
         for labelled in (train, eval_data):  # labels outside the teacher's classes: refused before any work
             check_labels(runner, labelled)  # a teacher that is not a classifier is refused below
         data = _single_input(train, runner.inputs[0].name)  # on disk: read a batch at a time
+        recipe = _augment_only_images(recipe, data)
         targets = TeacherTargets(
             teacher, runner, runner.inputs[0].name, data, recipe.augment, recipe.seed, hint_layer, recipe.teacher_cache
         )

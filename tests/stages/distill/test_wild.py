@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +294,24 @@ def test_a_student_that_learned_nothing_is_written_then_exit_1_unless_the_bar_is
     assert result.code == 0, result.stderr
     accepted = torch.export.load(str(lowered)).state_dict  # the same student (its lineage names the new bar)
     assert all(torch.equal(accepted[k], v) for k, v in torch.export.load(str(out)).state_dict.items())
+
+
+def test_an_augment_section_on_non_image_data_is_dropped_with_a_warning(softmax_teacher: Path, tmp_path: Path) -> None:
+    """The shipped kd recipes flip and crop images; on feature rows (the zoo's magika byte features,
+    crepe's audio frames) they were refused with exit 2. Now: one warning, trained unaugmented."""
+    x, y = _blobs()
+    data = tmp_path / "train.npz"
+    np.savez(data, x=x, y=y)
+    body = "lr: 0.01\nstudent:\n  family: mlp\n  hidden: [16]\naugment:\n  hflip: true\n  crop_padding: 2\n  views: 4\n"
+    out, report = tmp_path / "student.pt2", tmp_path / "report.json"
+    result = run_cli(
+        "distill", softmax_teacher, "-r", _recipe(tmp_path / "r.yaml", body, epochs=4), "--data", data,
+        "-o", out, "--report", report,
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "augment flips and crops images [N,C,H,W]; the data is float32[600, 8]" in said
+    assert json.loads(report.read_text())["teacher_cache"]["views"] == 1  # one unaugmented view, not 4
+    metrics = ModelFile.open(out).lineage["steps"][-1]["metrics"]
+    [agreement] = [v for k, v in metrics.items() if k.startswith("answers_") and k.endswith("top_1_agreement")]
+    assert agreement >= 0.9, metrics
