@@ -61,17 +61,15 @@ KERAS_TRAINING_GROUPS = ("optimizer", "metrics", "compile_metrics")
 
 def keras_param_count(path: Path) -> int | None:
     """Every variable of a Keras 3 .keras archive (trainable and not: Keras's count_params), read from
-    its model.weights.h5 with h5py, without building the model (no layer code runs); the optimizer's
-    slots are not counted. None when the archive has no weights file."""
+    its model.weights.h5 with h5py (of a legacy .h5: its model_weights group), without building the
+    model (no layer code runs); the optimizer's slots are not counted. None without weights."""
     import io
     import zipfile
 
     import h5py
 
-    with zipfile.ZipFile(path) as archive:
-        if "model.weights.h5" not in archive.namelist():
-            return None
-        weights = archive.read("model.weights.h5")
+    from edgecli.formats.detect import HDF5_MAGIC
+
     total = 0
 
     def count(name: str, item: Any) -> None:
@@ -79,6 +77,18 @@ def keras_param_count(path: Path) -> int | None:
         if isinstance(item, h5py.Dataset) and name.split("/", 1)[0] not in KERAS_TRAINING_GROUPS:
             total += int(item.size)
 
+    with path.open("rb") as handle:
+        legacy = handle.read(8) == HDF5_MAGIC
+    if legacy:  # Keras 2 .h5: the variables under model_weights/ (optimizer_weights/ beside it)
+        with h5py.File(path, "r") as stored:
+            if "model_weights" not in stored:
+                return None
+            stored["model_weights"].visititems(count)
+        return total
+    with zipfile.ZipFile(path) as archive:
+        if "model.weights.h5" not in archive.namelist():
+            return None
+        weights = archive.read("model.weights.h5")
     with h5py.File(io.BytesIO(weights), "r") as stored:
         stored.visititems(count)
     return total

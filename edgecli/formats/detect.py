@@ -55,6 +55,23 @@ def _zip_names(path: Path) -> list[str]:
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _is_keras_h5(path: Path) -> bool:
+    """An HDF5 file holding a whole Keras model (the `model_config` attribute legacy model.save writes),
+    read with h5py: nothing in it runs."""
+    try:
+        import h5py
+    except ImportError:  # no h5py, no Keras to load it either
+        return False
+    try:
+        with h5py.File(path, "r") as stored:
+            return "model_config" in stored.attrs
+    except OSError:
+        return False
+
+
 def _looks_like_onnx(head: bytes) -> bool:
     # ModelProto starts with field 1 (ir_version, varint: tag 0x08) in every exporter we know;
     # some writers put producer_name (field 2, tag 0x12) or opset_import (field 8, tag 0x42) first.
@@ -89,8 +106,13 @@ def detect_format(path: Path) -> Format:
         if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
             return Format.STATE_DICT  # a torch.save zip; only ever loaded with weights_only=True
         raise ModelReadError(f"{path} is a zip archive of no known model format")
-    if head[:8] == b"\x89HDF\r\n\x1a\n":
-        raise ModelReadError(f"{path} is a legacy Keras HDF5 file", hint="re-save it as .keras with Keras 3")
+    if head[:8] == HDF5_MAGIC:
+        if _is_keras_h5(path):
+            return Format.KERAS  # a legacy Keras 2 model.save(...h5): Keras 3 loads it (safe_mode too)
+        raise ModelReadError(
+            f"{path} is an HDF5 file without a Keras model config (weights only?)",
+            hint="give the file model.save() wrote (.keras, or a legacy .h5 with its architecture)",
+        )
     if head.startswith(LEGACY_TORCH_MAGIC):
         return Format.STATE_DICT  # torch.save(..., _use_new_zipfile_serialization=False); weights_only=True too
     if _looks_like_onnx(head):

@@ -1,4 +1,4 @@
-"""Keras 3 `.keras` archives and TensorFlow SavedModel folders."""
+"""Keras 3 `.keras` archives (and legacy Keras 2 `.h5` models) and TensorFlow SavedModel folders."""
 
 from __future__ import annotations
 
@@ -28,12 +28,15 @@ def load_keras(path: Path) -> Any:
     import_tensorflow()
     import keras
 
+    from edgecli.formats.detect import HDF5_MAGIC
+
+    with path.open("rb") as handle:
+        legacy = handle.read(8) == HDF5_MAGIC  # a Keras 2 .h5 (Keras 3 reads it, safe_mode included)
+    suffixes = (".h5", ".hdf5") if legacy else (".keras",)
     with TempFolder(prefix="edgecli-keras-") as folder:
         source = path
-        if path.suffix != ".keras" or not utf8_path(
-            path
-        ):  # Keras insists on the extension; the format was detected from bytes
-            source = Path(folder) / "model.keras"
+        if path.suffix not in suffixes or not utf8_path(path):  # Keras picks its reader by the extension
+            source = Path(folder) / f"model{suffixes[0]}"
             shutil.copyfile(path, source)
         try:
             return keras.saving.load_model(str(source), safe_mode=not trust_pickle(), compile=False)

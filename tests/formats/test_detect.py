@@ -162,11 +162,30 @@ def test_a_pickle_that_is_not_torch_save_is_unknown(tmp_path: Path) -> None:
     assert "is not a model edgecli knows" in model_read_error(path).message
 
 
-def test_hdf5_keras_file(tmp_path: Path) -> None:
-    h5 = copy_as(keras_models().h5, tmp_path, "model.keras")
-    exc = model_read_error(h5)
-    assert "is a legacy Keras HDF5 file" in exc.message
-    assert "re-save it as .keras" in exc.hint
+def test_a_legacy_keras_h5_model_is_read_as_keras_whatever_its_name(tmp_path: Path) -> None:
+    """Keras 2's model.save(...h5) (the zoo's published fer emotion model): detected from its bytes,
+    loaded by Keras 3 (safe_mode), its variables counted from the file without building the model."""
+    from edgecli.analysis.model_stats import param_count
+    from edgecli.data.dataset import Dataset
+    from edgecli.runtimes import open_runner
+
+    models = keras_models()
+    for name in ("model.h5", "model.keras", "model.bin"):  # a misleading extension changes nothing
+        h5 = copy_as(models.h5, tmp_path, name)
+        assert detect_format(h5) is Format.KERAS
+        model = ModelFile.open(h5)
+        assert param_count(model) == models.model.count_params()
+        runner = open_runner(model)
+        x = models.calibration[:16]
+        got = runner.predict(Dataset({runner.inputs[0].name: x}, None, "x"))[0]
+        np.testing.assert_allclose(got, np.asarray(models.model(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_an_hdf5_file_without_a_model_config_is_refused(tmp_path: Path) -> None:
+    weights = tmp_path / "only.weights.h5"
+    keras_models().model.save_weights(weights)
+    exc = model_read_error(copy_as(weights, tmp_path, "model.h5"))
+    assert "HDF5 file without a Keras model config (weights only?)" in exc.message
 
 
 def test_unknown_zip(tmp_path: Path) -> None:
