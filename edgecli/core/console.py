@@ -77,6 +77,9 @@ def muted() -> Iterator[None]:
             with contextlib.redirect_stdout(sink):
                 yield
         finally:
+            for stream in (sys.stdout, sys.stderr):  # what a block-buffered stream holds belongs in the sink
+                with contextlib.suppress(Exception):
+                    stream.flush()
             for fd, copy in saved.items():
                 os.dup2(copy, fd)
                 os.close(copy)

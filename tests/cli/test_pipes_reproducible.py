@@ -68,6 +68,8 @@ CASES = [
             "augment.views=1",
             "--set",
             "latency_runs=0",
+            "--set",
+            "answers.min_agreement=0",  # one epoch on 256 images (agreement ~0.27): the subject is the bytes
         ],
         id="distill-onnx-teacher-pt2",
     ),

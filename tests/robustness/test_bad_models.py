@@ -195,7 +195,7 @@ WRONG_NAME = [  # (verb, real format, file suffix, exit code, key phrase)
     ("convert", "onnx", ".tflite", 0, ""),
     ("prune", "tflite", ".onnx", 2, "prune reads .pt2, a state_dict + model.factory, or ONNX"),
     ("quantize", "tflite", ".onnx", 2, "quantize to ONNX reads ONNX and .pt2 models"),
-    ("convert", "tflite", ".onnx", 2, "convert reads .pt2, ONNX, Keras, SavedModel or a state_dict"),
+    ("convert", "tflite", ".onnx", 0, ""),  # TFLite -> ONNX (tf2onnx)
     ("convert", "ort", ".onnx", 2, "convert reads .pt2, ONNX, Keras, SavedModel or a state_dict"),
     ("quantize", "ort", ".onnx", 2, "quantize to ONNX reads ONNX and .pt2 models"),
     ("prune", "keras", ".pt2", 2, "prune reads .pt2, a state_dict + model.factory, or ONNX"),
