@@ -99,6 +99,13 @@ def _blobs(count: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return (centres[labels] + rng.normal(0, 1.5, (count, FEATURES))).astype(np.float32), labels.astype(np.int64)
 
 
+def _blob_file(folder: Path) -> tuple[np.ndarray, Path]:
+    """The blobs and their labels as folder/train.npz; returns the inputs and the file."""
+    x, y = _blobs()
+    np.savez(folder / "train.npz", x=x, y=y)
+    return x, folder / "train.npz"
+
+
 def _trained_head(head: nn.Module) -> nn.Module:
     """A small MLP trained on the blobs (confident: far from flat), ending with `head`."""
     torch.manual_seed(0)
@@ -197,9 +204,7 @@ def test_distill_of_a_probability_teacher_says_so_and_learns_it(
 ) -> None:
     teacher = request.getfixturevalue(teacher_name)
     kind = teacher_name.split("_")[0]
-    x, y = _blobs()
-    data = tmp_path / "train.npz"
-    np.savez(data, x=x, y=y)
+    x, data = _blob_file(tmp_path)
     recipe = _recipe(tmp_path / "r.yaml", "lr: 0.01\nstudent:\n  family: mlp\n  hidden: [16]\n", epochs=6)
     out = tmp_path / "student.pt2"
     result = run_cli("distill", teacher, "-r", recipe, "--data", data, "-o", out)
@@ -269,9 +274,7 @@ def test_a_student_that_learned_nothing_is_written_then_exit_1_unless_the_bar_is
     A student trained at a learning rate that moves nothing agrees with the teacher on about a third
     of the blobs: the model is written, the answers failure is the last line, exit 1; with the bar
     lowered the same student exits 0. The agreement edgecli reports is the one measured here."""
-    x, y = _blobs()
-    data = tmp_path / "train.npz"
-    np.savez(data, x=x, y=y)
+    x, data = _blob_file(tmp_path)
     recipe = _recipe(tmp_path / "r.yaml", "lr: 1.0e-9\nstudent:\n  family: mlp\n  hidden: [4]\n", epochs=1)
     out = tmp_path / "student.pt2"
     result = run_cli("distill", softmax_teacher, "-r", recipe, "--data", data, "-o", out)
@@ -299,9 +302,7 @@ def test_a_student_that_learned_nothing_is_written_then_exit_1_unless_the_bar_is
 def test_an_augment_section_on_non_image_data_is_dropped_with_a_warning(softmax_teacher: Path, tmp_path: Path) -> None:
     """The shipped kd recipes flip and crop images; on feature rows (the zoo's magika byte features,
     crepe's audio frames) they were refused with exit 2. Now: one warning, trained unaugmented."""
-    x, y = _blobs()
-    data = tmp_path / "train.npz"
-    np.savez(data, x=x, y=y)
+    _, data = _blob_file(tmp_path)
     body = "lr: 0.01\nstudent:\n  family: mlp\n  hidden: [16]\naugment:\n  hflip: true\n  crop_padding: 2\n  views: 4\n"
     out, report = tmp_path / "student.pt2", tmp_path / "report.json"
     result = run_cli(
